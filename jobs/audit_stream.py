@@ -1,0 +1,57 @@
+"""Audit events on their way to durable rows: producers XADD to one Redis stream.
+
+The exporter (``audit/``) is the single writer of audit rows; everyone else
+only appends here. A failed append raises Unavailable so callers fail closed.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+
+from scope.errors import Unavailable
+
+STREAM = "valetkey:audit"
+
+
+@dataclass
+class AuditEvent:
+    actor: str
+    source: str
+    action: str
+    outcome: str
+    environment: str = ""
+    target: str = ""
+    detail: str = ""
+    job_id: str = ""
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    request_id: str = ""
+    time: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc)
+                      .isoformat(timespec="microseconds").replace("+00:00", "Z"))
+
+    def encode(self) -> dict[str, str]:
+        return {"event": json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)}
+
+    @classmethod
+    def decode(cls, fields: dict[Any, Any]) -> "AuditEvent":
+        raw = fields.get(b"event") or fields.get("event")
+        data = json.loads(raw)
+        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__ if k in data})
+
+
+class AuditLog:
+    """Appends audit events to the stream."""
+
+    def __init__(self, client: redis.Redis, stream: str = STREAM) -> None:
+        self.r, self.stream = client, stream
+
+    def record(self, event: AuditEvent) -> str:
+        try:
+            eid = self.r.xadd(self.stream, event.encode())
+        except redis.RedisError as e:
+            raise Unavailable("The audit trail cannot be written right now; nothing was done.") from e
+        return eid.decode() if isinstance(eid, bytes) else str(eid)

@@ -1,0 +1,68 @@
+"""Progress events of a job on a Redis stream per job, read by long-polling clients.
+
+Stream ids are the cursor: a client passes the last id it saw as ``after`` and
+receives strictly newer events, so across polls none repeats and none is skipped.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from scope.errors import BadRequest
+
+PREFIX = "valetkey:job:"
+KEEP_SECONDS = 14 * 24 * 3600
+MAX_WAIT = 25.0
+_STREAM_ID = re.compile(r"^\d+-\d+$")
+
+
+def stream_key(job_id: str) -> str:
+    return f"{PREFIX}{job_id}:events"
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    id: str
+    time: str
+    type: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"id": self.id, "time": self.time, "type": self.type, "message": self.message}
+
+
+class JobEvents:
+    def __init__(self, client: redis.Redis) -> None:
+        self.r = client
+
+    def append(self, job_id: str, type_: str, message: str) -> str:
+        key = stream_key(job_id)
+        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        pipe = self.r.pipeline(transaction=False)
+        pipe.xadd(key, {"time": now, "type": type_, "message": message}, maxlen=2000, approximate=True)
+        pipe.expire(key, KEEP_SECONDS)
+        eid = pipe.execute()[0]
+        return eid.decode() if isinstance(eid, bytes) else str(eid)
+
+    def read(self, job_id: str, after: str | None, wait: float = 0.0) -> list[JobEvent]:
+        after = after or "0-0"
+        if not _STREAM_ID.match(after):
+            raise BadRequest("after: expected an event id like 1700000000000-0", fields={"after": ["bad event id"]})
+        wait = max(0.0, min(float(wait), MAX_WAIT))
+        key = stream_key(job_id)
+        rows: Any = self.r.xrange(key, min=f"({after}", max="+", count=500)
+        if not rows and wait > 0:
+            got = self.r.xread({key: after}, count=500, block=int(wait * 1000))
+            rows = got[0][1] if got else []
+        return [self._event(eid, fields) for eid, fields in rows]
+
+    @staticmethod
+    def _event(eid: Any, fields: dict[Any, Any]) -> JobEvent:
+        f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+             for k, v in fields.items()}
+        return JobEvent(id=eid.decode() if isinstance(eid, bytes) else str(eid),
+                        time=f.get("time", ""), type=f.get("type", ""), message=f.get("message", ""))

@@ -1,0 +1,20 @@
+"""Job kinds (the audit ``action`` of each) and their statuses."""
+from __future__ import annotations
+
+RESTART = "service.restart"
+REDEPLOY = "service.redeploy"
+FLUSH = "redis.flush"
+RUN_TASK = "task.run"
+
+# Every job is run by this actor; its only argument is the job id, the rest
+# is read from the job row (actor arguments are ids, not payloads).
+RUN_JOB_ACTOR = "run_job"
+QUEUE = "valetkey"
+
+QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
+TERMINAL = frozenset({SUCCEEDED, FAILED})
+
+AUDIT_ACTIONS = ("service.restart", "service.redeploy", "logs.view", "redis.flush", "task.run",
+                 "schedule.pause", "schedule.resume", "grant.add", "grant.remove", "token.create", "login")
+AUDIT_OUTCOMES = ("requested", "succeeded", "failed", "denied")
+AUDIT_SOURCES = ("web", "api", "webhook", "scheduler", "cli")

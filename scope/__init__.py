@@ -1,0 +1,1 @@
+"""The shared domain: environment catalog, roles, users, grants, tokens and the database."""

@@ -1,0 +1,79 @@
+"""AWS clients per environment: built once per process, assume-role with ExternalId, bounded timeouts.
+
+boto3 clients are thread-safe once built, sessions are not: building happens
+under a lock and the result is cached per (environment, service). Assumed-role
+credentials are refreshable, so botocore renews them before they expire.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+import boto3
+import botocore.session
+from botocore.config import Config
+from botocore.credentials import DeferredRefreshableCredentials
+
+from scope.catalog import Environment
+
+# Connect/read timeouts keep a hung AWS endpoint from pinning a worker thread;
+# "standard" retry mode retries throttling and 5xx a few times with backoff.
+DEFAULT_CONFIG = Config(connect_timeout=5, read_timeout=30,
+                        retries={"max_attempts": 4, "mode": "standard"},
+                        user_agent_extra="valetkey/0.1")
+ASSUME_DURATION = 3600
+
+
+def _assume_role_refresher(base: boto3.Session, env: Environment) -> Callable[[], dict[str, Any]]:
+    sts = base.client("sts", region_name=env.region, config=DEFAULT_CONFIG)
+
+    def refresh() -> dict[str, Any]:
+        creds = sts.assume_role(RoleArn=env.role_arn, ExternalId=env.external_id,
+                                RoleSessionName=f"valetkey-{env.name}"[:64],
+                                DurationSeconds=ASSUME_DURATION)["Credentials"]
+        return {"access_key": creds["AccessKeyId"], "secret_key": creds["SecretAccessKey"],
+                "token": creds["SessionToken"], "expiry_time": creds["Expiration"].isoformat()}
+
+    return refresh
+
+
+class AwsClients:
+    """Cached boto3 clients for the environments of a catalog."""
+
+    def __init__(self, config: Config = DEFAULT_CONFIG) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._sessions: dict[str, boto3.Session] = {}
+        self._clients: dict[tuple[str, str], Any] = {}
+
+    def _session(self, env: Environment) -> boto3.Session:
+        s = self._sessions.get(env.name)
+        if s is None:
+            base = boto3.Session(region_name=env.region)
+            if env.role_arn:
+                bc = botocore.session.get_session()
+                bc._credentials = DeferredRefreshableCredentials(  # noqa: SLF001 - documented pattern
+                    refresh_using=_assume_role_refresher(base, env), method="sts-assume-role")
+                bc.set_config_variable("region", env.region)
+                s = boto3.Session(botocore_session=bc)
+            else:
+                s = base
+            self._sessions[env.name] = s
+        return s
+
+    def client(self, env: Environment, service: str) -> Any:
+        key = (env.name, service)
+        c = self._clients.get(key)
+        if c is None:
+            with self._lock:
+                c = self._clients.get(key)
+                if c is None:
+                    c = self._session(env).client(service, region_name=env.region, config=self.config)
+                    self._clients[key] = c
+        return c
+
+    def ecs(self, env: Environment) -> Any:
+        return self.client(env, "ecs")
+
+    def logs(self, env: Environment) -> Any:
+        return self.client(env, "logs")

@@ -1,0 +1,78 @@
+"""Process settings from the VALETKEY_* environment variables (Contract: configuration)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from scope.errors import ConfigError
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+DEFAULT_DATABASE_URL = "sqlite:///instance/valetkey.db"
+
+
+def _bool(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError("environment", name, f"expected true or false, got {value!r}")
+
+
+def _int(name: str, value: str, minimum: int = 0) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise ConfigError("environment", name, f"expected an integer, got {value!r}") from None
+    if n < minimum:
+        raise ConfigError("environment", name, f"must be at least {minimum}")
+    return n
+
+
+def _float(name: str, value: str, minimum: float) -> float:
+    try:
+        n = float(value)
+    except ValueError:
+        raise ConfigError("environment", name, f"expected a number of seconds, got {value!r}") from None
+    if n < minimum:
+        raise ConfigError("environment", name, f"must be at least {minimum}")
+    return n
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = DEFAULT_REDIS_URL
+    database_url: str = DEFAULT_DATABASE_URL
+    environments_path: str = "environments.toml"
+    secret_key: str | None = None
+    saml_path: str | None = None
+    base_url: str = "http://localhost:8000"
+    audit_retention_days: int = 90
+    local_login: bool = True
+    saml_groups_attribute: str = "groups"
+    # Operational knobs (not part of the contract, safe defaults).
+    poll_interval: float = 3.0
+    stability_timeout: float = 900.0
+    job_max_age_seconds: int = 3600
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> "Settings":
+        e = environ
+        return cls(
+            redis_url=e.get("VALETKEY_REDIS_URL") or DEFAULT_REDIS_URL,
+            database_url=e.get("VALETKEY_DATABASE_URL") or DEFAULT_DATABASE_URL,
+            environments_path=e.get("VALETKEY_ENVIRONMENTS") or "environments.toml",
+            secret_key=e.get("VALETKEY_SECRET_KEY") or None,
+            saml_path=e.get("VALETKEY_SAML_PATH") or None,
+            base_url=(e.get("VALETKEY_BASE_URL") or "http://localhost:8000").rstrip("/"),
+            audit_retention_days=_int("VALETKEY_AUDIT_RETENTION_DAYS",
+                                      e.get("VALETKEY_AUDIT_RETENTION_DAYS", "90"), minimum=1),
+            local_login=_bool("VALETKEY_LOCAL_LOGIN", e.get("VALETKEY_LOCAL_LOGIN", "true")),
+            saml_groups_attribute=e.get("VALETKEY_SAML_GROUPS_ATTRIBUTE") or "groups",
+            poll_interval=_float("VALETKEY_POLL_INTERVAL", e.get("VALETKEY_POLL_INTERVAL", "3"), 0.05),
+            stability_timeout=_float("VALETKEY_STABILITY_TIMEOUT",
+                                     e.get("VALETKEY_STABILITY_TIMEOUT", "900"), 1),
+            job_max_age_seconds=_int("VALETKEY_JOB_MAX_AGE", e.get("VALETKEY_JOB_MAX_AGE", "3600"), 1),
+            environ=dict(environ),
+        )

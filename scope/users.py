@@ -1,0 +1,196 @@
+"""Local accounts, grants and API tokens: the persistent side of who may do what."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from scope.catalog import Catalog
+from scope.errors import BadRequest, Conflict, NotFound
+from scope.models import ApiToken, Grant, User, utcnow
+from scope.roles import GLOBAL, Role, parse_role
+
+TOKEN_PREFIX = "vk_"
+_hasher = PasswordHasher()
+# Verified against when the e-mail is unknown, so a login attempt takes the
+# same time whether or not the account exists.
+_DUMMY_HASH = _hasher.hash("not-a-real-password-" + "x" * 16)
+
+
+def normalize_email(email: str) -> str:
+    e = email.strip().lower()
+    if "@" not in e or e.startswith("@") or e.endswith("@") or len(e) > 320 or " " in e:
+        raise BadRequest(f"not an e-mail address: {email!r}")
+    return e
+
+
+def normalize_subject(subject: str) -> str:
+    s = subject.strip()
+    if s.startswith("group:"):
+        if len(s) == len("group:"):
+            raise BadRequest("empty group name")
+        return s
+    return normalize_email(s)
+
+
+def hash_token(token: str) -> str:
+    # Tokens carry 256 bits of randomness: a fast hash is enough and keeps
+    # every API request cheap, unlike a password hash.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class UserService:
+    """Users, grants and tokens; takes a session factory (one transaction per call)."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    # ---- users ------------------------------------------------------------
+    def add_user(self, email: str, name: str = "", password: str | None = None) -> User:
+        email = normalize_email(email)
+        if password is not None and len(password) < 12:
+            raise BadRequest("password must be at least 12 characters")
+        with self.sessions.begin() as s:
+            if s.scalar(select(User).where(User.email == email)):
+                raise Conflict(f"user {email} already exists")
+            user = User(email=email, name=name or email.split("@")[0],
+                        password_hash=_hasher.hash(password) if password else None, groups=[])
+            s.add(user)
+        return user
+
+    def get(self, user_id: int) -> User | None:
+        with self.sessions() as s:
+            return s.get(User, user_id)
+
+    def by_email(self, email: str) -> User | None:
+        with self.sessions() as s:
+            return s.scalar(select(User).where(User.email == email.strip().lower()))
+
+    def authenticate(self, email: str, password: str) -> User | None:
+        """The user if the password matches a local, enabled account; else None (same timing)."""
+        user = self.by_email(email) if email else None
+        stored = user.password_hash if user and not user.disabled else None
+        try:
+            _hasher.verify(stored or _DUMMY_HASH, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return None
+        if stored is None or user is None:
+            return None
+        with self.sessions.begin() as s:
+            u = s.get(User, user.id)
+            assert u is not None
+            u.last_login_at = utcnow()
+            if _hasher.check_needs_rehash(stored):
+                u.password_hash = _hasher.hash(password)
+        return user
+
+    def upsert_sso_user(self, email: str, name: str, groups: list[str]) -> User:
+        """Create at first SSO login; replace group membership at every login."""
+        email = normalize_email(email)
+        with self.sessions.begin() as s:
+            user = s.scalar(select(User).where(User.email == email))
+            if user is None:
+                user = User(email=email, name=name or email.split("@")[0], groups=[])
+                s.add(user)
+            user.groups = sorted(set(groups))
+            if name:
+                user.name = name
+            user.last_login_at = utcnow()
+        return user
+
+    # ---- grants -----------------------------------------------------------
+    def grants_for(self, subjects: list[str]) -> list[Grant]:
+        with self.sessions() as s:
+            return list(s.scalars(select(Grant).where(Grant.subject.in_(subjects))
+                                  .order_by(Grant.environment, Grant.role)))
+
+    def all_grants(self) -> list[Grant]:
+        with self.sessions() as s:
+            return list(s.scalars(select(Grant).order_by(Grant.environment, Grant.subject)))
+
+    def grant(self, subject: str, environment: str, role: str, catalog: Catalog,
+              by: str = "") -> tuple[Grant, bool]:
+        """Add a grant; returns (grant, created). Validates environment and role."""
+        subject = normalize_subject(subject)
+        if environment != GLOBAL and catalog.get(environment) is None:
+            raise NotFound(f"unknown environment {environment!r}")
+        try:
+            r = parse_role(role, environment)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        with self.sessions() as s:
+            existing = s.scalar(select(Grant).where(Grant.subject == subject, Grant.environment == environment,
+                                                    Grant.role == r.value))
+            if existing:
+                return existing, False
+            g = Grant(subject=subject, environment=environment, role=r.value, created_by=by)
+            s.add(g)
+            try:
+                s.commit()
+            except IntegrityError:  # a concurrent identical grant won the race
+                s.rollback()
+                existing = s.scalar(select(Grant).where(Grant.subject == subject,
+                                                        Grant.environment == environment, Grant.role == r.value))
+                assert existing is not None
+                return existing, False
+            return g, True
+
+    def revoke(self, subject: str, environment: str, role: str | None = None) -> list[Grant]:
+        """Remove the subject's grants in environment (one role, or all); returns what was removed."""
+        subject = normalize_subject(subject)
+        if role is not None:
+            try:
+                Role(role)
+            except ValueError:
+                raise BadRequest(f"unknown role {role!r}") from None
+        with self.sessions.begin() as s:
+            q = select(Grant).where(Grant.subject == subject, Grant.environment == environment)
+            if role is not None:
+                q = q.where(Grant.role == role)
+            gone = list(s.scalars(q))
+            if gone:
+                s.execute(delete(Grant).where(Grant.id.in_([g.id for g in gone])))
+            return gone
+
+    # ---- tokens -----------------------------------------------------------
+    def create_token(self, email: str, name: str = "") -> tuple[ApiToken, str]:
+        """A new token for the user; the clear value is returned once and never stored."""
+        with self.sessions.begin() as s:
+            user = s.scalar(select(User).where(User.email == email.strip().lower()))
+            if user is None:
+                raise NotFound(f"no user {email}")
+            clear = TOKEN_PREFIX + secrets.token_urlsafe(32)
+            tok = ApiToken(user_id=user.id, name=name, token_hash=hash_token(clear), prefix=clear[:10])
+            s.add(tok)
+        return tok, clear
+
+    def revoke_token(self, token_id: int) -> ApiToken:
+        with self.sessions.begin() as s:
+            tok = s.get(ApiToken, token_id)
+            if tok is None:
+                raise NotFound(f"no token {token_id}")
+            tok.revoked_at = tok.revoked_at or utcnow()
+            return tok
+
+    def user_for_token(self, clear: str) -> User | None:
+        if not clear.startswith(TOKEN_PREFIX):
+            return None
+        with self.sessions() as s:
+            tok = s.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(clear)))
+            if tok is None or tok.revoked_at is not None:
+                return None
+            user = s.get(User, tok.user_id)
+            if user is None or user.disabled:
+                return None
+            now = utcnow()
+            # Coarse last-used stamp: one write per token per minute at most.
+            if tok.last_used_at is None or now - tok.last_used_at > dt.timedelta(minutes=1):
+                tok.last_used_at = now
+                s.commit()
+            return user

@@ -1,0 +1,1 @@
+"""Valet Key's composition root: the runtime wiring and the ``valetkey`` command line."""

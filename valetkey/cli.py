@@ -1,0 +1,269 @@
+"""The ``valetkey`` command line (Contract: command line).
+
+Every command reports a configuration problem as one line naming file, key
+and reason, and exits 2; other refusals exit 1 with one line. No traceback
+reaches the terminal for an error we know about.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+from scope.errors import ConfigError, ValetKeyError
+from scope.settings import Settings
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _runtime(with_broker: bool = False) -> Any:
+    from valetkey.runtime import Runtime
+
+    return Runtime.from_settings(Settings.from_env(os.environ), with_broker=with_broker)
+
+
+def _audit(rt: Any, **kw: Any) -> None:
+    from jobs.audit_stream import AuditEvent
+
+    rt.audit.record(AuditEvent(actor=os.environ.get("VALETKEY_CLI_ACTOR") or f"cli:{_whoami()}",
+                               source="cli", **kw))
+
+
+def _whoami() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry in some containers
+        return "unknown"
+
+
+# ---- commands -----------------------------------------------------------------
+def cmd_db_upgrade(a: argparse.Namespace) -> int:
+    from scope.db import make_engine
+    from scope.migrate import upgrade
+
+    settings = Settings.from_env(os.environ)
+    engine = make_engine(settings.database_url)
+    try:
+        upgrade(engine)
+    except Exception as e:  # noqa: BLE001 - report the database problem in one line
+        raise ValetKeyError(f"database upgrade failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+    finally:
+        engine.dispose()
+    print("database is up to date")
+    return 0
+
+
+def cmd_user_add(a: argparse.Namespace) -> int:
+    rt = _runtime()
+    password = None
+    if a.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise ValetKeyError("no password on standard input")
+    user = rt.users.add_user(a.email, a.name or "", password)
+    print(f"added {user.email}")
+    return 0
+
+
+def cmd_grant(a: argparse.Namespace) -> int:
+    rt = _runtime()
+    grant, created = rt.users.grant(a.subject, a.environment, a.role, rt.catalog, by="cli")
+    if created:
+        try:
+            _audit(rt, action="grant.add", outcome="succeeded", environment=grant.environment,
+                   target=grant.subject, detail=f"role {grant.role}")
+        except ValetKeyError:
+            rt.users.revoke(grant.subject, grant.environment, grant.role)  # fail closed: no unaudited grant
+            raise
+        print(f"granted {grant.role} in {grant.environment} to {grant.subject}")
+    else:
+        print(f"{grant.subject} already holds {grant.role} in {grant.environment}")
+    return 0
+
+
+def cmd_revoke(a: argparse.Namespace) -> int:
+    rt = _runtime()
+    gone = rt.users.revoke(a.subject, a.environment, a.role)
+    for g in gone:
+        _audit(rt, action="grant.remove", outcome="succeeded", environment=g.environment, target=g.subject,
+               detail=f"role {g.role}")
+        print(f"revoked {g.role} in {g.environment} from {g.subject}")
+    if not gone:
+        print("no matching grant", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_token_create(a: argparse.Namespace) -> int:
+    rt = _runtime()
+    tok, clear = rt.users.create_token(a.email, a.name or "")
+    _audit(rt, action="token.create", outcome="succeeded", target=a.email.strip().lower(),
+           detail=f"token {tok.prefix}… ({tok.name or 'unnamed'})")
+    print(f"token for {a.email} (shown once, store it now):", file=sys.stderr)
+    print(clear)
+    return 0
+
+
+def cmd_web(a: argparse.Namespace) -> int:
+    from valetkey.serve import serve
+
+    serve(bind=a.bind, workers=a.workers, threads=a.threads)
+    return 0
+
+
+def cmd_worker(a: argparse.Namespace) -> int:
+    from valetkey.process import stop_event
+    from workers.process import run_worker
+
+    stop = stop_event()
+    run_worker(_runtime(with_broker=True), stop, threads=a.threads)
+    return 0
+
+
+def cmd_audit_consume(a: argparse.Namespace) -> int:
+    from audit.exporter import Exporter
+    from valetkey.process import stop_event
+
+    stop = stop_event()
+    rt = _runtime()
+    Exporter(rt.redis, rt.sessions).run(stop)
+    rt.close()
+    return 0
+
+
+def cmd_audit_verify(a: argparse.Namespace) -> int:
+    from audit.queries import verify_chain
+
+    rt = _runtime()
+    res = verify_chain(rt.sessions)
+    if res.ok:
+        print(f"audit chain intact: {res.checked} entries")
+        return 0
+    print(f"audit chain BROKEN at entry {res.bad_id}: {res.reason} ({res.checked} entries verified before it)",
+          file=sys.stderr)
+    return 3
+
+
+def cmd_audit_export(a: argparse.Namespace) -> int:
+    from audit.export import write_export
+    from audit.queries import AuditFilter
+
+    rt = _runtime()
+    flt = AuditFilter.parse({k: v for k, v in (("environment", a.environment), ("actor", a.actor),
+                                                  ("action", a.action), ("outcome", a.outcome),
+                                                  ("since", a.since), ("until", a.until)) if v})
+    for chunk in write_export(rt.sessions, flt, a.format):
+        sys.stdout.write(chunk)
+    return 0
+
+
+def cmd_schedule_run(a: argparse.Namespace) -> int:
+    from valetkey.process import stop_event
+    from workers.schedule import run_scheduler
+
+    stop = stop_event()
+    run_scheduler(_runtime(), stop)
+    return 0
+
+
+def cmd_iam_policy(a: argparse.Namespace) -> int:
+    import json
+
+    from scope.iam import policy_for
+
+    settings = Settings.from_env(os.environ)
+    from scope.catalog import load_catalog
+
+    catalog = load_catalog(settings.environments_path, settings.environ, own_redis_url=settings.redis_url)
+    print(json.dumps(policy_for(catalog, account=a.account, partition=a.partition), indent=2))
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from valetkey.demo import run_demo
+
+    return run_demo(port=a.port)
+
+
+# ---- parser -------------------------------------------------------------------
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="valetkey", description="Valet Key: scoped, audited operations on ECS.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Handler, help: str, parent: Any = sub) -> argparse.ArgumentParser:
+        sp = parent.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    demo = add("demo", cmd_demo, "run the whole system locally with a stand-in for AWS")
+    demo.add_argument("--port", type=int, default=8000)
+
+    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
+    add("upgrade", cmd_db_upgrade, "create or migrate the schema", db)
+
+    user = sub.add_parser("user", help="local accounts").add_subparsers(dest="user_command", required=True)
+    ua = add("add", cmd_user_add, "add a local account", user)
+    ua.add_argument("email")
+    ua.add_argument("--name")
+    ua.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+
+    g = add("grant", cmd_grant, "give SUBJECT (e-mail or group:NAME) ROLE in ENV ('*' for auditor/admin)")
+    g.add_argument("subject")
+    g.add_argument("environment")
+    g.add_argument("role")
+    r = add("revoke", cmd_revoke, "take SUBJECT's role (or all roles) in ENV away")
+    r.add_argument("subject")
+    r.add_argument("environment")
+    r.add_argument("role", nargs="?")
+
+    tok = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)
+    tc = add("create", cmd_token_create, "create an API token; printed once as the last line", tok)
+    tc.add_argument("email")
+    tc.add_argument("--name")
+
+    w = add("web", cmd_web, "serve the web app and API with gunicorn")
+    w.add_argument("--bind", default=f"0.0.0.0:{os.environ.get('PORT', '8000')}")
+    w.add_argument("--workers", type=int, default=2)
+    w.add_argument("--threads", type=int, default=16)
+    wk = add("worker", cmd_worker, "run jobs from the queue")
+    wk.add_argument("--threads", type=int, default=4)
+
+    au = sub.add_parser("audit", help="the audit trail").add_subparsers(dest="audit_command", required=True)
+    add("consume", cmd_audit_consume, "the exporter: audit stream -> database", au)
+    add("verify", cmd_audit_verify, "check the hash chain; non-zero naming the first bad entry", au)
+    ex = add("export", cmd_audit_export, "write audit entries to stdout", au)
+    ex.add_argument("--format", choices=["csv", "json"], default="csv")
+    for f in ("environment", "actor", "action", "outcome", "since", "until"):
+        ex.add_argument(f"--{f}")
+
+    sc = sub.add_parser("schedule", help="on/off schedules").add_subparsers(dest="schedule_command", required=True)
+    add("run", cmd_schedule_run, "the scheduler process", sc)
+
+    iam = add("iam-policy", cmd_iam_policy, "print the least-privilege IAM policy for the configured environments")
+    iam.add_argument("--account", default="*", help="AWS account id to put in ARNs (default: any)")
+    iam.add_argument("--partition", default="aws")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=os.environ.get("VALETKEY_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"valetkey: configuration error: {e.file}: {e.key}: {e.reason}", file=sys.stderr)
+        return 2
+    except ValetKeyError as e:
+        print(f"valetkey: {e.detail}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

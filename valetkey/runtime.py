@@ -1,0 +1,69 @@
+"""Build every long-lived service of a process once, from settings (Warehouse-style injection).
+
+Nothing here runs at import time: processes call ``Runtime.from_settings``
+(or tests build a Runtime with their own parts).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import dramatiq
+import redis
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs.audit_stream import AuditLog
+from jobs.broker import make_broker
+from jobs.events import JobEvents
+from jobs.service import JobService
+from scope.aws import AwsClients
+from scope.catalog import Catalog, load_catalog
+from scope.db import make_engine, make_sessionmaker
+from scope.settings import Settings
+from scope.users import UserService
+
+
+def redis_client(url: str) -> redis.Redis:
+    # The read timeout must outlast the longest XREAD BLOCK (25 s long-polls).
+    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=40, health_check_interval=30)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    catalog: Catalog
+    engine: Engine
+    sessions: sessionmaker[Session]
+    redis: redis.Redis
+    broker: dramatiq.Broker | None
+    aws: AwsClients
+    users: UserService
+    jobs: JobService
+    audit: AuditLog
+    events: JobEvents
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, broker: dramatiq.Broker | None = None,
+                      with_broker: bool = True) -> "Runtime":
+        catalog = load_catalog(settings.environments_path, settings.environ, own_redis_url=settings.redis_url)
+        engine = make_engine(settings.database_url)
+        sessions = make_sessionmaker(engine)
+        r = redis_client(settings.redis_url)
+        if broker is None and with_broker:
+            broker = make_broker(settings.redis_url)
+        audit, events = AuditLog(r), JobEvents(r)
+        return cls(settings=settings, catalog=catalog, engine=engine, sessions=sessions, redis=r,
+                   broker=broker, aws=AwsClients(), users=UserService(sessions),
+                   jobs=JobService(sessions, audit, events, broker), audit=audit, events=events)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **kw: Any) -> "Runtime":
+        return cls.from_settings(Settings.from_env(environ), **kw)
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self.redis.close()
+        if self.broker is not None:
+            self.broker.close()

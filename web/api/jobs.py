@@ -1,0 +1,53 @@
+"""Jobs and their progress events (long-polling)."""
+from __future__ import annotations
+
+from typing import Any
+
+from flask_smorest import Blueprint
+
+from jobs.kinds import TERMINAL
+from jobs.service import job_dict
+from scope.access import environment_for
+from scope.errors import NotFound
+from scope.models import Job
+from web.api.schemas import JobEventsQuerySchema, JobEventsSchema, JobSchema
+from web.context import principal, runtime
+
+blp = Blueprint("jobs", __name__, url_prefix="/api/v1", description="Jobs")
+
+
+def visible_job(job_id: str) -> Job:
+    """The job if the caller may see its environment; NotFound otherwise (no leaking ids)."""
+    job = runtime().jobs.get(job_id)
+    try:
+        environment_for(principal(), runtime().catalog, job.environment)
+    except NotFound:
+        raise NotFound(f"No job {job_id!r}.") from None
+    return job
+
+
+@blp.get("/jobs/<job_id>")
+@blp.response(200, JobSchema)
+def get_job(job_id: str) -> dict[str, Any]:
+    """A job: its status and, once finished, the verified outcome in ``detail``."""
+    return job_dict(visible_job(job_id))
+
+
+@blp.get("/jobs/<job_id>/events")
+@blp.arguments(JobEventsQuerySchema, location="query")
+@blp.response(200, JobEventsSchema)
+def job_events(query: dict[str, Any], job_id: str) -> dict[str, Any]:
+    """Progress events after ``after``; with ``wait`` long-polls up to 25 s for new ones."""
+    job = visible_job(job_id)
+    events = runtime().events
+    after = query["after"]
+    wait = query["wait"] if job.status not in TERMINAL else 0.0
+    got = events.read(job_id, after, wait)
+    nxt = got[-1].id if got else after
+    # Done once the job is terminal and the caller has seen its final event.
+    done = False
+    if job.status in TERMINAL or not got or got[-1].type in TERMINAL:
+        fresh = runtime().jobs.get(job_id)
+        if fresh.status in TERMINAL:
+            done = not events.read(job_id, nxt, 0)
+    return {"events": [e.as_dict() for e in got], "next": nxt, "done": done}

@@ -1,0 +1,129 @@
+"""Marshmallow schemas of the HTTP API; the OpenAPI document is generated from them."""
+from __future__ import annotations
+
+import marshmallow as ma
+from marshmallow import validate
+
+from jobs.kinds import AUDIT_ACTIONS, AUDIT_OUTCOMES, AUDIT_SOURCES
+
+
+class ProblemSchema(ma.Schema):
+    type = ma.fields.String()
+    status = ma.fields.Integer(required=True)
+    title = ma.fields.String(required=True)
+    detail = ma.fields.String(required=True)
+    errors = ma.fields.Dict(metadata={"description": "field name -> messages (validation errors)"})
+    request_id = ma.fields.String()
+
+
+class GrantSchema(ma.Schema):
+    environment = ma.fields.String(required=True)
+    role = ma.fields.String(required=True)
+    subject = ma.fields.String(metadata={"description": "the e-mail or group:NAME the grant is held through"})
+
+
+class MeSchema(ma.Schema):
+    email = ma.fields.String(required=True)
+    name = ma.fields.String()
+    groups = ma.fields.List(ma.fields.String())
+    grants = ma.fields.List(ma.fields.Nested(GrantSchema), required=True)
+
+
+class EnvironmentSummarySchema(ma.Schema):
+    name = ma.fields.String(required=True)
+    # "class" is a Python keyword: the attribute is cls, the JSON key is class.
+    cls = ma.fields.String(data_key="class", required=True)
+    enabled = ma.fields.Boolean(required=True)
+    role = ma.fields.String(required=True)
+
+
+class EnvironmentListSchema(ma.Schema):
+    environments = ma.fields.List(ma.fields.Nested(EnvironmentSummarySchema), required=True)
+
+
+class ServiceSchema(ma.Schema):
+    name = ma.fields.String(required=True)
+    status = ma.fields.String(required=True, metadata={
+        "description": "HEALTHY, DEPLOYING, DEGRADED, STOPPED, FAILED"})
+    running = ma.fields.Integer(required=True)
+    desired = ma.fields.Integer(required=True)
+    pending = ma.fields.Integer()
+    task_definition = ma.fields.String(required=True)
+    image = ma.fields.String(required=True)
+    last_deployment_at = ma.fields.String(allow_none=True)
+    rollout_state = ma.fields.String()
+
+
+class ScheduleSchema(ma.Schema):
+    timezone = ma.fields.String()
+    up = ma.fields.List(ma.fields.String())
+    up_now = ma.fields.Boolean()
+    paused = ma.fields.Boolean()
+    paused_until = ma.fields.String(allow_none=True)
+    next_transition = ma.fields.String(allow_none=True)
+
+
+class EnvironmentDetailSchema(ma.Schema):
+    name = ma.fields.String(required=True)
+    cls = ma.fields.String(data_key="class", required=True)
+    enabled = ma.fields.Boolean(required=True)
+    role = ma.fields.String(required=True)
+    services = ma.fields.List(ma.fields.Nested(ServiceSchema), required=True)
+    redis = ma.fields.List(ma.fields.String(), required=True)
+    run_tasks = ma.fields.List(ma.fields.String(), required=True)
+    schedule = ma.fields.Nested(ScheduleSchema, allow_none=True)
+    permissions = ma.fields.List(ma.fields.String(), metadata={
+        "description": "actions the caller may start here (the server checks again on each)"})
+
+
+class JobSchema(ma.Schema):
+    id = ma.fields.String(required=True)
+    action = ma.fields.String(required=True)
+    environment = ma.fields.String(required=True)
+    target = ma.fields.String(required=True)
+    status = ma.fields.String(required=True, validate=validate.OneOf(["queued", "running", "succeeded", "failed"]))
+    detail = ma.fields.String(required=True)
+    actor = ma.fields.String(required=True)
+    source = ma.fields.String()
+    created_at = ma.fields.String(required=True)
+    started_at = ma.fields.String(allow_none=True)
+    finished_at = ma.fields.String(allow_none=True)
+    url = ma.fields.String(required=True)
+
+
+class JobEventSchema(ma.Schema):
+    id = ma.fields.String(required=True)
+    time = ma.fields.String(required=True)
+    type = ma.fields.String(required=True)
+    message = ma.fields.String(required=True)
+
+
+class JobEventsQuerySchema(ma.Schema):
+    after = ma.fields.String(load_default=None, validate=validate.Regexp(r"^\d+-\d+$"),
+                             metadata={"description": "id of the last event seen"})
+    wait = ma.fields.Float(load_default=0.0, validate=validate.Range(min=0, max=25),
+                           metadata={"description": "seconds to long-poll for new events (at most 25)"})
+
+
+class JobEventsSchema(ma.Schema):
+    events = ma.fields.List(ma.fields.Nested(JobEventSchema), required=True)
+    next = ma.fields.String(allow_none=True, required=True)
+    done = ma.fields.Boolean(required=True)
+
+
+class AuditEntrySchema(ma.Schema):
+    id = ma.fields.Integer(required=True)
+    time = ma.fields.String(required=True)
+    actor = ma.fields.String(required=True)
+    source = ma.fields.String(required=True, validate=validate.OneOf(AUDIT_SOURCES))
+    environment = ma.fields.String(required=True)
+    action = ma.fields.String(required=True, validate=validate.OneOf(AUDIT_ACTIONS))
+    target = ma.fields.String(required=True)
+    outcome = ma.fields.String(required=True, validate=validate.OneOf(AUDIT_OUTCOMES))
+    detail = ma.fields.String(required=True)
+    job_id = ma.fields.String(required=True)
+    before = ma.fields.Dict(allow_none=True)
+    after = ma.fields.Dict(allow_none=True)
+    request_id = ma.fields.String()
+    prev_hash = ma.fields.String()
+    hash = ma.fields.String()

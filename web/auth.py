@@ -1,0 +1,132 @@
+"""Authentication: Flask-Login sessions for the browser, bearer tokens for scripts, local login."""
+from __future__ import annotations
+
+import secrets
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Flask, Response, redirect, render_template, request, session, url_for
+from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
+
+from jobs.audit_stream import AuditEvent
+from scope.errors import NotFound, Unauthorized
+from scope.models import User
+from web.context import runtime
+from web.errors import wants_html
+
+bp = Blueprint("auth", __name__)
+SESSION_KEY = "valetkey:session:"
+SESSION_LIFETIME = 12 * 3600  # absolute lifetime of a browser session, seconds
+login_manager = LoginManager()
+
+
+class SessionUser(UserMixin):
+    """What Flask-Login keeps: the user row and how they signed in."""
+
+    def __init__(self, user: User, via: str) -> None:
+        self.user, self.via = user, via
+
+    def get_id(self) -> str:
+        # The session stores the id together with a per-login nonce so that a
+        # logged-out session cookie cannot be replayed (see load_user).
+        return f"{self.user.id}:{session.get('login_nonce', '')}"
+
+
+@login_manager.user_loader
+def load_user(ident: str) -> SessionUser | None:
+    uid, _, nonce = ident.partition(":")
+    if not uid.isdigit() or not nonce or nonce != session.get("login_nonce"):
+        return None
+    # Sessions live server-side too: logout (or expiry) deletes the key, so a
+    # copied cookie stops working at once.
+    if runtime().redis.get(SESSION_KEY + nonce) != uid.encode():
+        return None
+    user = runtime().users.get(int(uid))
+    if user is None or user.disabled:
+        return None
+    return SessionUser(user, "session")
+
+
+@login_manager.request_loader
+def load_from_token(req) -> SessionUser | None:  # type: ignore[no-untyped-def]
+    header = req.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        return None
+    user = runtime().users.user_for_token(header[len("Bearer "):].strip())
+    if user is None:
+        # A token that was sent but is wrong is an error, not an anonymous request.
+        raise Unauthorized("The API token is invalid or revoked.")
+    return SessionUser(user, "token")
+
+
+@login_manager.unauthorized_handler
+def unauthorized() -> Response:
+    if wants_html():
+        return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+    raise Unauthorized("Sign in, or send an API token as 'Authorization: Bearer <token>'.")
+
+
+def safe_next(target: str | None) -> str:
+    """Only same-origin paths: no scheme, no host, no '//' or backslash tricks."""
+    if not target:
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith(("//", "/\\")) \
+            or "\\" in target or any(ord(c) < 32 for c in target):
+        return "/"
+    return target
+
+
+def start_session(user: User) -> None:
+    """Rotate the session at login: drop everything, new nonce, then log in."""
+    session.clear()
+    nonce = secrets.token_urlsafe(16)
+    runtime().redis.set(SESSION_KEY + nonce, str(user.id), ex=SESSION_LIFETIME)
+    session["login_nonce"] = nonce
+    session.permanent = True
+    login_user(SessionUser(user, "session"))
+
+
+@bp.get("/login")
+def login() -> str | Response:
+    """The sign-in page (SSO button and/or the local form)."""
+    if current_user.is_authenticated:
+        return redirect(safe_next(request.args.get("next")))
+    rt = runtime()
+    return render_template("login.html", next=safe_next(request.args.get("next")),
+                           local_login=rt.settings.local_login, sso=bool(rt.settings.saml_path), error=None)
+
+
+@bp.post("/login")
+def login_post() -> str | Response:
+    """Local password login (break-glass admins, the demo)."""
+    rt = runtime()
+    if not rt.settings.local_login:
+        raise NotFound("Local login is switched off; use single sign-on.")
+    email = (request.form.get("email") or "").strip().lower()
+    password = request.form.get("password") or ""
+    nxt = safe_next(request.form.get("next"))
+    user = rt.users.authenticate(email, password) if email and password else None
+    rt.audit.record(AuditEvent(actor=email or "(blank)", source="web", action="login",
+                               outcome="succeeded" if user else "denied",
+                               detail="local password" if user else "local password: wrong e-mail or password"))
+    if user is None:
+        return render_template("login.html", next=nxt, local_login=True, sso=bool(rt.settings.saml_path),
+                               error="Wrong e-mail or password."), 401  # type: ignore[return-value]
+    start_session(user)
+    return redirect(nxt)
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    """End the session server-side (the nonce is gone, so the old cookie is worthless)."""
+    nonce = session.get("login_nonce")
+    if nonce:
+        runtime().redis.delete(SESSION_KEY + nonce)
+    logout_user()
+    session.clear()
+    return redirect(url_for("auth.login"))
+
+
+def init_app(app: Flask) -> None:
+    login_manager.init_app(app)
+    app.register_blueprint(bp)

@@ -1,0 +1,1 @@
+"""Dramatiq actors and the operations they run against ECS, CloudWatch Logs and target Redis."""

@@ -1,0 +1,65 @@
+"""``valetkey worker``: a Dramatiq worker in this process, plus the sweeper of orphaned jobs."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+
+from dramatiq import Worker
+
+from jobs.broker import send_run_job
+from jobs.kinds import QUEUED, RUNNING
+from jobs.service import LEASE
+from valetkey.runtime import Runtime
+from workers.actors import declare
+from workers.runner import JobRunner
+
+log = logging.getLogger("valetkey.worker")
+MAX_TAKEOVERS = 3
+
+
+def sweep(rt: Runtime) -> int:
+    """Re-send or fail jobs whose worker vanished; returns how many were touched.
+
+    A running job whose heartbeat is older than the lease lost its worker: the
+    message is sent again (claim() lets exactly one worker take it over) until
+    it has been attempted MAX_TAKEOVERS times, then it is failed. A queued job
+    past the age limit is failed, never run.
+    """
+    touched = 0
+    max_age = dt.timedelta(seconds=rt.settings.job_max_age_seconds)
+    now = dt.datetime.now(dt.timezone.utc)
+    for job in rt.jobs.stale(LEASE * 2):
+        if job.status == QUEUED and now - job.created_at > max_age:
+            rt.jobs.finish(job.id, "failed", "Expired: never picked up within the age limit; not run.")
+        elif job.status == RUNNING and job.attempts >= MAX_TAKEOVERS:
+            rt.jobs.finish(job.id, "failed", f"The worker was lost {job.attempts} times; gave up. "
+                                             "Check the service state before trying again.")
+        else:
+            assert rt.broker is not None
+            send_run_job(rt.broker, job.id)
+            rt.events.append(job.id, "redelivered", "No sign of the worker; handing the job to another one")
+        touched += 1
+    return touched
+
+
+def run_worker(rt: Runtime, stop: threading.Event, threads: int = 4, sweep_every: float = 30.0) -> None:
+    assert rt.broker is not None
+    runner = JobRunner(rt)
+    limit_ms = int((rt.settings.stability_timeout * 2 + 300) * 1000)
+    declare(rt.broker, runner, time_limit_ms=limit_ms, max_age_ms=rt.settings.job_max_age_seconds * 1000)
+    worker = Worker(rt.broker, worker_threads=threads, worker_timeout=1000)
+    worker.start()
+    log.info("worker started with %d threads", threads)
+    try:
+        while not stop.wait(sweep_every):
+            try:
+                n = sweep(rt)
+                if n:
+                    log.info("sweeper handled %d stale job(s)", n)
+            except Exception:  # noqa: BLE001 - the sweeper must never take the worker down
+                log.exception("sweeper failed")
+    finally:
+        log.info("worker stopping")
+        worker.stop(timeout=10_000)
+        rt.close()

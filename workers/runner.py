@@ -1,0 +1,115 @@
+"""Run one job: claim it, check scope again, dispatch to its operation, finish it exactly once."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from typing import Any, Callable
+
+from jobs.kinds import FAILED, REDEPLOY, RESTART, SUCCEEDED
+from scope.access import check, principal_from_grants
+from scope.catalog import Environment
+from scope.errors import Forbidden, NotFound, ValetKeyError
+from scope.models import Job
+from scope.roles import Permission
+from valetkey.runtime import Runtime
+from workers.ecs import EcsOperations, Outcome
+from workers.errors import OperationFailed, TransientError
+
+log = logging.getLogger("valetkey.worker")
+
+PERMISSION = {RESTART: Permission.RESTART, REDEPLOY: Permission.REDEPLOY}
+
+
+class Retry(Exception):
+    """Raised to Dramatiq so that it retries the message with backoff (transient AWS trouble)."""
+
+
+class JobRunner:
+    def __init__(self, rt: Runtime, *, sleep: Callable[[float], None] = time.sleep,
+                 ecs_client: Callable[[Environment], Any] | None = None) -> None:
+        self.rt = rt
+        self._sleep = sleep
+        self._ecs_client = ecs_client or rt.aws.ecs
+
+    def run(self, job_id: str, retries: int = 0, max_retries: int = 3) -> str | None:
+        """Run the job; returns its final status, or None if it was not ours to run."""
+        job = self.rt.jobs.claim(job_id)
+        if job is None:
+            log.info("job %s: already finished or held by a live worker; skipping", job_id)
+            return None
+        events = self.rt.events
+        age = dt.datetime.now(dt.timezone.utc) - job.created_at
+        if age.total_seconds() > self.rt.settings.job_max_age_seconds:
+            self._finish(job, FAILED, f"Expired: queued for {int(age.total_seconds())}s, longer than the "
+                                      f"{self.rt.settings.job_max_age_seconds}s age limit; not run.")
+            return FAILED
+        events.append(job.id, "running", f"Worker picked up the job (attempt {job.attempts})")
+        try:
+            env = self._recheck_scope(job)
+            outcome = self._dispatch(job, env)
+        except TransientError as e:
+            if retries < max_retries:
+                events.append(job.id, "retry", f"{e.detail} Retrying ({retries + 1} of {max_retries}).")
+                self.rt.jobs.release(job.id)
+                raise Retry(e.detail) from e
+            self._finish(job, FAILED, f"{e.detail} Gave up after {max_retries} retries.")
+            return FAILED
+        except (OperationFailed, Forbidden, NotFound) as e:
+            self._finish(job, FAILED, e.detail)
+            return FAILED
+        except ValetKeyError as e:
+            self._finish(job, FAILED, e.detail)
+            return FAILED
+        except Exception:  # noqa: BLE001 - a bug must still end the job, not leave it running
+            log.exception("job %s crashed", job.id)
+            self._finish(job, FAILED, "Internal error in the worker (logged); the service may need a look.")
+            return FAILED
+        self._finish(job, SUCCEEDED, outcome.detail, outcome.after)
+        return SUCCEEDED
+
+    def _finish(self, job: Job, status: str, detail: str, after: dict[str, Any] | None = None) -> None:
+        self.rt.jobs.finish(job.id, status, detail, after)
+
+    def _recheck_scope(self, job: Job) -> Environment:
+        """Scope is checked again here: grants or config may have changed since the request."""
+        env = self.rt.catalog.get(job.environment)
+        if env is None:
+            raise NotFound(f"Environment {job.environment} is no longer configured; nothing was done.")
+        permission = PERMISSION.get(job.action)
+        if permission is None:
+            raise OperationFailed(f"This worker does not know how to run {job.action}.")
+        if job.source in ("web", "api", "cli"):
+            user = self.rt.users.by_email(job.actor)
+            if user is None or user.disabled:
+                raise Forbidden(f"Refused at run time: {job.actor} is no longer an active user; nothing was done.")
+            grants = self.rt.users.grants_for(user.subjects)
+            p = principal_from_grants(user.email, user.name, user.id, [(g.environment, g.role) for g in grants])
+            try:
+                check(p, env, permission)
+            except (Forbidden, NotFound) as e:
+                raise Forbidden(f"Refused at run time: {e.detail} Nothing was done.") from e
+        elif not env.actions_allowed:
+            raise Forbidden(f"Refused at run time: {env.name} is disabled; nothing was done.")
+        return env
+
+    def _dispatch(self, job: Job, env: Environment) -> Outcome:
+        params = dict(job.params or {})
+
+        def progress(type_: str, message: str) -> None:
+            self.rt.events.append(job.id, type_, message)
+
+        def checkpoint(p: dict[str, Any]) -> None:
+            self.rt.jobs.heartbeat(job.id, params=dict(p), before=p.get("before"))
+
+        def sleep(seconds: float) -> None:
+            self.rt.jobs.heartbeat(job.id)
+            self._sleep(seconds)
+
+        ops = EcsOperations(self._ecs_client(env), env.cluster, progress, checkpoint,
+                            poll_interval=self.rt.settings.poll_interval,
+                            timeout=self.rt.settings.stability_timeout, sleep=sleep,
+                            reason=f"Valet Key {job.action} by {job.actor} (job {job.id})")
+        if job.action == RESTART:
+            return ops.restart(job.target, params)
+        return ops.redeploy(job.target, params)
