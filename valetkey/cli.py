@@ -173,13 +173,32 @@ def cmd_schedule_run(a: argparse.Namespace) -> int:
 def cmd_iam_policy(a: argparse.Namespace) -> int:
     import json
 
-    from scope.iam import policy_for
+    from scope.catalog import Catalog, load_catalog
+    from scope.iam import MANAGED_POLICY_MAX_CHARS, discover, gaps, policy_for, policy_size
 
     settings = Settings.from_env(os.environ)
-    from scope.catalog import load_catalog
-
     catalog = load_catalog(settings.environments_path, settings.environ, own_redis_url=settings.redis_url)
-    print(json.dumps(policy_for(catalog, account=a.account, partition=a.partition), indent=2))
+    if a.environment:
+        unknown = sorted(set(a.environment) - set(catalog.environments))
+        if unknown:
+            raise ValetKeyError(f"no environment named {unknown[0]!r} in {catalog.path}")
+        catalog = Catalog(catalog.path, {n: e for n, e in catalog.environments.items() if n in a.environment})
+    warnings: list[str] = []
+    task_roles = log_groups = None
+    if not a.offline:
+        from scope.aws import AwsClients
+
+        task_roles, log_groups, warnings = discover(catalog, AwsClients())
+    policy = policy_for(catalog, account=a.account, partition=a.partition,
+                        task_roles=task_roles, log_groups=log_groups)
+    seen = set(warnings)
+    for w in warnings + [g for g in gaps(catalog, task_roles, log_groups) if g not in seen]:
+        print(f"valetkey: warning: {w}", file=sys.stderr)
+    size = policy_size(policy)
+    if size > MANAGED_POLICY_MAX_CHARS:
+        print(f"valetkey: warning: the policy has {size} characters; a managed policy may hold "
+              f"{MANAGED_POLICY_MAX_CHARS}: generate one per account with --environment", file=sys.stderr)
+    print(json.dumps(policy, indent=2))
     return 0
 
 
@@ -245,7 +264,11 @@ def parser() -> argparse.ArgumentParser:
 
     iam = add("iam-policy", cmd_iam_policy, "print the least-privilege IAM policy for the configured environments")
     iam.add_argument("--account", default="*", help="AWS account id to put in ARNs (default: any)")
-    iam.add_argument("--partition", default="aws")
+    iam.add_argument("--partition", default="aws", help="ARN partition (default: aws; a role_arn's wins)")
+    iam.add_argument("--offline", action="store_true",
+                     help="do not ask AWS for task roles and log groups (no iam:PassRole; logs on /ecs/*)")
+    iam.add_argument("--environment", action="append", metavar="NAME",
+                     help="only this environment (repeatable); default: all")
     return p
 
 

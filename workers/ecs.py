@@ -21,6 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from scope.ecs_state import EcsReader, ServiceState
 from scope.errors import NotFound, UpstreamError
+from workers.context import JobContext, Outcome
 from workers.errors import OperationFailed, classify
 
 Progress = Callable[[str, str], None]  # (type, message)
@@ -29,13 +30,6 @@ Checkpoint = Callable[[dict[str, Any]], None]
 
 def short_digest(d: str) -> str:
     return "sha:" + d.split(":", 1)[-1][:6] if d else "?"
-
-
-@dataclass
-class Outcome:
-    detail: str
-    before: dict[str, Any]
-    after: dict[str, Any]
 
 
 @dataclass
@@ -181,3 +175,18 @@ class EcsOperations:
             if elapsed > self.timeout:
                 raise OperationFailed(f"Timed out after {round(elapsed)}s: {line}.")
             self.sleep(self.poll_interval)
+
+
+def _operations(ctx: JobContext) -> EcsOperations:
+    s = ctx.rt.settings
+    return EcsOperations(ctx.ecs_client(ctx.env), ctx.env.cluster, ctx.progress, ctx.checkpoint,
+                         poll_interval=s.poll_interval, timeout=s.stability_timeout, sleep=ctx.sleep,
+                         reason=ctx.reason)
+
+
+def restart(ctx: JobContext) -> Outcome:
+    return _operations(ctx).restart(ctx.job.target, ctx.params)
+
+
+def redeploy(ctx: JobContext) -> Outcome:
+    return _operations(ctx).redeploy(ctx.job.target, ctx.params)

@@ -13,12 +13,17 @@ from scope.errors import Forbidden, NotFound, ValetKeyError
 from scope.models import Job
 from scope.roles import Permission
 from valetkey.runtime import Runtime
-from workers.ecs import EcsOperations, Outcome
+from workers import ecs
+from workers.context import JobContext, Operation, Outcome
 from workers.errors import OperationFailed, TransientError
 
 log = logging.getLogger("valetkey.worker")
 
-PERMISSION = {RESTART: Permission.RESTART, REDEPLOY: Permission.REDEPLOY}
+# action -> (the permission the actor must still hold, the operation that runs it)
+OPERATIONS: dict[str, tuple[Permission, Operation]] = {
+    RESTART: (Permission.RESTART, ecs.restart),
+    REDEPLOY: (Permission.REDEPLOY, ecs.redeploy),
+}
 
 
 class Retry(Exception):
@@ -76,9 +81,9 @@ class JobRunner:
         env = self.rt.catalog.get(job.environment)
         if env is None:
             raise NotFound(f"Environment {job.environment} is no longer configured; nothing was done.")
-        permission = PERMISSION.get(job.action)
-        if permission is None:
+        if job.action not in OPERATIONS:
             raise OperationFailed(f"This worker does not know how to run {job.action}.")
+        permission = OPERATIONS[job.action][0]
         if job.source in ("web", "api", "cli"):
             user = self.rt.users.by_email(job.actor)
             if user is None or user.disabled:
@@ -106,10 +111,6 @@ class JobRunner:
             self.rt.jobs.heartbeat(job.id)
             self._sleep(seconds)
 
-        ops = EcsOperations(self._ecs_client(env), env.cluster, progress, checkpoint,
-                            poll_interval=self.rt.settings.poll_interval,
-                            timeout=self.rt.settings.stability_timeout, sleep=sleep,
-                            reason=f"Valet Key {job.action} by {job.actor} (job {job.id})")
-        if job.action == RESTART:
-            return ops.restart(job.target, params)
-        return ops.redeploy(job.target, params)
+        ctx = JobContext(rt=self.rt, job=job, env=env, params=params, progress=progress,
+                         checkpoint=checkpoint, sleep=sleep, ecs_client=self._ecs_client)
+        return OPERATIONS[job.action][1](ctx)

@@ -1,0 +1,252 @@
+"""Test fixtures: real Redis, real SQLite and PostgreSQL, moto in server mode.
+
+- ``db_url`` is parametrized: every test that touches the database runs on
+  SQLite and on PostgreSQL (VALETKEY_TEST_POSTGRES_URL, default the local
+  ``test`` database; each test session gets a schema of its own).
+- Redis: VALETKEY_TEST_REDIS_URL (default db 13 of the local server), flushed
+  before each test; db 14 is the "target" Redis that flush tests clear.
+- AWS: one moto server per session, reset before each test that asks for it.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import boto3
+import pytest
+import redis as redis_lib
+import requests
+from sqlalchemy import create_engine, text
+
+from scope.db import make_engine
+from scope.migrate import upgrade
+from scope.settings import Settings
+from valetkey.runtime import Runtime
+
+REDIS_URL = os.environ.get("VALETKEY_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+TARGET_REDIS_URL = os.environ.get("VALETKEY_TEST_TARGET_REDIS_URL", "redis://127.0.0.1:6379/14")
+POSTGRES_URL = os.environ.get("VALETKEY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+PASSWORD = "a long enough test password"
+SECRET_VALUE = "sk_live_TEST_SECRET_VALUE_9x"
+
+BASE_TOML = """
+[environments.staging]
+class = "staging"
+region = "us-east-1"
+cluster = "stg"
+run_tasks = ["staging-migrate"]
+webhook_secret_env = "STAGING_WEBHOOK_SECRET"
+
+[environments.staging.redis.cache]
+url_env = "STAGING_CACHE_REDIS_URL"
+max_keys = 100
+
+[environments.qa]
+region = "us-east-1"
+cluster = "qa"
+
+[environments.prod]
+class = "prod"
+region = "us-east-1"
+cluster = "prod"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- AWS (moto server) ----------------------------------------------------------
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AWS_ENDPOINT_URL", url)
+    mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+    mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    mp.setenv("AWS_DEFAULT_REGION", REGION)
+    mp.setenv("MOTO_ECS_SERVICE_RUNNING", "2")
+    yield url
+    mp.undo()
+    server.stop()
+
+
+@pytest.fixture
+def aws(moto_url: str) -> str:
+    """A clean moto: every test starts from an empty account."""
+    requests.post(f"{moto_url}/moto-api/reset", timeout=10)
+    return moto_url
+
+
+def boto(service: str) -> Any:
+    return boto3.client(service, region_name=REGION)
+
+
+def seed_cluster(cluster: str, services: list[str], family_prefix: str | None = None,
+                 running: int = 2, extra_families: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A cluster with services (each with RUNNING tasks in its group) in moto; returns ids."""
+    ecs, ec2 = boto("ecs"), boto("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.9.1.0/24")["Subnet"]["SubnetId"]
+    sg = ec2.create_security_group(GroupName=f"sg-{cluster}", Description="t", VpcId=vpc)["GroupId"]
+    net = {"awsvpcConfiguration": {"subnets": [subnet], "securityGroups": [sg]}}
+    ecs.create_cluster(clusterName=cluster)
+    prefix = family_prefix or cluster
+    for fam in [f"{prefix}-{s}" for s in services] + list(extra_families):
+        ecs.register_task_definition(
+            family=fam, networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256", memory="512",
+            taskRoleArn=f"arn:aws:iam::{ACCOUNT}:role/{fam}-task",
+            executionRoleArn=f"arn:aws:iam::{ACCOUNT}:role/ecsTaskExecutionRole",
+            containerDefinitions=[{
+                "name": "app", "essential": True, "memory": 512, "cpu": 256,
+                "image": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{fam}:latest",
+                "environment": [{"name": "API_KEY", "value": SECRET_VALUE}],
+                "secrets": [{"name": "DB_PASSWORD", "valueFrom": "arn:aws:secretsmanager:us-east-1:1:secret:x"}],
+                "logConfiguration": {"logDriver": "awslogs", "options": {
+                    "awslogs-group": f"/ecs/{fam}", "awslogs-region": REGION, "awslogs-stream-prefix": "app"}},
+            }])
+    for svc in services:
+        ecs.create_service(cluster=cluster, serviceName=svc, taskDefinition=f"{prefix}-{svc}", desiredCount=2,
+                           launchType="FARGATE", networkConfiguration=net)
+        if running:
+            ecs.run_task(cluster=cluster, taskDefinition=f"{prefix}-{svc}", count=running, launchType="FARGATE",
+                         networkConfiguration=net, group=f"service:{svc}", startedBy="ecs-svc/1")
+    return {"subnet": subnet, "sg": sg, "vpc": vpc}
+
+
+# ---- Redis ----------------------------------------------------------------------
+@pytest.fixture
+def redis_url() -> str:
+    r = redis_lib.Redis.from_url(REDIS_URL)
+    r.flushdb()
+    r.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def target_redis() -> Iterator[redis_lib.Redis]:
+    r = redis_lib.Redis.from_url(TARGET_REDIS_URL)
+    r.flushdb()
+    yield r
+    r.flushdb()
+    r.close()
+
+
+# ---- database -------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def pg_schema_url() -> Iterator[str]:
+    """A fresh PostgreSQL schema for this test session, migrated to head."""
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with admin.begin() as c:
+            c.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {e}")
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    url = f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    yield url
+    with admin.begin() as c:
+        c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+TABLES = ("audit_entries", "api_tokens", "grants", "jobs", "users")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'valetkey.db'}"
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        yield url
+        return
+    url = request.getfixturevalue("pg_schema_url")
+    yield url
+    engine = make_engine(url)
+    with engine.begin() as c:
+        for t in TABLES:
+            c.execute(text(f"DELETE FROM {t}"))
+        c.execute(text("UPDATE audit_head SET last_id = 0, hash = :h"), {"h": "0" * 64})
+    engine.dispose()
+
+
+# ---- runtime, app, client -----------------------------------------------------------
+@pytest.fixture
+def config_file(tmp_path: Path) -> Callable[[str], str]:
+    def write(body: str = BASE_TOML) -> str:
+        p = tmp_path / "environments.toml"
+        p.write_text(body)
+        return str(p)
+    return write
+
+
+@pytest.fixture
+def environ(db_url: str, redis_url: str, config_file: Callable[[str], str]) -> dict[str, str]:
+    return {
+        "VALETKEY_DATABASE_URL": db_url,
+        "VALETKEY_REDIS_URL": redis_url,
+        "VALETKEY_ENVIRONMENTS": config_file(BASE_TOML),
+        "VALETKEY_SECRET_KEY": "test-secret-key-0123456789",
+        "VALETKEY_POLL_INTERVAL": "0.05",
+        "VALETKEY_STABILITY_TIMEOUT": "5",
+        "STAGING_CACHE_REDIS_URL": TARGET_REDIS_URL,
+        "STAGING_WEBHOOK_SECRET": "whsec-test",
+    }
+
+
+@pytest.fixture
+def rt(environ: dict[str, str]) -> Iterator[Runtime]:
+    runtime = Runtime.from_settings(Settings.from_env(environ))
+    yield runtime
+    runtime.close()
+
+
+@pytest.fixture
+def app(rt: Runtime) -> Any:
+    from web import create_app
+
+    application = create_app({"TESTING": True}, runtime=rt)
+    return application
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+@pytest.fixture
+def make_user(rt: Runtime) -> Callable[..., dict[str, str]]:
+    """make_user("a@x.test", ("staging", "developer"), ...) -> {"Authorization": "Bearer ..."}."""
+    def make(email: str, *grants: tuple[str, str], password: str = PASSWORD) -> dict[str, str]:
+        rt.users.add_user(email, email.split("@")[0].title(), password)
+        for env, role in grants:
+            rt.users.grant(email, env, role, rt.catalog)
+        _, token = rt.users.create_token(email, "test")
+        return {"Authorization": f"Bearer {token}"}
+    return make
+
+
+def audit_events(rt: Runtime) -> list[dict[str, Any]]:
+    """Audit events appended to the stream so far (the exporter is not running in unit tests)."""
+    from jobs.audit_stream import STREAM, AuditEvent
+
+    return [AuditEvent.decode(f).__dict__ for _, f in rt.redis.xrange(STREAM)]

@@ -1,0 +1,37 @@
+"""What an operation gets to do its work, and what it returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from scope.catalog import Environment
+from scope.models import Job
+from valetkey.runtime import Runtime
+
+
+@dataclass
+class Outcome:
+    """A verified result: ``detail`` is the human outcome shown on the job and in the audit trail."""
+
+    detail: str
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+
+
+@dataclass
+class JobContext:
+    rt: Runtime
+    job: Job
+    env: Environment
+    params: dict[str, Any]  # job.params, mutable; persist changes with checkpoint()
+    progress: Callable[[str, str], None]  # (type, message) -> job event
+    checkpoint: Callable[[dict[str, Any]], None]  # persist params (and params["before"]) to the job row
+    sleep: Callable[[float], None]  # sleeps and heartbeats the job
+    ecs_client: Callable[[Environment], Any]
+
+    @property
+    def reason(self) -> str:
+        return f"Valet Key {self.job.action} by {self.job.actor} (job {self.job.id})"
+
+
+Operation = Callable[[JobContext], Outcome]
