@@ -184,7 +184,8 @@ def cmd_iam_policy(a: argparse.Namespace) -> int:
             raise ValetKeyError(f"no environment named {unknown[0]!r} in {catalog.path}")
         catalog = Catalog(catalog.path, {n: e for n, e in catalog.environments.items() if n in a.environment})
     warnings: list[str] = []
-    task_roles = log_groups = None
+    task_roles: dict[str, list[str]] | None = None
+    log_groups: dict[str, list[str]] | None = None
     if not a.offline:
         from scope.aws import AwsClients
 
