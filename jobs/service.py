@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # A running job whose worker has not touched it for this long is presumed
 # orphaned (worker killed): a redelivered message may take it over.
-LEASE = dt.timedelta(seconds=60)
+DEFAULT_LEASE = dt.timedelta(seconds=60)
 
 
 def iso(t: dt.datetime | None) -> str | None:
@@ -44,8 +44,10 @@ def job_dict(job: Job) -> dict[str, Any]:
 
 class JobService:
     def __init__(self, sessions: sessionmaker[Session], audit: AuditLog, events: JobEvents,
-                 broker: dramatiq.Broker | None, clock: Callable[[], dt.datetime] = utcnow) -> None:
+                 broker: dramatiq.Broker | None, clock: Callable[[], dt.datetime] = utcnow,
+                 lease: dt.timedelta = DEFAULT_LEASE) -> None:
         self.sessions, self.audit, self.events, self.broker, self.clock = sessions, audit, events, broker, clock
+        self.lease = lease
 
     # ---- web side ---------------------------------------------------------
     def create(self, *, action: str, environment: str, target: str, actor: str, source: str,
@@ -115,7 +117,7 @@ class JobService:
             res = s.execute(
                 update(Job).where(Job.id == job_id, or_(
                     Job.status == QUEUED,
-                    (Job.status == RUNNING) & or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < now - LEASE)))
+                    (Job.status == RUNNING) & or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < now - self.lease)))
                 .values(status=RUNNING, heartbeat_at=now, attempts=Job.attempts + 1))
             if res.rowcount != 1:
                 return None

@@ -8,6 +8,8 @@ from scope.errors import ConfigError
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_DATABASE_URL = "sqlite:///instance/valetkey.db"
+GITHUB_OIDC_ISSUER = "https://token.actions.githubusercontent.com"
+GITHUB_OIDC_JWKS_URL = GITHUB_OIDC_ISSUER + "/.well-known/jwks"
 
 
 def _bool(name: str, value: str) -> bool:
@@ -17,6 +19,12 @@ def _bool(name: str, value: str) -> bool:
     if v in ("0", "false", "no", "off"):
         return False
     raise ConfigError("environment", name, f"expected true or false, got {value!r}")
+
+
+def _http_url(name: str, value: str) -> str:
+    if not value.startswith(("https://", "http://")):
+        raise ConfigError("environment", name, "must be an http:// or https:// URL")
+    return value
 
 
 def _int(name: str, value: str, minimum: int = 0) -> int:
@@ -50,10 +58,17 @@ class Settings:
     audit_retention_days: int = 90
     local_login: bool = True
     saml_groups_attribute: str = "groups"
+    # GitHub Actions OIDC tokens for /hooks/redeploy (audience defaults to base_url).
+    oidc_jwks_url: str = GITHUB_OIDC_JWKS_URL
+    oidc_issuer: str = GITHUB_OIDC_ISSUER
+    oidc_audience: str = "http://localhost:8000"
     # Operational knobs (not part of the contract, safe defaults).
     poll_interval: float = 3.0
     stability_timeout: float = 900.0
+    task_timeout: float = 1800.0  # a one-off task running longer is stopped (StopTask) and failed
     job_max_age_seconds: int = 3600
+    job_lease_seconds: float = 60.0  # a running job silent this long has lost its worker
+    sweep_interval: float = 30.0
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -70,9 +85,16 @@ class Settings:
                                       e.get("VALETKEY_AUDIT_RETENTION_DAYS", "90"), minimum=1),
             local_login=_bool("VALETKEY_LOCAL_LOGIN", e.get("VALETKEY_LOCAL_LOGIN", "true")),
             saml_groups_attribute=e.get("VALETKEY_SAML_GROUPS_ATTRIBUTE") or "groups",
+            oidc_jwks_url=_http_url("VALETKEY_OIDC_JWKS_URL", e.get("VALETKEY_OIDC_JWKS_URL") or GITHUB_OIDC_JWKS_URL),
+            oidc_issuer=e.get("VALETKEY_OIDC_ISSUER") or GITHUB_OIDC_ISSUER,
+            oidc_audience=e.get("VALETKEY_OIDC_AUDIENCE")
+            or (e.get("VALETKEY_BASE_URL") or "http://localhost:8000").rstrip("/"),
             poll_interval=_float("VALETKEY_POLL_INTERVAL", e.get("VALETKEY_POLL_INTERVAL", "3"), 0.05),
             stability_timeout=_float("VALETKEY_STABILITY_TIMEOUT",
                                      e.get("VALETKEY_STABILITY_TIMEOUT", "900"), 1),
+            task_timeout=_float("VALETKEY_TASK_TIMEOUT", e.get("VALETKEY_TASK_TIMEOUT", "1800"), 1),
             job_max_age_seconds=_int("VALETKEY_JOB_MAX_AGE", e.get("VALETKEY_JOB_MAX_AGE", "3600"), 1),
+            job_lease_seconds=_float("VALETKEY_JOB_LEASE", e.get("VALETKEY_JOB_LEASE", "60"), 1),
+            sweep_interval=_float("VALETKEY_SWEEP_INTERVAL", e.get("VALETKEY_SWEEP_INTERVAL", "30"), 0.1),
             environ=dict(environ),
         )

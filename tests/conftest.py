@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+
 import boto3
 import pytest
 import redis as redis_lib
@@ -88,6 +89,17 @@ def aws(moto_url: str) -> str:
     """A clean moto: every test starts from an empty account."""
     requests.post(f"{moto_url}/moto-api/reset", timeout=10)
     return moto_url
+
+
+@pytest.fixture
+def steady_tasks(aws: str) -> str:
+    """Keep moto's tasks where they are: by default each DescribeTasks call advances a task
+    one state (RUNNING -> DEACTIVATING -> ... -> STOPPED), which mimics one-off tasks but
+    not a service's long-running ones."""
+    requests.post(f"{aws}/moto-api/state-manager/set-transition", timeout=10, json={
+        "model_name": "ecs::task", "transition": {"progression": "manual", "times": 1_000_000}})
+    yield aws
+    requests.post(f"{aws}/moto-api/state-manager/unset-transition", timeout=10, json={"model_name": "ecs::task"})
 
 
 def boto(service: str) -> Any:

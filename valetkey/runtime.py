@@ -5,6 +5,7 @@ Nothing here runs at import time: processes call ``Runtime.from_settings``
 """
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -56,7 +57,9 @@ class Runtime:
         audit, events = AuditLog(r), JobEvents(r)
         return cls(settings=settings, catalog=catalog, engine=engine, sessions=sessions, redis=r,
                    broker=broker, aws=AwsClients(), users=UserService(sessions),
-                   jobs=JobService(sessions, audit, events, broker), audit=audit, events=events)
+                   jobs=JobService(sessions, audit, events, broker,
+                                   lease=dt.timedelta(seconds=settings.job_lease_seconds)),
+                   audit=audit, events=events)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **kw: Any) -> "Runtime":

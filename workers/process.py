@@ -9,7 +9,6 @@ from dramatiq import Worker
 
 from jobs.broker import send_run_job
 from jobs.kinds import QUEUED, RUNNING
-from jobs.service import LEASE
 from valetkey.runtime import Runtime
 from workers.actors import declare
 from workers.runner import JobRunner
@@ -29,7 +28,7 @@ def sweep(rt: Runtime) -> int:
     touched = 0
     max_age = dt.timedelta(seconds=rt.settings.job_max_age_seconds)
     now = dt.datetime.now(dt.timezone.utc)
-    for job in rt.jobs.stale(LEASE * 2):
+    for job in rt.jobs.stale(rt.jobs.lease * 2):
         if job.status == QUEUED and now - job.created_at > max_age:
             rt.jobs.finish(job.id, "failed", "Expired: never picked up within the age limit; not run.")
         elif job.status == RUNNING and job.attempts >= MAX_TAKEOVERS:
@@ -43,7 +42,7 @@ def sweep(rt: Runtime) -> int:
     return touched
 
 
-def run_worker(rt: Runtime, stop: threading.Event, threads: int = 4, sweep_every: float = 30.0) -> None:
+def run_worker(rt: Runtime, stop: threading.Event, threads: int = 4) -> None:
     assert rt.broker is not None
     runner = JobRunner(rt)
     limit_ms = int((rt.settings.stability_timeout * 2 + 300) * 1000)
@@ -52,7 +51,7 @@ def run_worker(rt: Runtime, stop: threading.Event, threads: int = 4, sweep_every
     worker.start()
     log.info("worker started with %d threads", threads)
     try:
-        while not stop.wait(sweep_every):
+        while not stop.wait(rt.settings.sweep_interval):
             try:
                 n = sweep(rt)
                 if n:

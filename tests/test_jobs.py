@@ -1,0 +1,205 @@
+"""Restart and redeploy through the queue: 202 + job, one job per service, verified outcomes, events."""
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+
+import boto3
+import pytest
+from sqlalchemy import update
+
+from jobs.audit_stream import AuditLog
+from jobs.events import JobEvents
+from jobs.service import JobService
+from scope.models import Job
+from tests.conftest import REGION, audit_events, seed_cluster
+from valetkey.runtime import Runtime, redis_client
+from workers.runner import JobRunner, Retry
+
+RESTART = "/api/v1/environments/staging/services/orders-api/restart"
+REDEPLOY = "/api/v1/environments/staging/services/orders-api/redeploy"
+
+
+@pytest.fixture
+def staging(steady_tasks):
+    return seed_cluster("stg", ["orders-api", "payments-api"], family_prefix="staging")
+
+
+@pytest.fixture
+def dev(make_user):
+    return make_user("dev@acme.test", ("staging", "developer"))
+
+
+def service_tasks(service: str, status: str = "RUNNING") -> list[dict]:
+    ecs = boto3.client("ecs", region_name=REGION)
+    arns = ecs.list_tasks(cluster="stg", desiredStatus=status)["taskArns"]
+    tasks = ecs.describe_tasks(cluster="stg", tasks=arns)["tasks"] if arns else []
+    return [t for t in tasks if t["group"] == f"service:{service}"]
+
+
+def test_restart_answers_202_with_job_and_location(client, rt, dev, staging):
+    r = client.post(RESTART, headers=dev)
+    assert r.status_code == 202, r.get_json()
+    job = r.get_json()
+    assert r.headers["Location"] == f"/api/v1/jobs/{job['id']}" == job["url"]
+    assert {k: job[k] for k in ("action", "environment", "target", "status", "actor", "detail")} == {
+        "action": "service.restart", "environment": "staging", "target": "orders-api", "status": "queued",
+        "actor": "dev@acme.test", "detail": ""}
+    assert client.get(job["url"], headers=dev).get_json() == job
+    # The job row is committed and the requested audit event and the message exist.
+    assert rt.jobs.get(job["id"]).status == "queued"
+    requested = [e for e in audit_events(rt) if e["job_id"] == job["id"]]
+    assert [e["outcome"] for e in requested] == ["requested"]
+    assert rt.redis.hlen("dramatiq:valetkey.msgs") == 1
+
+
+def test_restart_replaces_tasks_and_reports_healthy(client, rt, dev, staging):
+    originals = {t["taskArn"] for t in service_tasks("orders-api")}
+    other = {t["taskArn"] for t in service_tasks("payments-api")}
+    job = client.post(RESTART, headers=dev).get_json()
+    assert JobRunner(rt).run(job["id"]) == "succeeded"
+    done = client.get(job["url"], headers=dev).get_json()
+    assert done["status"] == "succeeded" and done["detail"].startswith("HEALTHY after ")
+    assert done["started_at"] and done["finished_at"]
+    stopped = {t["taskArn"] for t in service_tasks("orders-api", "STOPPED")}
+    assert stopped == originals  # exactly the service's own tasks were replaced
+    assert other == {t["taskArn"] for t in service_tasks("payments-api")}  # the neighbour untouched
+    row = rt.jobs.get(job["id"])
+    assert row.before["task_definition"] == row.after["task_definition"] == "staging-orders-api:1"
+    assert row.before["desired"] == 2 and "deployment_id" in row.after
+    outcome = [e for e in audit_events(rt) if e["job_id"] == job["id"]][-1]
+    assert outcome["outcome"] == "succeeded" and outcome["detail"] == done["detail"]
+    assert outcome["before"]["running"] == 2 and outcome["after"]["task_definition"] == "staging-orders-api:1"
+
+
+def test_redeploy_starts_new_deployment_and_reports(client, rt, dev, staging):
+    ecs = boto3.client("ecs", region_name=REGION)
+    before = ecs.describe_services(cluster="stg", services=["orders-api"])["services"][0]["deployments"][0]["id"]
+    job = client.post(REDEPLOY, headers=dev).get_json()
+    assert JobRunner(rt).run(job["id"]) == "succeeded"
+    done = rt.jobs.get(job["id"])
+    after = ecs.describe_services(cluster="stg", services=["orders-api"])["services"][0]
+    assert after["deployments"][0]["id"] != before
+    assert after["taskDefinition"].endswith("staging-orders-api:1")  # no task definition edited
+    assert done.detail.startswith("Deployed ") and done.after["deployment_id"] == after["deployments"][0]["id"]
+
+
+def test_second_job_on_same_service_is_409_naming_the_first(client, rt, dev, staging):
+    first = client.post(RESTART, headers=dev).get_json()
+    r = client.post(REDEPLOY, headers=dev)
+    assert r.status_code == 409
+    body = r.get_json()
+    assert first["id"] in body["detail"] and body["job_id"] == first["id"]
+    # Another service is not blocked, and the lock is released once the job ends.
+    assert client.post("/api/v1/environments/staging/services/payments-api/restart", headers=dev).status_code == 202
+    JobRunner(rt).run(first["id"])
+    assert client.post(REDEPLOY, headers=dev).status_code == 202
+
+
+def test_refused_with_503_when_queue_redis_is_down(rt, dev, staging):
+    from web import create_app
+
+    broken = Runtime(settings=rt.settings, catalog=rt.catalog, engine=rt.engine, sessions=rt.sessions,
+                     redis=rt.redis, broker=rt.broker, aws=rt.aws, users=rt.users, audit=rt.audit,
+                     events=rt.events, jobs=rt.jobs)
+    dead = redis_client("redis://127.0.0.1:1/0")
+    broken.audit = AuditLog(dead)
+    broken.jobs = JobService(rt.sessions, broken.audit, JobEvents(dead), rt.broker)
+    c = create_app({"TESTING": True}, runtime=broken).test_client()
+    r = c.post(RESTART, headers=dev)
+    assert r.status_code == 503 and r.headers["Content-Type"].startswith("application/problem+json")
+    with rt.sessions() as s:
+        rows = s.query(Job).all()
+    assert [(j.status, j.active_key) for j in rows] == [("failed", None)]
+    assert "nothing was done" in rows[0].detail
+    assert rt.redis.hlen("dramatiq:valetkey.msgs") == 0
+
+
+def test_job_events_poll_without_repeats_and_done(client, rt, dev, staging):
+    job = client.post(RESTART, headers=dev).get_json()
+    first = client.get(f"{job['url']}/events", headers=dev).get_json()
+    assert [e["type"] for e in first["events"]] == ["queued"] and not first["done"]
+    JobRunner(rt).run(job["id"])
+    seen = [e["id"] for e in first["events"]]
+    cursor = first["next"]
+    while True:
+        page = client.get(f"{job['url']}/events", query_string={"after": cursor}, headers=dev).get_json()
+        seen += [e["id"] for e in page["events"]]
+        cursor = page["next"]
+        if page["done"]:
+            break
+    assert len(seen) == len(set(seen)) and seen == sorted(seen, key=lambda i: tuple(map(int, i.split("-"))))
+    everything = client.get(f"{job['url']}/events", headers=dev).get_json()
+    assert [e["id"] for e in everything["events"]] == seen
+    assert everything["events"][-1]["type"] == "succeeded" and everything["done"]
+
+
+def test_job_events_long_poll_wakes_on_new_event(client, rt, dev, staging):
+    job = client.post(RESTART, headers=dev).get_json()
+    first = client.get(f"{job['url']}/events", headers=dev).get_json()
+    threading.Timer(0.5, lambda: rt.events.append(job["id"], "progress", "hello")).start()
+    t0 = time.monotonic()
+    page = client.get(f"{job['url']}/events", query_string={"after": first["next"], "wait": 10},
+                      headers=dev).get_json()
+    assert [e["message"] for e in page["events"]] == ["hello"]
+    assert time.monotonic() - t0 < 9  # woke on the event, not at the deadline
+
+
+@pytest.mark.parametrize("query, field", [({"wait": 26}, "wait"), ({"after": "yesterday"}, "after")])
+def test_job_events_bad_query_is_400_naming_field(client, dev, staging, query, field):
+    job = client.post(RESTART, headers=dev).get_json()
+    r = client.get(f"{job['url']}/events", query_string=query, headers=dev)
+    assert r.status_code == 400 and field in r.get_json()["errors"]
+
+
+def test_job_of_another_environment_is_404(client, rt, dev, make_user, staging):
+    job = client.post(RESTART, headers=dev).get_json()
+    qa = make_user("qa@acme.test", ("qa", "developer"))
+    assert client.get(job["url"], headers=qa).status_code == 404
+    assert client.get(f"{job['url']}/events", headers=qa).status_code == 404
+
+
+def test_worker_rechecks_scope(client, rt, dev, staging):
+    job = client.post(RESTART, headers=dev).get_json()
+    rt.users.revoke("dev@acme.test", "staging")
+    assert JobRunner(rt).run(job["id"]) == "failed"
+    done = rt.jobs.get(job["id"])
+    assert done.detail.startswith("Refused at run time") and service_tasks("orders-api", "STOPPED") == []
+
+
+def test_stale_job_never_runs(client, rt, dev, staging):
+    job = client.post(RESTART, headers=dev).get_json()
+    with rt.sessions.begin() as s:
+        s.execute(update(Job).where(Job.id == job["id"]).values(
+            created_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)))
+    assert JobRunner(rt).run(job["id"]) == "failed"
+    assert rt.jobs.get(job["id"]).detail.startswith("Expired")
+    assert service_tasks("orders-api", "STOPPED") == []
+
+
+def test_a_job_runs_once(client, rt, dev, staging):
+    job = client.post(RESTART, headers=dev).get_json()
+    assert JobRunner(rt).run(job["id"]) == "succeeded"
+    assert JobRunner(rt).run(job["id"]) is None  # redelivered after success: nothing happens
+    outcomes = [e["outcome"] for e in audit_events(rt) if e["job_id"] == job["id"]]
+    assert outcomes == ["requested", "succeeded"]
+
+
+def test_transient_failure_retries_then_gives_up(client, rt, dev, staging):
+    from botocore.stub import Stubber
+
+    job = client.post(REDEPLOY, headers=dev).get_json()
+    ecs = boto3.client("ecs", region_name=REGION)
+    stub = Stubber(ecs)
+    for _ in range(4):
+        stub.add_client_error("describe_services", "ThrottlingException", http_status_code=400)
+    stub.activate()
+    runner = JobRunner(rt, ecs_client=lambda env: ecs, sleep=lambda s: None)
+    for attempt in range(3):
+        with pytest.raises(Retry):
+            runner.run(job["id"], retries=attempt, max_retries=3)
+        assert rt.jobs.get(job["id"]).status == "queued"
+    assert runner.run(job["id"], retries=3, max_retries=3) == "failed"
+    stub.assert_no_pending_responses()
+    assert "Gave up after 3 retries" in rt.jobs.get(job["id"]).detail
