@@ -189,6 +189,8 @@ class EcsReader:
         return [t for t in tasks if t.get("group") == f"service:{service}" and t.get("lastStatus") == "RUNNING"]
 
     def image_digests(self, service: str) -> list[str]:
-        digests = {c["imageDigest"] for t in self.running_tasks(service)
-                   for c in t.get("containers", []) if c.get("imageDigest")}
-        return sorted(digests)
+        return self.digests_of(self.running_tasks(service))
+
+    @staticmethod
+    def digests_of(tasks: list[dict[str, Any]]) -> list[str]:
+        return sorted({c["imageDigest"] for t in tasks for c in t.get("containers", []) if c.get("imageDigest")})

@@ -73,6 +73,11 @@ def ops(client, t: FakeTime, events: list, timeout: float = 120.0) -> EcsOperati
                          poll_interval=5, timeout=timeout, sleep=t.sleep, clock=t.clock)
 
 
+def stub_digests(stub, digest):
+    stub.add_response("list_tasks", {"taskArns": ["arn:t/1", "arn:t/2"]})
+    stub.add_response("describe_tasks", tasks(["arn:t/1", "arn:t/2"], digest))
+
+
 def stub_state(stub, td, deployments, digest, first=True, **kw):
     stub.add_response("describe_services", service(td, deployments, **kw))
     if first:
@@ -94,7 +99,7 @@ def test_redeploy_slow_rollout_then_reports_digests(ecs, td):
                                                     running=3, pending=1))
     done = deployment("ecs-svc/2", td)
     stub.add_response("describe_services", service(td, [done]))
-    stub_state(stub, td, [done], "sha256:a3f2b1eeee", first=False)
+    stub_digests(stub, "sha256:a3f2b1eeee")
     out = ops(client, t, events).redeploy("orders-api", {})
     assert out.detail == "Deployed sha:a3f2b1 (was sha:9c0d11)"
     assert out.after["deployment_id"] == "ecs-svc/2" and out.before["image_digests"] == ["sha256:9c0d11ffff"]
@@ -150,7 +155,7 @@ def test_redelivered_redeploy_resumes_without_a_second_deployment(ecs, td):
     done = deployment("ecs-svc/2", td)
     stub_state(stub, td, [done], "sha256:2222")
     stub.add_response("describe_services", service(td, [done]))
-    stub_state(stub, td, [done], "sha256:2222", first=False)
+    stub_digests(stub, "sha256:2222")
     params = {"deployment_id": "ecs-svc/2", "before": {"image_digests": ["sha256:1111"]}}
     out = ops(client, FakeTime(), []).redeploy("orders-api", params)  # no update_service stubbed
     assert out.detail == "Deployed sha:2222 (was sha:1111)"
@@ -167,8 +172,6 @@ def test_restart_respects_minimum_healthy_percent(ecs, td):
         "taskDefinitionArn": td, "containerDefinitions": [{"name": "app", "image": "repo/orders:1.4"}]}})
     stub.add_response("list_tasks", {"taskArns": arns})
     stub.add_response("describe_tasks", tasks(arns, "sha256:aaaa"))
-    stub.add_response("list_tasks", {"taskArns": arns})
-    stub.add_response("describe_tasks", tasks(arns, "sha256:aaaa"))
     stopped: list[str] = []
     for batch in (arns[:2], arns[2:]):
         alive = [a for a in arns if a not in stopped]
@@ -183,7 +186,6 @@ def test_restart_respects_minimum_healthy_percent(ecs, td):
         stub.add_response("describe_services", service(td, [dep], desired=4, running=4))
     stub.add_response("describe_tasks", {"tasks": [{"taskArn": a, "lastStatus": "STOPPED",
                                                      "desiredStatus": "STOPPED"} for a in arns]})
-    stub.add_response("describe_services", service(td, [dep], desired=4, running=4))
     stub.add_response("describe_services", service(td, [dep], desired=4, running=4))
     new = [f"arn:t/new{i}" for i in range(4)]
     stub.add_response("list_tasks", {"taskArns": new})

@@ -64,11 +64,12 @@ class EcsOperations:
     # ---- restart ----------------------------------------------------------
     def restart(self, service: str, params: dict[str, Any]) -> Outcome:
         started = self.clock()
-        before = self.state(service, digests=True)
+        before = self.state(service)
+        tasks = self._call(f"listing tasks of {service}", lambda: self.reader.running_tasks(service))
+        before.image_digests = self.reader.digests_of(tasks)
         self.progress("state", f"Before: {before.running}/{before.desired} running, "
                                f"{before.task_definition}, {before.status}")
         if "restart_tasks" not in params:
-            tasks = self._call(f"listing tasks of {service}", lambda: self.reader.running_tasks(service))
             params["restart_tasks"] = [t["taskArn"] for t in tasks]
             params["before"] = before.record()
             self.checkpoint(params)
@@ -170,7 +171,10 @@ class EcsOperations:
                 self.progress("state", line)
                 last = line
             if st.stable:
-                return self.state(service, digests=True) if digests else st
+                if digests:
+                    st.image_digests = self._call(f"reading the image digests of {service}",
+                                                  lambda: self.reader.image_digests(service))
+                return st
             elapsed = self.clock() - started
             if elapsed > self.timeout:
                 raise OperationFailed(f"Timed out after {round(elapsed)}s: {line}.")
