@@ -45,11 +45,12 @@ def create_app(config: Mapping[str, Any] | None = None, runtime: Runtime | None 
     app.config["SESSION_COOKIE_SECURE"] = settings.base_url.startswith("https://")
     app.extensions["valetkey"] = runtime
 
-    from web import api, auth, errors, health, pages
+    from web import api, auth, errors, health, pages, saml
 
     errors.init_app(app)
     csrf.init_app(app)
     auth.init_app(app)
+    saml.init_app(app)
     app.register_blueprint(health.bp)
     api.init_app(app)
     pages.init_app(app)
@@ -70,7 +71,8 @@ def _request_hooks(app: Flask) -> None:
         # Only ambient credentials (the session cookie) can be abused cross-site:
         # bearer-token calls, signed webhooks and the SAML ACS are exempt, and an
         # API call without a session gets its 401 rather than a CSRF error.
-        if request.method not in ("POST", "PUT", "PATCH", "DELETE") or request.routing_exception is not None:
+        if request.method not in ("POST", "PUT", "PATCH", "DELETE") or request.routing_exception is not None \
+                or not app.config.get("WTF_CSRF_ENABLED", True):
             return
         if request.headers.get("Authorization", "").startswith("Bearer ") \
                 or request.path.startswith("/hooks/") \

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, redirect, render_template, request, session, url_for
@@ -16,6 +17,7 @@ from web.errors import wants_html
 bp = Blueprint("auth", __name__)
 SESSION_KEY = "valetkey:session:"
 SESSION_LIFETIME = 12 * 3600  # absolute lifetime of a browser session, seconds
+SESSION_IDLE = 60 * 60  # a session unused this long ends
 login_manager = LoginManager()
 
 
@@ -37,9 +39,17 @@ def load_user(ident: str) -> SessionUser | None:
     if not uid.isdigit() or not nonce or nonce != session.get("login_nonce"):
         return None
     # Sessions live server-side too: logout (or expiry) deletes the key, so a
-    # copied cookie stops working at once.
-    if runtime().redis.get(SESSION_KEY + nonce) != uid.encode():
+    # copied cookie stops working at once. The key's TTL is the idle timeout,
+    # renewed on use but never past the absolute lifetime stored in its value.
+    r = runtime().redis
+    value = r.get(SESSION_KEY + nonce)
+    if value is None:
         return None
+    owner, _, deadline = value.decode().partition("|")
+    now = int(time.time())
+    if owner != uid or not deadline.isdigit() or int(deadline) <= now:
+        return None
+    r.expire(SESSION_KEY + nonce, min(SESSION_IDLE, int(deadline) - now))
     user = runtime().users.get(int(uid))
     if user is None or user.disabled:
         return None
@@ -76,14 +86,25 @@ def safe_next(target: str | None) -> str:
     return target
 
 
-def start_session(user: User) -> None:
+def start_session(user: User, via: str = "password") -> None:
     """Rotate the session at login: drop everything, new nonce, then log in."""
-    session.clear()
-    nonce = secrets.token_urlsafe(16)
-    runtime().redis.set(SESSION_KEY + nonce, str(user.id), ex=SESSION_LIFETIME)
+    end_session()
+    nonce = secrets.token_urlsafe(24)
+    deadline = int(time.time()) + SESSION_LIFETIME
+    runtime().redis.set(SESSION_KEY + nonce, f"{user.id}|{deadline}", ex=SESSION_IDLE)
     session["login_nonce"] = nonce
+    session["login_via"] = via
     session.permanent = True
     login_user(SessionUser(user, "session"))
+
+
+def end_session() -> None:
+    """Forget the session server-side and in the cookie."""
+    nonce = session.get("login_nonce")
+    if nonce:
+        runtime().redis.delete(SESSION_KEY + nonce)
+    logout_user()
+    session.clear()
 
 
 @bp.get("/login")
@@ -119,11 +140,7 @@ def login_post() -> str | Response:
 @bp.post("/logout")
 def logout() -> Response:
     """End the session server-side (the nonce is gone, so the old cookie is worthless)."""
-    nonce = session.get("login_nonce")
-    if nonce:
-        runtime().redis.delete(SESSION_KEY + nonce)
-    logout_user()
-    session.clear()
+    end_session()
     return redirect(url_for("auth.login"))
 
 
