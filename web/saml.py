@@ -89,8 +89,8 @@ def _request_data() -> dict[str, Any]:
     """What python3-saml needs to know about the request — built from BASE_URL, not from headers."""
     base = urlsplit(runtime().settings.base_url)
     https = base.scheme == "https"
-    return {"https": "on" if https else "off", "http_host": base.hostname or "localhost",
-            "server_port": str(base.port or (443 if https else 80)), "script_name": request.path,
+    return {"https": "on" if https else "off", "http_host": base.netloc or "localhost",
+            "script_name": request.path,
             "get_data": request.args.to_dict(), "post_data": request.form.to_dict()}
 
 
