@@ -24,11 +24,8 @@ def _runtime(with_broker: bool = False) -> Any:
     return Runtime.from_settings(Settings.from_env(os.environ), with_broker=with_broker)
 
 
-def _audit(rt: Any, **kw: Any) -> None:
-    from jobs.audit_stream import AuditEvent
-
-    rt.audit.record(AuditEvent(actor=os.environ.get("VALETKEY_CLI_ACTOR") or f"cli:{_whoami()}",
-                               source="cli", **kw))
+def _cli_actor() -> str:
+    return os.environ.get("VALETKEY_CLI_ACTOR") or f"cli:{_whoami()}"
 
 
 def _whoami() -> str:
@@ -70,15 +67,11 @@ def cmd_user_add(a: argparse.Namespace) -> int:
 
 
 def cmd_grant(a: argparse.Namespace) -> int:
+    from valetkey.admin import add_grant
+
     rt = _runtime()
-    grant, created = rt.users.grant(a.subject, a.environment, a.role, rt.catalog, by="cli")
+    grant, created = add_grant(rt, a.subject, a.environment, a.role, actor=_cli_actor(), source="cli")
     if created:
-        try:
-            _audit(rt, action="grant.add", outcome="succeeded", environment=grant.environment,
-                   target=grant.subject, detail=f"role {grant.role}")
-        except ValetKeyError:
-            rt.users.revoke(grant.subject, grant.environment, grant.role)  # fail closed: no unaudited grant
-            raise
         print(f"granted {grant.role} in {grant.environment} to {grant.subject}")
     else:
         print(f"{grant.subject} already holds {grant.role} in {grant.environment}")
@@ -86,11 +79,11 @@ def cmd_grant(a: argparse.Namespace) -> int:
 
 
 def cmd_revoke(a: argparse.Namespace) -> int:
+    from valetkey.admin import remove_grant
+
     rt = _runtime()
-    gone = rt.users.revoke(a.subject, a.environment, a.role)
+    gone = remove_grant(rt, a.subject, a.environment, a.role, actor=_cli_actor(), source="cli")
     for g in gone:
-        _audit(rt, action="grant.remove", outcome="succeeded", environment=g.environment, target=g.subject,
-               detail=f"role {g.role}")
         print(f"revoked {g.role} in {g.environment} from {g.subject}")
     if not gone:
         print("no matching grant", file=sys.stderr)
@@ -99,10 +92,10 @@ def cmd_revoke(a: argparse.Namespace) -> int:
 
 
 def cmd_token_create(a: argparse.Namespace) -> int:
+    from valetkey.admin import create_token
+
     rt = _runtime()
-    tok, clear = rt.users.create_token(a.email, a.name or "")
-    _audit(rt, action="token.create", outcome="succeeded", target=a.email.strip().lower(),
-           detail=f"token {tok.prefix}… ({tok.name or 'unnamed'})")
+    _, clear = create_token(rt, a.email, a.name or "", actor=_cli_actor(), source="cli")
     print(f"token for {a.email} (shown once, store it now):", file=sys.stderr)
     print(clear)
     return 0

@@ -35,6 +35,8 @@ class SessionUser(UserMixin):
 
 @login_manager.user_loader
 def load_user(ident: str) -> SessionUser | None:
+    if request.headers.get("Authorization", "").startswith("Bearer "):
+        return None  # an explicit token speaks for the request, not an ambient cookie
     uid, _, nonce = ident.partition(":")
     if not uid.isdigit() or not nonce or nonce != session.get("login_nonce"):
         return None
