@@ -45,7 +45,7 @@ def create_app(config: Mapping[str, Any] | None = None, runtime: Runtime | None 
     app.config["SESSION_COOKIE_SECURE"] = settings.base_url.startswith("https://")
     app.extensions["valetkey"] = runtime
 
-    from web import api, auth, errors, health, pages, saml
+    from web import admin, api, auth, errors, health, pages, saml
 
     errors.init_app(app)
     csrf.init_app(app)
@@ -54,6 +54,7 @@ def create_app(config: Mapping[str, Any] | None = None, runtime: Runtime | None 
     app.register_blueprint(health.bp)
     api.init_app(app)
     pages.init_app(app)
+    admin.init_app(app)
     _request_hooks(app)
     if not app.debug and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
