@@ -4,10 +4,13 @@
 - Rows are keyed by their stream id, so an entry delivered twice (a crash
   between commit and XACK) is inserted once.
 - XACK only after the commit; entries left pending by a dead exporter are
-  reclaimed with XAUTOCLAIM after ``claim_idle_ms``.
-- The chain head row is updated first in each transaction: that takes the
-  write lock on every backend, so two exporters never fork the chain.
+  reclaimed with XAUTOCLAIM after ``claim_idle_ms``; this exporter's own
+  entries of a failed batch are retried at once.
+- The chain head row is locked first in each transaction (``audit.ledger``),
+  so two exporters never fork the chain.
 - The stream is trimmed only below the oldest entry not yet acknowledged.
+- Once a day (a Redis lock decides which exporter) rows older than the
+  retention period are purged (``audit.retention``).
 """
 from __future__ import annotations
 
@@ -17,18 +20,20 @@ import os
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import redis
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from audit.chain import entry_hash
+from audit.ledger import append, lock_head
+from audit.retention import Retention
 from jobs.audit_stream import STREAM, AuditEvent
-from scope.models import AuditEntry, AuditHead
+from scope.models import AuditEntry
 
 log = logging.getLogger("valetkey.exporter")
 GROUP = "exporters"
+Entry = tuple[Any, dict[Any, Any]]
 
 
 def _s(v: Any) -> str:
@@ -36,90 +41,134 @@ def _s(v: Any) -> str:
 
 
 def parse_time(value: str) -> dt.datetime:
+    """An event's time as an aware UTC datetime (what the database returns, so the hash is stable)."""
     t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+    return (t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).astimezone(dt.timezone.utc)
+
+
+def row_values(stream_id: str, fields: dict[Any, Any]) -> dict[str, Any]:
+    """The row for one stream entry; a malformed entry becomes a row saying so, never a lost one."""
+    try:
+        ev = AuditEvent.decode(fields)
+        when = parse_time(ev.time)
+    except Exception:  # noqa: BLE001 - whatever is wrong with it, it must not block the stream
+        log.error("malformed audit stream entry %s", stream_id)
+        raw = fields.get(b"event") or fields.get("event") or b""
+        ev = AuditEvent(actor="?", source="", action="", outcome="failed",
+                        detail=f"malformed audit stream entry: {_s(raw)[:2000]}")
+        when = dt.datetime.now(dt.timezone.utc)
+    return {"stream_id": stream_id, "time": when, "actor": ev.actor, "source": ev.source,
+            "environment": ev.environment, "action": ev.action, "target": ev.target, "outcome": ev.outcome,
+            "detail": ev.detail, "job_id": ev.job_id, "before": ev.before or None, "after": ev.after or None,
+            "request_id": ev.request_id}
 
 
 class Exporter:
     def __init__(self, client: redis.Redis, sessions: sessionmaker[Session], *, stream: str = STREAM,
                  consumer: str | None = None, batch: int = 200, block_ms: int = 2000,
-                 claim_idle_ms: int = 30_000) -> None:
+                 claim_idle_ms: int = 30_000, trim_every: float = 60.0,
+                 retention: Retention | None = None, purge_check_every: float = 600.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.r, self.sessions, self.stream = client, sessions, stream
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.batch, self.block_ms, self.claim_idle_ms = batch, block_ms, claim_idle_ms
-        self._last_trim = 0.0
+        self.trim_every, self.retention, self.purge_check_every = trim_every, retention, purge_check_every
+        self.clock = clock
+        self._group_ready = False
+        self._retry_own = False  # a batch of ours failed: its entries are still pending with us
+        self._claim_cursor = "0-0"
+        self._last_trim: float | None = None
+        self._last_purge_check: float | None = None
 
+    # ---- consuming ------------------------------------------------------------
     def ensure_group(self) -> None:
+        if self._group_ready:
+            return
         try:
             # id 0: entries appended before the first exporter ever ran are exported too.
             self.r.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
         except redis.ResponseError as e:
             if "BUSYGROUP" not in str(e):
                 raise
+        self._group_ready = True
 
     def step(self) -> int:
-        """Export one batch (reclaimed entries first); returns how many entries were handled."""
+        """Export one batch (own retries first, then reclaimed entries, then new ones); returns its size."""
         self.ensure_group()
-        claimed = self.r.xautoclaim(self.stream, GROUP, self.consumer, min_idle_time=self.claim_idle_ms,
-                                    start_id="0-0", count=self.batch)
-        entries = [(i, f) for i, f in claimed[1] if f]
+        try:
+            entries = self._next_batch()
+        except redis.ResponseError as e:
+            if "NOGROUP" in str(e):  # the stream was deleted under us: recreate the group next time
+                self._group_ready = False
+            raise
+        if entries:
+            self._retry_own = True  # until acknowledged, these are ours to retry
+            self.store(entries)
+            self.r.xack(self.stream, GROUP, *[i for i, _ in entries])
+            self._retry_own = False
+        self.housekeeping()
+        return len(entries)
+
+    def _next_batch(self) -> list[Entry]:
+        dead: list[Any] = []
+        entries: list[Entry] = []
+        if self._retry_own:
+            got = self.r.xreadgroup(GROUP, self.consumer, {self.stream: "0"}, count=self.batch)
+            own = got[0][1] if got else []
+            entries = [(i, f) for i, f in own if f]
+            dead += [i for i, f in own if not f]
+            if not own:
+                self._retry_own = False
+        if not entries:
+            nxt, claimed, *deleted = self.r.xautoclaim(self.stream, GROUP, self.consumer,
+                                                       min_idle_time=self.claim_idle_ms,
+                                                       start_id=self._claim_cursor, count=self.batch)
+            self._claim_cursor = _s(nxt)
+            entries = [(i, f) for i, f in claimed if f]
+            dead += [i for i, f in claimed if not f]
+            if deleted and deleted[0]:
+                log.error("audit stream entries deleted before export: %s", [_s(i) for i in deleted[0]])
+        if dead:
+            # Entries deleted from the stream while pending cannot be exported; drop them from the PEL.
+            log.error("audit stream entries deleted before export: %s", [_s(i) for i in dead])
+            self.r.xack(self.stream, GROUP, *dead)
         if not entries:
             got = self.r.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=self.batch,
                                     block=self.block_ms)
             entries = got[0][1] if got else []
-        if not entries:
-            self.maybe_trim()
-            return 0
-        self.store(entries)
-        self.r.xack(self.stream, GROUP, *[i for i, _ in entries])
-        self.maybe_trim()
-        return len(entries)
+        return entries
 
-    def store(self, entries: list[tuple[Any, dict[Any, Any]]]) -> None:
+    def store(self, entries: list[Entry]) -> int:
+        """Insert the entries not yet stored, in one transaction; returns how many were new."""
         with self.sessions.begin() as s:
-            # Lock the chain head before reading anything (see module docstring).
-            head = self._lock_head(s)
+            head = lock_head(s)  # before reading anything (see audit.ledger)
             ids = [_s(i) for i, _ in entries]
             seen = set(s.scalars(select(AuditEntry.stream_id).where(AuditEntry.stream_id.in_(ids))))
-            prev = head.hash
+            rows = []
             for raw_id, fields in entries:
                 sid = _s(raw_id)
-                if sid in seen:
-                    continue
-                try:
-                    ev = AuditEvent.decode(fields)
-                except Exception:  # noqa: BLE001 - a malformed entry is recorded, not dropped
-                    log.error("malformed audit stream entry %s", sid)
-                    ev = AuditEvent(actor="?", source="cli", action="unknown", outcome="failed",
-                                    detail=f"malformed audit stream entry {sid}")
-                row = AuditEntry(stream_id=sid, time=parse_time(ev.time), actor=ev.actor or "",
-                                 source=ev.source or "", environment=ev.environment or "",
-                                 action=ev.action or "", target=ev.target or "", outcome=ev.outcome or "",
-                                 detail=ev.detail or "", job_id=ev.job_id or "", before=ev.before,
-                                 after=ev.after, request_id=ev.request_id or "", prev_hash=prev, hash="")
-                row.hash = entry_hash(row, prev)
-                s.add(row)
-                s.flush()
-                prev = row.hash
-                head.last_id, head.hash = row.id, row.hash
-                seen.add(sid)
+                if sid not in seen:
+                    seen.add(sid)
+                    rows.append(row_values(sid, fields))
+            append(s, head, rows)
+        return len(rows)
 
-    @staticmethod
-    def _lock_head(s: Session) -> AuditHead:
-        # The no-op UPDATE takes the row's write lock (SQLite: the database's).
-        s.execute(update(AuditHead).where(AuditHead.id == 1).values(id=1))
-        head = s.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()).scalar_one()
-        return head
-
-    def maybe_trim(self, every: float = 60.0) -> None:
-        now = time.monotonic()
-        if now - self._last_trim < every:
-            return
-        self._last_trim = now
-        self.trim()
+    # ---- housekeeping -----------------------------------------------------------
+    def housekeeping(self) -> None:
+        now = self.clock()
+        if self._last_trim is None or now - self._last_trim >= self.trim_every:
+            self._last_trim = now
+            self.trim()
+            self.forget_dead_consumers()
+        if self.retention is not None and (self._last_purge_check is None
+                                           or now - self._last_purge_check >= self.purge_check_every):
+            self._last_purge_check = now
+            self.retention.run_daily(self.r, self.sessions)
 
     def trim(self) -> None:
         """Drop entries below the oldest one that is pending or not yet delivered."""
+        # Read the group before the PEL: if entries are delivered in between,
+        # the floor computed from the older last-delivered id is only lower.
         groups = {_s(g["name"]): g for g in self.r.xinfo_groups(self.stream)}
         g = groups.get(GROUP)
         if g is None:
@@ -128,10 +177,16 @@ class Exporter:
         if pending and pending.get("pending"):
             floor = _s(pending["min"])
         else:
-            last = _s(g["last-delivered-id"])
-            ms, seq = (int(x) for x in last.split("-"))
+            ms, seq = (int(x) for x in _s(g["last-delivered-id"]).split("-"))
             floor = f"{ms}-{seq + 1}"
         self.r.xtrim(self.stream, minid=floor, approximate=False)
+
+    def forget_dead_consumers(self, idle_ms: int = 3_600_000) -> None:
+        """Remove consumers (dead exporters' names) that hold nothing and have been silent for an hour."""
+        for c in self.r.xinfo_consumers(self.stream, GROUP):
+            name = _s(c["name"])
+            if name != self.consumer and int(c["pending"]) == 0 and int(c["idle"]) > idle_ms:
+                self.r.xgroup_delconsumer(self.stream, GROUP, name)
 
     def run(self, stop: threading.Event) -> None:
         log.info("exporter %s consuming %s", self.consumer, self.stream)

@@ -7,31 +7,33 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from audit.chain import VerifyResult, verify
+from audit.chain import GENESIS, PURGE_ACTION, VerifyResult, purge_anchor, verify
 from jobs.kinds import AUDIT_ACTIONS, AUDIT_OUTCOMES
 from scope.errors import ValidationFailed
 from scope.models import AuditEntry, AuditHead
 
 MAX_LIMIT = 1000
+# The contract's actions plus the retention purge's own entries (see audit.retention).
+FILTER_ACTIONS = (*AUDIT_ACTIONS, PURGE_ACTION)
 _RELATIVE = re.compile(r"^(\d+)([smhd])$")
 
 
 def parse_when(name: str, value: str, now: dt.datetime | None = None) -> dt.datetime:
     """ISO 8601 (date or date-time; naive means UTC) or relative (15m, 2h, 7d before now)."""
     v = value.strip()
+    problem = [f"not a date or time: {value[:64]!r} (use ISO 8601 like 2026-11-24T18:00:00Z, or 15m / 2h / 7d)"]
     m = _RELATIVE.match(v)
-    if m:
-        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m[2]]
-        return (now or dt.datetime.now(dt.timezone.utc)) - dt.timedelta(**{unit: int(m[1])})
     try:
+        if m:
+            unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m[2]]
+            return (now or dt.datetime.now(dt.timezone.utc)) - dt.timedelta(**{unit: int(m[1])})
         t = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValidationFailed({name: [f"not a date or time: {value!r} (use ISO 8601 like 2026-11-24T18:00:00Z, "
-                                       "or 15m / 2h / 7d)"]}) from None
-    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+        return (t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).astimezone(dt.timezone.utc)
+    except (ValueError, OverflowError):  # overflow: "99999999d" or a year beyond 9999 after the offset
+        raise ValidationFailed({name: problem}) from None
 
 
 @dataclass(frozen=True)
@@ -47,16 +49,21 @@ class AuditFilter:
     def parse(cls, args: Mapping[str, str]) -> "AuditFilter":
         errors: dict[str, list[str]] = {}
         action, outcome = args.get("action") or None, args.get("outcome") or None
-        if action and action not in AUDIT_ACTIONS:
-            errors["action"] = [f"unknown action {action!r}; one of {', '.join(AUDIT_ACTIONS)}"]
+        if action and action not in FILTER_ACTIONS:
+            errors["action"] = [f"unknown action {action[:64]!r}; one of {', '.join(FILTER_ACTIONS)}"]
         if outcome and outcome not in AUDIT_OUTCOMES:
-            errors["outcome"] = [f"unknown outcome {outcome!r}; one of {', '.join(AUDIT_OUTCOMES)}"]
+            errors["outcome"] = [f"unknown outcome {outcome[:64]!r}; one of {', '.join(AUDIT_OUTCOMES)}"]
         times: dict[str, dt.datetime | None] = {}
         for k in ("since", "until"):
             try:
                 times[k] = parse_when(k, args[k]) if args.get(k) else None
             except ValidationFailed as e:
                 errors.update(e.fields)
+        for k, width in (("environment", 100), ("actor", 320)):
+            if len(args.get(k) or "") > width:
+                errors[k] = [f"longer than {width} characters"]
+        if times.get("since") and times.get("until") and times["until"] <= times["since"]:  # type: ignore[operator]
+            errors["until"] = ["must be later than since"]
         if errors:
             raise ValidationFailed(errors)
         return cls(environment=args.get("environment") or None, actor=(args.get("actor") or "").strip() or None,
@@ -83,12 +90,15 @@ class AuditFilter:
         for k in ("environment", "actor", "action", "outcome"):
             v = getattr(self, k)
             if v:
-                parts.append(re.sub(r"[^A-Za-z0-9._-]+", "-", f"{k}-{v}"))
+                parts.append(re.sub(r"[^A-Za-z0-9._-]+", "-", f"{k}-{v}")[:80])
         for k in ("since", "until"):
             v = getattr(self, k)
             if v:
                 parts.append(f"{k}-{v.strftime('%Y%m%dT%H%M%SZ')}")
         return "_".join(parts) or "all"
+
+
+COLUMNS = tuple(AuditEntry.__table__.columns)
 
 
 def scoped(q: Select[Any], environments: list[str] | None) -> Select[Any]:
@@ -106,7 +116,7 @@ def decode_cursor(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         tag, _, n = raw.partition(":")
-        if tag != "v1":
+        if tag != "v1" or not 0 <= int(n) < 2**63:
             raise ValueError
         return int(n)
     except (ValueError, UnicodeDecodeError):
@@ -114,27 +124,28 @@ def decode_cursor(cursor: str) -> int:
 
 
 def page(sessions: sessionmaker[Session], flt: AuditFilter, environments: list[str] | None,
-         limit: int = 100, cursor: str | None = None) -> tuple[list[AuditEntry], str | None]:
+         limit: int = 100, cursor: str | None = None) -> tuple[list[Any], str | None]:
     """Newest first; keyset pagination on id so pages are stable while rows are appended."""
-    q = scoped(flt.apply(select(AuditEntry)), environments)
+    q = scoped(flt.apply(select(*COLUMNS)), environments)
     if cursor:
         q = q.where(AuditEntry.id < decode_cursor(cursor))
     q = q.order_by(AuditEntry.id.desc()).limit(limit + 1)
     with sessions() as s:
-        rows = list(s.scalars(q))
+        rows = list(s.execute(q))
     nxt = encode_cursor(rows[limit - 1].id) if len(rows) > limit else None
     return rows[:limit], nxt
 
 
 def iterate(sessions: sessionmaker[Session], flt: AuditFilter, environments: list[str] | None,
-            batch: int = 5000) -> Iterator[AuditEntry]:
-    """All matching rows, oldest first, read in keyset batches (constant memory)."""
+            batch: int = 5000) -> Iterator[Any]:
+    """All matching rows (Core rows), oldest first, read in keyset batches: constant memory, and no
+    read transaction held open for the whole walk."""
     last = 0
     while True:
-        q = scoped(flt.apply(select(AuditEntry)), environments).where(AuditEntry.id > last) \
+        q = scoped(flt.apply(select(*COLUMNS)), environments).where(AuditEntry.id > last) \
             .order_by(AuditEntry.id).limit(batch)
         with sessions() as s:
-            rows = list(s.scalars(q))
+            rows = list(s.execute(q))
         if not rows:
             return
         yield from rows
@@ -142,14 +153,57 @@ def iterate(sessions: sessionmaker[Session], flt: AuditFilter, environments: lis
 
 
 def verify_chain(sessions: sessionmaker[Session]) -> VerifyResult:
+    """Verify the whole table: from the chain's anchor (genesis or the newest applicable purge) to the head.
+
+    Exporters keep appending meanwhile, so the walk stops at the head read first; a purge running
+    at the same moment can still make one walk see a gap, so a failed walk is repeated once.
+    """
+    res = _verify_once(sessions)
+    return res if res.ok else _verify_once(sessions)
+
+
+def _verify_once(sessions: sessionmaker[Session]) -> VerifyResult:
     with sessions() as s:
         head = s.get(AuditHead, 1)
-    rows = iterate(sessions, AuditFilter(), None)
-    return verify(rows, head_hash=head.hash if head else None)
+        first_id = s.scalar(select(func.min(AuditEntry.id)))
+        anchor, why = GENESIS, ""
+        if first_id is not None:
+            # The newest purge entry whose anchor precedes the first remaining row tells where the
+            # chain now starts; rows before it that no purge accounts for were deleted.
+            for detail in s.scalars(select(AuditEntry.detail).where(AuditEntry.action == PURGE_ACTION)
+                                    .order_by(AuditEntry.id.desc())):
+                a = purge_anchor(detail)
+                if a and a[0] < first_id:
+                    anchor = a[1]
+                    why = f"no purge entry accounts for them; the newest purge ended at entry {a[0]}"
+                    break
+            else:
+                why = "no purge entry accounts for them"
+    rows = _chain_rows(sessions, head.last_id if head else None)
+    return verify(rows, head=(head.last_id, head.hash) if head else None, anchor=anchor, anchor_reason=why)
 
 
-def entry_dict(e: AuditEntry, full: bool = True) -> dict[str, Any]:
-    d: dict[str, Any] = {"id": e.id, "time": e.time.isoformat().replace("+00:00", "Z"), "actor": e.actor,
+def _chain_rows(sessions: sessionmaker[Session], until_id: int | None, batch: int = 5000) -> Iterator[Any]:
+    last = 0
+    while True:
+        q = select(*COLUMNS).where(AuditEntry.id > last).order_by(AuditEntry.id).limit(batch)
+        if until_id is not None:
+            q = q.where(AuditEntry.id <= until_id)
+        with sessions() as s:
+            rows = list(s.execute(q))
+        if not rows:
+            return
+        yield from rows
+        last = rows[-1].id
+
+
+def iso(t: dt.datetime) -> str:
+    """ISO 8601 UTC with microseconds and Z: the same text as the CSV export's time column."""
+    return t.astimezone(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def entry_dict(e: Any, full: bool = True) -> dict[str, Any]:
+    d: dict[str, Any] = {"id": e.id, "time": iso(e.time), "actor": e.actor,
                          "source": e.source, "environment": e.environment, "action": e.action,
                          "target": e.target, "outcome": e.outcome, "detail": e.detail, "job_id": e.job_id}
     if full:

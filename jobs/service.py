@@ -12,7 +12,7 @@ import uuid
 from typing import Any, Callable
 
 import dramatiq
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -113,16 +113,17 @@ class JobService:
     def claim(self, job_id: str) -> Job | None:
         """Move a job to running; None if it is finished or another live worker holds it."""
         now = self.clock()
+        # One compare-and-set statement that also sets started_at once and returns
+        # the claimed row: SQLite holds its single write lock for one statement
+        # instead of three, which is what concurrent worker threads queue on.
         with self.sessions.begin() as s:
-            res = s.execute(
+            return s.scalar(
                 update(Job).where(Job.id == job_id, or_(
                     Job.status == QUEUED,
                     (Job.status == RUNNING) & or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < now - self.lease)))
-                .values(status=RUNNING, heartbeat_at=now, attempts=Job.attempts + 1))
-            if res.rowcount != 1:
-                return None
-            s.execute(update(Job).where(Job.id == job_id, Job.started_at.is_(None)).values(started_at=now))
-            return s.get(Job, job_id)
+                .values(status=RUNNING, heartbeat_at=now, attempts=Job.attempts + 1,
+                        started_at=func.coalesce(Job.started_at, literal(now, Job.started_at.type)))
+                .returning(Job))
 
     def release(self, job_id: str) -> None:
         """Back to queued so that a retried message can claim the job again."""
@@ -144,13 +145,13 @@ class JobService:
         """Finish a running (or queued, for stale ones) job once; emits the outcome audit event."""
         assert status in TERMINAL
         with self.sessions.begin() as s:
-            res = s.execute(update(Job).where(Job.id == job_id, Job.status.in_([QUEUED, RUNNING]))
-                            .values(status=status, detail=detail, after=after, finished_at=self.clock(),
-                                    active_key=None))
-            if res.rowcount != 1:
-                return False
-            job = s.get(Job, job_id)
-            assert job is not None
+            # The compare-and-set returns the finished row: no second read in the write transaction.
+            job = s.scalar(update(Job).where(Job.id == job_id, Job.status.in_([QUEUED, RUNNING]))
+                           .values(status=status, detail=detail, after=after, finished_at=self.clock(),
+                                   active_key=None)
+                           .returning(Job))
+        if job is None:
+            return False
         self.events.append(job_id, status, detail)
         event = AuditEvent(actor=job.actor, source=job.source, action=job.action,
                            outcome=SUCCEEDED if status == SUCCEEDED else FAILED,

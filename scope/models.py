@@ -144,3 +144,55 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     last_id: Mapped[int] = mapped_column(BigInteger, default=0)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class SchedulePause(Base):
+    """An operator's pause of an environment's schedule (one row per environment; no row = not paused).
+
+    In the database rather than only in Redis: a pause is a promise to a person
+    ("staging stays as it is over the weekend") and must survive a Redis flush
+    or restart as much as the remembered counts do.
+    """
+
+    __tablename__ = "schedule_pauses"
+
+    environment: Mapped[str] = mapped_column(String(100), primary_key=True)
+    until: Mapped[dt.datetime | None] = mapped_column(default=None)  # None: until resumed
+    paused_by: Mapped[str] = mapped_column(String(320))
+    paused_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ScheduledService(Base):
+    """A service the scheduler scaled down, with the desired count to restore when the window opens.
+
+    ``state`` makes each step resumable after a crash: ``scaling_down`` is
+    written before UpdateService(0), ``down`` after its audit entry;
+    ``scaling_up`` before the restore; the row is deleted after the restore's
+    audit entry.
+    """
+
+    __tablename__ = "schedule_scaled_services"
+    __table_args__ = (UniqueConstraint("environment", "service", name="uq_schedule_scaled_service"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    environment: Mapped[str] = mapped_column(String(100))
+    service: Mapped[str] = mapped_column(String(255))
+    desired: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(20))
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class SchedulePeriod(Base):
+    """The down period (named by the instant it ends) whose scale-down the scheduler completed.
+
+    Scaling down happens once per down period, not every minute: a service
+    someone scales up by hand at night, or creates while the environment is
+    down, is theirs until the next window. Resuming a pause deletes the row,
+    so the next tick enforces the schedule again.
+    """
+
+    __tablename__ = "schedule_periods"
+
+    environment: Mapped[str] = mapped_column(String(100), primary_key=True)
+    period: Mapped[str] = mapped_column(String(40))
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

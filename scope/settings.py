@@ -69,6 +69,8 @@ class Settings:
     job_max_age_seconds: int = 3600
     job_lease_seconds: float = 60.0  # a running job silent this long has lost its worker
     sweep_interval: float = 30.0
+    # The audit exporter reclaims stream entries a dead exporter left pending this long.
+    audit_claim_idle_ms: int = 30_000
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -96,5 +98,7 @@ class Settings:
             job_max_age_seconds=_int("VALETKEY_JOB_MAX_AGE", e.get("VALETKEY_JOB_MAX_AGE", "3600"), 1),
             job_lease_seconds=_float("VALETKEY_JOB_LEASE", e.get("VALETKEY_JOB_LEASE", "60"), 1),
             sweep_interval=_float("VALETKEY_SWEEP_INTERVAL", e.get("VALETKEY_SWEEP_INTERVAL", "30"), 0.1),
+            audit_claim_idle_ms=_int("VALETKEY_AUDIT_CLAIM_IDLE_MS",
+                                     e.get("VALETKEY_AUDIT_CLAIM_IDLE_MS", "30000"), minimum=100),
             environ=dict(environ),
         )

@@ -69,6 +69,8 @@ def init_app(app: Flask) -> None:
         resp = problem(e.status, e.title, e.detail, **extra)
         if e.status == 401:
             resp.headers["WWW-Authenticate"] = 'Bearer realm="valetkey"'
+        if extra.get("retry_after") is not None:  # e.g. AWS throttling: tell clients when to come back
+            resp.headers["Retry-After"] = str(int(extra["retry_after"]))
         return resp
 
     @app.errorhandler(CSRFError)

@@ -10,11 +10,14 @@ from flask_login import current_user
 from jobs.kinds import REDEPLOY, RESTART
 from jobs.service import job_dict
 from scope.access import visible_environments
-from scope.errors import UpstreamError
+from scope.errors import Conflict, UpstreamError, ValidationFailed
 from scope.roles import Permission
 from web.api.environments import environment_detail, start_service_job
+from web.api.flush import preview_flush, start_flush_job
 from web.api.guard import allow
 from web.api.jobs import visible_job
+from web.api.schedule import pause_schedule, resume_schedule
+from web.api.tasks import start_task_job
 from web.context import principal, runtime
 
 bp = Blueprint("pages", __name__)
@@ -51,7 +54,9 @@ def environment(env: str) -> str:
                   "services": [], "redis": sorted(environment.redis), "run_tasks": list(environment.run_tasks),
                   "schedule": None, "permissions": []}
         error = e.detail
-    return render_template("environment.html", env=detail, error=error)
+    from web.api.audit import recent_entries
+
+    return render_template("environment.html", env=detail, error=error, history=recent_entries(env))
 
 
 @bp.post("/environments/<env>/services/<svc>/<action>")
@@ -73,9 +78,91 @@ def job(job_id: str) -> str:
     return render_template("job.html", job=job_dict(visible_job(job_id)))
 
 
+# ---- Redis flush and one-off tasks (same service functions as the API) --------------
+def _environment_page(env: str, **extra: Any) -> str:
+    """The environment page again, with extra context for its sections (e.g. a flush preview)."""
+    environment, role = allow(env, Permission.VIEW)
+    error = None
+    try:
+        detail = environment_detail(environment, role)
+    except UpstreamError as e:
+        detail = {"name": env, "cls": environment.cls, "enabled": environment.enabled, "role": role.value,
+                  "services": [], "redis": sorted(environment.redis), "run_tasks": list(environment.run_tasks),
+                  "schedule": None, "permissions": []}
+        error = e.detail
+    return render_template("environment.html", env=detail, error=error, **extra)
+
+
+@bp.get("/environments/<env>/redis/<target>/flush")
+@page
+def redis_flush_preview(env: str, target: str) -> str:
+    """Step 1 of a flush: count what the pattern matches (changes nothing) and offer the confirm button."""
+    pattern = request.args.get("pattern", "")
+    try:
+        preview = preview_flush(env, target, pattern)
+    except ValidationFailed as e:
+        preview = {"target": target, "pattern": pattern, "error": e.fields.get("pattern", [e.detail])[0]}
+    except UpstreamError as e:
+        preview = {"target": target, "pattern": pattern, "error": e.detail}
+    return _environment_page(env, flush_preview=preview)
+
+
+@bp.post("/environments/<env>/redis/<target>/flush")
+@page
+def redis_flush(env: str, target: str) -> Response:
+    """Step 2 of a flush: the explicit confirm starts the job (which counts again and respects the cap)."""
+    body = start_flush_job(env, target, request.form.get("pattern", ""))
+    return redirect(url_for("pages.job", job_id=body["id"]))
+
+
+@bp.post("/environments/<env>/tasks")
+@page
+def run_task(env: str) -> Response:
+    """The Run button of an allow-listed one-off task."""
+    body = start_task_job(env, request.form.get("task_definition", ""))
+    return redirect(url_for("pages.job", job_id=body["id"]))
+
+
+# ---- schedule pause / resume (same service functions as the API) ---------------------
+@bp.post("/environments/<env>/schedule/pause")
+@page
+def schedule_pause(env: str) -> Any:
+    """The Pause button; an optional ``until`` (datetime-local) is wall-clock time in the environment's zone."""
+    try:
+        pause_schedule(env, request.form.get("until", ""))
+    except (ValidationFailed, Conflict) as e:
+        message = e.fields.get("until", [e.detail])[0] if isinstance(e, ValidationFailed) else e.detail
+        return _environment_page(env, schedule_error=f"Not paused: {message}"), e.status
+    return redirect(url_for("pages.environment", env=env) + "#schedule")
+
+
+@bp.post("/environments/<env>/schedule/resume")
+@page
+def schedule_resume(env: str) -> Any:
+    """The Resume button: the scheduler reconciles the environment within seconds."""
+    try:
+        resume_schedule(env)
+    except Conflict as e:
+        return _environment_page(env, schedule_error=e.detail), e.status
+    return redirect(url_for("pages.environment", env=env) + "#schedule")
+
+
 def init_app(app: Flask) -> None:
+    from web import pages_logs  # noqa: F401 - adds the logs page route to bp before it is registered
+
     app.register_blueprint(bp)
 
     @app.context_processor
     def _globals() -> dict[str, Any]:
         return {"me": current_user if current_user.is_authenticated else None}
+
+
+# ---- the audit trail (same queries, scoping and exports as /api/v1/audit) --------------
+@bp.get("/audit")
+@page
+def audit_page() -> tuple[str, int]:
+    """Filters, the newest matching entries, and CSV/JSON downloads that carry the filters."""
+    from web.api.audit import audit_page_context
+
+    ctx, status = audit_page_context()
+    return render_template("audit.html", **ctx), status

@@ -6,14 +6,14 @@ import logging
 import time
 from typing import Any, Callable
 
-from jobs.kinds import FAILED, REDEPLOY, RESTART, SUCCEEDED
+from jobs.kinds import FAILED, FLUSH, REDEPLOY, RESTART, RUN_TASK, SUCCEEDED
 from scope.access import check, principal_from_grants
 from scope.catalog import Environment
 from scope.errors import Forbidden, NotFound, ValetKeyError
 from scope.models import Job
 from scope.roles import Permission
 from valetkey.runtime import Runtime
-from workers import ecs
+from workers import ecs, redis_flush, tasks
 from workers.context import JobContext, Operation, Outcome
 from workers.errors import OperationFailed, TransientError
 
@@ -23,6 +23,8 @@ log = logging.getLogger("valetkey.worker")
 OPERATIONS: dict[str, tuple[Permission, Operation]] = {
     RESTART: (Permission.RESTART, ecs.restart),
     REDEPLOY: (Permission.REDEPLOY, ecs.redeploy),
+    FLUSH: (Permission.FLUSH, redis_flush.flush),
+    RUN_TASK: (Permission.RUN_TASK, tasks.run_task),
 }
 
 

@@ -1,23 +1,304 @@
 """``valetkey schedule run``: the scheduler process.
 
-Reconciling environments against their on/off schedules is not built yet
-(see the schedules issue); the process runs and stops cleanly so that the
-Procfile is complete and deployments do not change when it arrives.
+Every minute (just after the start of the minute, once right at start-up,
+and at once when the web process nudges it after a resume) it reconciles each
+scheduled environment against its up-windows:
+
+- when a down period begins (outside every window), each ACTIVE service with
+  a desired count above 0 is scaled to 0 (UpdateService desiredCount=0) and
+  the count it had is remembered in the database. That happens once per down
+  period: a service someone scales up by hand, or creates, while the
+  environment is down is theirs until the next window (pause the schedule to
+  keep the whole environment up);
+- inside a window, the services it remembers are restored to those counts and
+  forgotten; services it never scaled (created while down, or at 0 already)
+  are left alone, and so is a service someone already scaled up again.
+
+Safety:
+- never a prod environment (class prod) nor a disabled one, whatever the config says;
+- a paused environment (``schedule_pauses``) is left alone until its pause ends;
+  a pause that ends by its ``until`` is then handled like a resume;
+- one reconciler per environment at a time across processes: a Redis lock
+  (redis-py ``Lock``: SET NX PX with a random token, Lua-checked release and
+  extend) that expires if its holder dies;
+- every step is resumable: the row's state is written before each ECS call
+  and advanced after its audit entry, so a scheduler killed at any moment
+  neither loses a remembered count nor skips an audit entry (a kill between
+  the audit write and the state write can repeat one entry: at-least-once);
+- wall-clock evaluation in the schedule's zone (``scope.schedule``), so DST
+  moves nothing.
+
+Each change is an audit entry: actor and source ``scheduler``, target the
+service, before/after ``{"desired": N}``; a scale-down is recorded as
+``schedule.pause`` and a restore as ``schedule.resume`` (see docs/schedules.md
+for why these actions).
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
 
+import redis
+from botocore.exceptions import BotoCoreError, ClientError
+from redis.exceptions import LockError
+from redis.lock import Lock
+
+from jobs.audit_stream import AuditEvent, AuditLog
+from jobs.schedule_control import PAUSE, RESUME, take_nudge
+from scope.catalog import Catalog, Environment
+from scope.ecs_state import EcsReader, aws_error
+from scope.errors import ValetKeyError
+from scope.models import utcnow
+from scope.schedule_state import DOWN, NOT_PAUSED, SCALING_DOWN, SCALING_UP, Pause, Remembered, ScheduleStore, iso
 from valetkey.runtime import Runtime
 
 log = logging.getLogger("valetkey.scheduler")
 
+ACTOR = SOURCE = "scheduler"
+LOCK_PREFIX = "valetkey:schedule:lock:"
+# Long enough to outlast one slow UpdateService (boto3: 30 s read timeout, a few
+# retries); the lock is extended after every service, and a dead holder's lock
+# frees itself after this long.
+LOCK_TTL = 120.0
 
-def run_scheduler(rt: Runtime, stop: threading.Event, every: float = 60.0) -> None:
-    scheduled = [e.name for e in rt.catalog if e.schedule is not None]
-    log.info("scheduler started; environments with a schedule: %s", ", ".join(scheduled) or "none")
-    while not stop.wait(every):
-        pass
-    log.info("scheduler stopped")
-    rt.close()
+
+@dataclass(frozen=True)
+class Change:
+    environment: str
+    service: str
+    action: str  # schedule.pause (scaled down) or schedule.resume (restored)
+    before: int
+    after: int
+
+
+class LostLock(Exception):
+    """Another scheduler took the environment over (our lock expired); stop touching it."""
+
+
+def eligible(env: Environment) -> bool:
+    """Only enabled, non-prod environments with a schedule are ever touched."""
+    return env.schedule is not None and env.enabled and not env.is_prod
+
+
+class Reconciler:
+    """Brings scheduled environments to the state their schedule asks for; safe to run anywhere, any number of times."""
+
+    def __init__(self, catalog: Catalog, store: ScheduleStore, audit: AuditLog, r: redis.Redis,
+                 ecs_client: Callable[[Environment], Any], *, clock: Callable[[], dt.datetime] = utcnow,
+                 lock_ttl: float = LOCK_TTL) -> None:
+        self.catalog, self.store, self.audit, self.redis = catalog, store, audit, r
+        self.ecs_client, self.clock, self.lock_ttl = ecs_client, clock, lock_ttl
+
+    @classmethod
+    def from_runtime(cls, rt: Runtime, **kw: Any) -> "Reconciler":
+        return cls(rt.catalog, ScheduleStore(rt.sessions), rt.audit, rt.redis, rt.aws.ecs, **kw)
+
+    # ---- entry points ---------------------------------------------------------
+    def reconcile_all(self, now: dt.datetime | None = None) -> list[Change]:
+        changes: list[Change] = []
+        for env in self.catalog:
+            if eligible(env):
+                changes += self.reconcile(env, now)
+        return changes
+
+    def reconcile_named(self, name: str, now: dt.datetime | None = None) -> list[Change]:
+        env = self.catalog.get(name)
+        return self.reconcile(env, now) if env is not None else []
+
+    def reconcile(self, env: Environment, now: dt.datetime | None = None) -> list[Change]:
+        """Reconcile one environment; never raises (errors are logged, the next tick retries)."""
+        if not eligible(env):
+            return []
+        changes: list[Change] = []
+        lock = self.redis.lock(LOCK_PREFIX + env.name, timeout=self.lock_ttl, blocking=False, thread_local=False)
+        try:
+            if not lock.acquire():
+                log.debug("%s: another scheduler is reconciling it; skipping", env.name)
+                return []
+        except redis.RedisError as e:
+            log.error("%s: cannot take the scheduler lock (%s); skipping this tick", env.name, type(e).__name__)
+            return []
+        try:
+            self._reconcile(env, now or self.clock(), lock, changes)
+        except LostLock as e:
+            log.warning("%s: lost (or cannot confirm) the scheduler lock mid-way (%s); stopping here", env.name,
+                        type(e.__cause__).__name__)
+        except ValetKeyError as e:
+            log.error("%s: reconcile stopped: %s", env.name, e.detail)
+        except Exception:  # noqa: BLE001 - one environment's bug must not stop the others
+            log.exception("%s: reconcile crashed", env.name)
+        finally:
+            try:
+                lock.release()
+            except (LockError, redis.RedisError):
+                pass  # expired or taken over: nothing of ours to release
+        return changes
+
+    # ---- one environment ------------------------------------------------------------
+    def _reconcile(self, env: Environment, now: dt.datetime, lock: Lock, changes: list[Change]) -> None:
+        assert env.schedule is not None
+        self.store.end_expired_pause(env.name, now, lambda ended: self._record_pause_end(env, ended))
+        pause = self.store.pause_of(env.name, now)
+        if pause is not None:
+            log.debug("%s: paused by %s; leaving it alone", env.name, pause.by)
+            return
+        ecs = self.ecs_client(env)
+        services = self._desired_counts(ecs, env)
+        if services is None:
+            return
+        remembered = self.store.remembered(env.name)
+        for name in sorted(set(remembered) - set(services)):
+            log.info("%s: %s no longer exists; forgetting its remembered count", env.name, name)
+            self.store.forget(env.name, name)
+        if env.schedule.is_up(now):
+            # Only what we scaled down is restored; rows go once restored, so this acts once per window.
+            for name in sorted(set(remembered) & set(services)):
+                self._restore(env, ecs, remembered[name], services[name], now, lock, changes)
+            return
+        # Scale down once per down period (named by when it ends): later ticks only finish
+        # interrupted steps, so a service scaled up by hand or created at night is left alone.
+        nxt = env.schedule.next_transition(now)
+        period = iso(nxt) if nxt else "never"
+        first = self.store.handled_period(env.name) != period
+        complete = True
+        for name in sorted(services):
+            row = remembered.get(name)
+            if first or (row is not None and row.state != DOWN):
+                complete &= self._scale_down(env, ecs, name, services[name], row, now, lock, changes)
+        if first and complete:
+            self.store.mark_period(env.name, period)
+
+    def _desired_counts(self, ecs: Any, env: Environment) -> dict[str, int] | None:
+        reader = EcsReader(ecs, env.cluster)
+        try:
+            described = reader.describe(reader.service_names())
+        except ValetKeyError as e:
+            log.error("%s: cannot read services: %s", env.name, e.detail)
+            return None
+        return {s["serviceName"]: int(s.get("desiredCount", 0)) for s in described if s.get("status") == "ACTIVE"}
+
+    def _scale_down(self, env: Environment, ecs: Any, name: str, desired: int, row: Remembered | None,
+                    now: dt.datetime, lock: Lock, changes: list[Change]) -> bool:
+        """Scale one service to 0, remembering its count; False when it could not be done now."""
+        if desired > 0:
+            if not self._still_free(env, now, lock):
+                return False
+            # Remember first: if we die after UpdateService, the count is not lost.
+            self.store.remember(env.name, name, desired, SCALING_DOWN)
+            if not self._set_desired(env, ecs, name, 0):
+                return False
+            changes.append(self._record(env, PAUSE, name, desired, 0))
+            self.store.remember(env.name, name, desired, DOWN)
+        elif row is not None and row.state == SCALING_DOWN:
+            # UpdateService(0) went through but its audit entry was never written (killed, Redis down).
+            changes.append(self._record(env, PAUSE, name, row.desired, 0))
+            self.store.remember(env.name, name, row.desired, DOWN)
+        elif row is not None and row.state == SCALING_UP:
+            # A restore that never reached ECS (the service is still at 0): it is down as it should be.
+            self.store.remember(env.name, name, row.desired, DOWN)
+        return True
+
+    def _restore(self, env: Environment, ecs: Any, row: Remembered, desired: int, now: dt.datetime,
+                 lock: Lock, changes: list[Change]) -> None:
+        if desired == 0:
+            if not self._still_free(env, now, lock):
+                return
+            if row.state == SCALING_DOWN:
+                # The scale-down happened but was not audited before we died: record it first.
+                changes.append(self._record(env, PAUSE, row.service, row.desired, 0))
+            self.store.remember(env.name, row.service, row.desired, SCALING_UP)
+            if not self._set_desired(env, ecs, row.service, row.desired):
+                return
+            changes.append(self._record(env, RESUME, row.service, 0, row.desired))
+        elif row.state == SCALING_UP and desired == row.desired:
+            # Restored before we died, not yet audited.
+            changes.append(self._record(env, RESUME, row.service, 0, row.desired))
+        else:
+            # Someone scaled it up by hand while it was down (or our scale-down never
+            # reached ECS): their count wins, ours is stale.
+            log.info("%s: %s already runs %d (remembered %d); leaving it", env.name, row.service, desired,
+                     row.desired)
+        self.store.forget(env.name, row.service)
+
+    # ---- helpers ------------------------------------------------------------------
+    def _still_free(self, env: Environment, now: dt.datetime, lock: Lock) -> bool:
+        """Before each change: still our lock (extended), and not paused in the meantime."""
+        try:
+            lock.reacquire()
+        except (LockError, redis.RedisError) as e:  # expired and taken, or we cannot prove it is ours
+            raise LostLock() from e
+        if self.store.pause_of(env.name, now) is not None:
+            log.info("%s: paused while reconciling; stopping here", env.name)
+            return False
+        return True
+
+    def _set_desired(self, env: Environment, ecs: Any, service: str, count: int) -> bool:
+        try:
+            ecs.update_service(cluster=env.cluster, service=service, desiredCount=count)
+        except (ClientError, BotoCoreError) as e:
+            # Left in its intermediate state: the next tick tries again.
+            log.error("%s: %s", env.name, aws_error(e, f"setting the desired count of {service} to {count}").detail)
+            return False
+        return True
+
+    def _record_pause_end(self, env: Environment, ended: Pause) -> None:
+        self.audit.record(AuditEvent(
+            actor=ACTOR, source=SOURCE, action=RESUME, outcome="succeeded", environment=env.name,
+            detail=f"The pause by {ended.by} ended at {iso(ended.until)}; the schedule applies again.",
+            before=ended.record(), after=dict(NOT_PAUSED)))
+        log.info("%s: the pause by %s ended; the schedule applies again", env.name, ended.by)
+
+    def _record(self, env: Environment, action: str, service: str, before: int, after: int) -> Change:
+        assert env.schedule is not None
+        windows = ", ".join(env.schedule.text)
+        if action == PAUSE:
+            detail = (f"Scaled {service} to 0 outside the schedule's up-windows ({windows}, {env.schedule.timezone}); "
+                      f"desired count was {before}.")
+        else:
+            detail = f"Restored {service} to {after} task(s): the schedule's up-window began ({windows}, {env.schedule.timezone})."
+        self.audit.record(AuditEvent(actor=ACTOR, source=SOURCE, action=action, outcome="succeeded",
+                                     environment=env.name, target=service, detail=detail,
+                                     before={"desired": before}, after={"desired": after}))
+        log.info("%s: %s", env.name, detail)
+        return Change(env.name, service, action, before, after)
+
+
+def _seconds_to_next_tick(every: float) -> float:
+    """Ticks fall just after the start of a wall-clock minute, when windows open and close."""
+    return every - (time.time() % every) + 0.5
+
+
+def run_scheduler(rt: Runtime, stop: threading.Event, every: float = 60.0,
+                  reconciler: Reconciler | None = None) -> None:
+    rec = reconciler or Reconciler.from_runtime(rt)
+    scheduled = [e.name for e in rt.catalog if eligible(e)]
+    skipped = [e.name for e in rt.catalog if e.schedule is not None and not eligible(e)]
+    log.info("scheduler started; environments with a schedule: %s%s", ", ".join(scheduled) or "none",
+             f" (never touched, prod or disabled: {', '.join(skipped)})" if skipped else "")
+    try:
+        if not stop.is_set():
+            rec.reconcile_all()  # at once: a scheduler (re)started at night scales down now, not in a minute
+        deadline = time.monotonic() + _seconds_to_next_tick(every)
+        while not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                rec.reconcile_all()
+                deadline = time.monotonic() + _seconds_to_next_tick(every)
+                continue
+            try:
+                # Waiting on the nudge list doubles as the sleep; 1 s keeps SIGTERM prompt.
+                name = take_nudge(rt.redis, timeout=1)
+            except redis.RedisError as e:
+                log.error("cannot read scheduler nudges (%s); retrying", type(e).__name__)
+                stop.wait(min(remaining, 5.0))
+                continue
+            if name:
+                log.info("%s: nudged (schedule resumed); reconciling now", name)
+                rec.reconcile_named(name)
+    finally:
+        log.info("scheduler stopped")
+        rt.close()

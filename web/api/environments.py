@@ -1,19 +1,20 @@
 """Environments: the list, one environment's live state, and the service actions."""
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from flask import g
 from flask_smorest import Blueprint
 
 from jobs.kinds import REDEPLOY, RESTART
+from jobs.schedule_control import ScheduleControl
 from jobs.service import job_dict
 from scope.access import visible_environments
 from scope.catalog import Environment
 from scope.ecs_state import EcsReader
 from scope.errors import NotFound
 from scope.roles import MUTATING, Permission, Role, allows
+from scope.schedule_state import ScheduleStore
 from web.api.guard import allow, audit_denied
 from web.api.schemas import EnvironmentDetailSchema, EnvironmentListSchema, JobSchema
 from web.context import principal, runtime, source
@@ -24,10 +25,8 @@ blp = Blueprint("environments", __name__, url_prefix="/api/v1", description="Env
 def schedule_state(env: Environment) -> dict[str, Any] | None:
     if env.schedule is None:
         return None
-    now = dt.datetime.now(dt.timezone.utc)
-    nxt = env.schedule.next_transition(now)
-    return {**env.schedule.as_dict(), "up_now": env.schedule.is_up(now), "paused": False,
-            "paused_until": None, "next_transition": nxt.isoformat().replace("+00:00", "Z") if nxt else None}
+    rt = runtime()
+    return ScheduleControl(ScheduleStore(rt.sessions), rt.audit, rt.redis).state(env)
 
 
 def permissions(env: Environment, role: Role) -> list[str]:

@@ -60,6 +60,7 @@ class ScheduleSchema(ma.Schema):
     up_now = ma.fields.Boolean()
     paused = ma.fields.Boolean()
     paused_until = ma.fields.String(allow_none=True)
+    paused_by = ma.fields.String(allow_none=True, metadata={"description": "who paused it (while paused)"})
     next_transition = ma.fields.String(allow_none=True)
 
 
@@ -127,3 +128,33 @@ class AuditEntrySchema(ma.Schema):
     request_id = ma.fields.String()
     prev_hash = ma.fields.String()
     hash = ma.fields.String()
+
+
+# ---- Redis flush and one-off tasks ------------------------------------------------
+class FlushRequestSchema(ma.Schema):
+    class Meta:
+        unknown = ma.RAISE  # an unexpected field is refused, never ignored
+
+    pattern = ma.fields.String(required=True, validate=validate.Length(min=1, max=512), metadata={
+        "description": "Redis glob with a literal prefix, e.g. session:* (bare wildcards are refused)"})
+    dry_run = ma.fields.Boolean(load_default=True, metadata={
+        "description": "count only (the default); false starts the flush job"})
+
+
+class FlushPreviewSchema(ma.Schema):
+    target = ma.fields.String(required=True)
+    pattern = ma.fields.String(required=True)
+    matched = ma.fields.Integer(required=True, metadata={
+        "description": "keys matching; counting stops at max_keys + 1 (then capped is true)"})
+    capped = ma.fields.Boolean(required=True, metadata={
+        "description": "true when more than max_keys match: a flush would be refused"})
+    max_keys = ma.fields.Integer(required=True)
+
+
+class RunTaskRequestSchema(ma.Schema):
+    class Meta:
+        unknown = ma.RAISE  # no overrides of any kind: role, image, command, environment, count...
+
+    task_definition = ma.fields.String(required=True, validate=validate.Regexp(
+        r"^[A-Za-z0-9_-]{1,255}$", error="Give a task definition family name (no revision, no ARN)."),
+        metadata={"description": "a family on the environment's run_tasks allowlist"})
