@@ -12,6 +12,7 @@ from jobs.service import job_dict
 from scope.access import visible_environments
 from scope.errors import Conflict, UpstreamError, ValidationFailed
 from scope.roles import Permission
+from web.api.audit import audit_page_context, recent_entries
 from web.api.environments import environment_detail, start_service_job
 from web.api.flush import preview_flush, start_flush_job
 from web.api.guard import allow
@@ -45,18 +46,7 @@ def index() -> str:
 @page
 def environment(env: str) -> str:
     """One environment: services with their health and the actions your role allows."""
-    environment, role = allow(env, Permission.VIEW)
-    error = None
-    try:
-        detail = environment_detail(environment, role)
-    except UpstreamError as e:
-        detail = {"name": env, "cls": environment.cls, "enabled": environment.enabled, "role": role.value,
-                  "services": [], "redis": sorted(environment.redis), "run_tasks": list(environment.run_tasks),
-                  "schedule": None, "permissions": []}
-        error = e.detail
-    from web.api.audit import recent_entries
-
-    return render_template("environment.html", env=detail, error=error, history=recent_entries(env))
+    return _environment_page(env)
 
 
 @bp.post("/environments/<env>/services/<svc>/<action>")
@@ -90,7 +80,7 @@ def _environment_page(env: str, **extra: Any) -> str:
                   "services": [], "redis": sorted(environment.redis), "run_tasks": list(environment.run_tasks),
                   "schedule": None, "permissions": []}
         error = e.detail
-    return render_template("environment.html", env=detail, error=error, **extra)
+    return render_template("environment.html", env=detail, error=error, history=recent_entries(env), **extra)
 
 
 @bp.get("/environments/<env>/redis/<target>/flush")
@@ -162,7 +152,5 @@ def init_app(app: Flask) -> None:
 @page
 def audit_page() -> tuple[str, int]:
     """Filters, the newest matching entries, and CSV/JSON downloads that carry the filters."""
-    from web.api.audit import audit_page_context
-
     ctx, status = audit_page_context()
     return render_template("audit.html", **ctx), status
