@@ -69,10 +69,16 @@ class JobService:
             running = self.active_job(environment, target)
             if running is None:  # finished in between: one retry is enough
                 return self.create(action=action, environment=environment, target=target, actor=actor,
-                                   source=source, request_id=request_id, params=params, exclusive=exclusive)
-            raise Conflict(f"{target} in {environment} already has a job in progress: {running.id} "
-                           f"({running.action}, {running.status}, by {running.actor}).",
-                           job_id=running.id, job_url=f"/api/v1/jobs/{running.id}") from None
+                                   source=source, request_id=request_id, params=params, exclusive=exclusive,
+                                   detail=detail)
+            conflict = Conflict(f"{target} in {environment} already has a job in progress: {running.id} "
+                                f"({running.action}, {running.status}, by {running.actor}).",
+                                job_id=running.id, job_url=f"/api/v1/jobs/{running.id}")
+            # A refusal like any other: it goes to the audit trail as denied.
+            self.audit.record(AuditEvent(actor=actor, source=source, action=action, outcome="denied",
+                                         environment=environment, target=target, request_id=request_id,
+                                         detail=conflict.detail))
+            raise conflict from None
         except SQLAlchemyError as e:
             raise Unavailable("The job database cannot be written right now; nothing was done.") from e
         try:

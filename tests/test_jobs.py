@@ -91,6 +91,8 @@ def test_second_job_on_same_service_is_409_naming_the_first(client, rt, dev, sta
     assert r.status_code == 409
     body = r.get_json()
     assert first["id"] in body["detail"] and body["job_id"] == first["id"]
+    refusal = audit_events(rt)[-1]
+    assert (refusal["action"], refusal["outcome"], refusal["target"]) == ("service.redeploy", "denied", "orders-api")
     # Another service is not blocked, and the lock is released once the job ends.
     assert client.post("/api/v1/environments/staging/services/payments-api/restart", headers=dev).status_code == 202
     JobRunner(rt).run(first["id"])
