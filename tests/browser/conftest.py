@@ -53,13 +53,20 @@ def live(app, rt, steady_tasks) -> Iterator[str]:
     declare(rt.broker, JobRunner(rt), time_limit_ms=60_000, max_age_ms=600_000)
     worker = Worker(rt.broker, worker_threads=2, worker_timeout=100)
     worker.start()
+    from audit.exporter import Exporter
+
+    stop = threading.Event()
+    exporter = threading.Thread(target=Exporter(rt.redis, rt.sessions, block_ms=200).run, args=(stop,), daemon=True)
+    exporter.start()
     port = free_port()
     server = make_server("127.0.0.1", port, app, threaded=True)
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
     yield f"http://127.0.0.1:{port}"
     server.shutdown()
+    stop.set()
     worker.stop(timeout=5_000)
+    exporter.join(10)
 
 
 @pytest.fixture

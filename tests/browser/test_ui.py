@@ -37,3 +37,45 @@ def test_viewer_sees_no_action_buttons_and_a_forged_post_is_refused(live, page, 
     with rt.sessions() as s:
         from scope.models import Job
         assert s.query(Job).count() == 0
+
+
+def test_operator_pauses_and_resumes_the_schedule(live, page, make_user, rt, config_file):
+    from scope.catalog import load_catalog
+    from tests.conftest import BASE_TOML
+
+    body = BASE_TOML.replace('webhook_secret_env = "STAGING_WEBHOOK_SECRET"\n',
+                             'webhook_secret_env = "STAGING_WEBHOOK_SECRET"\n'
+                             'schedule = { timezone = "Europe/Berlin", up = "Mon-Fri 07:00-20:00" }\n')
+    rt.catalog = load_catalog(config_file(body), rt.settings.environ, own_redis_url=rt.settings.redis_url)
+    make_user("olga@acme.test", ("staging", "operator"))
+    sign_in(page, live, "olga@acme.test")
+    page.get_by_role("link", name="staging").click()
+    expect(page.get_by_role("heading", name="Schedule")).to_be_visible()
+    page.get_by_role("button", name="Pause schedule").click()
+    expect(page.get_by_role("status").filter(has_text="Paused by olga@acme.test")).to_be_visible()
+    page.get_by_role("button", name="Resume schedule now").click()
+    expect(page.get_by_role("button", name="Pause schedule")).to_be_visible()
+
+
+def test_auditor_filters_and_downloads_csv(live, page, make_user, rt, tmp_path):
+    make_user("audrey@acme.test", ("*", "auditor"))
+    make_user("vic@acme.test", ("staging", "viewer"))
+    sign_in(page, live, "vic@acme.test")  # a login: an audit entry of its own
+    page.context.clear_cookies()
+    sign_in(page, live, "audrey@acme.test")
+    page.goto(f"{live}/audit")
+    page.get_by_label("Action").select_option("login")
+    page.get_by_label("Actor").fill("vic@acme.test")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.get_by_role("cell", name="vic@acme.test").first).to_be_visible(timeout=20_000)
+    with page.expect_download() as info:
+        page.get_by_role("link", name="Download CSV").click()
+    path = tmp_path / info.value.suggested_filename
+    info.value.save_as(path)
+    import csv
+
+    rows = list(csv.reader(path.read_text().splitlines()))
+    assert rows[0] == ["id", "time", "actor", "source", "environment", "action", "target", "outcome", "detail",
+                       "job_id"]
+    assert len(rows) >= 2 and all(r[2:6] == ["vic@acme.test", "web", "", "login"] for r in rows[1:])
+    assert "actor-vic" in info.value.suggested_filename
