@@ -179,7 +179,8 @@ def pg_schema_url() -> Iterator[str]:
     admin.dispose()
 
 
-TABLES = ("audit_entries", "api_tokens", "grants", "jobs", "users")
+TABLES = ("audit_entries", "api_tokens", "grants", "jobs", "users", "schedule_pauses", "schedule_scaled_services",
+          "schedule_periods")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

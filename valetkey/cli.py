@@ -110,19 +110,21 @@ def cmd_web(a: argparse.Namespace) -> int:
 
 def cmd_worker(a: argparse.Namespace) -> int:
     from valetkey.process import stop_event
+
+    stop = stop_event()  # before the heavy imports: a SIGTERM during start-up still stops cleanly
     from workers.process import run_worker
 
-    stop = stop_event()
     run_worker(_runtime(with_broker=True), stop, threads=a.threads)
     return 0
 
 
 def cmd_audit_consume(a: argparse.Namespace) -> int:
-    from audit.exporter import Exporter
-    from audit.retention import Retention
     from valetkey.process import stop_event
 
-    stop = stop_event()
+    stop = stop_event()  # before the heavy imports: a SIGTERM during start-up still stops cleanly
+    from audit.exporter import Exporter
+    from audit.retention import Retention
+
     rt = _runtime()
     settings = rt.settings
     Exporter(rt.redis, rt.sessions, claim_idle_ms=settings.audit_claim_idle_ms,
