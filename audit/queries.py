@@ -137,13 +137,15 @@ def page(sessions: sessionmaker[Session], flt: AuditFilter, environments: list[s
 
 
 def iterate(sessions: sessionmaker[Session], flt: AuditFilter, environments: list[str] | None,
-            batch: int = 5000) -> Iterator[Any]:
+            batch: int = 5000, until_id: int | None = None) -> Iterator[Any]:
     """All matching rows (Core rows), oldest first, read in keyset batches: constant memory, and no
-    read transaction held open for the whole walk."""
+    read transaction held open for the whole walk. ``until_id`` stops at that row (inclusive)."""
     last = 0
     while True:
         q = scoped(flt.apply(select(*COLUMNS)), environments).where(AuditEntry.id > last) \
             .order_by(AuditEntry.id).limit(batch)
+        if until_id is not None:
+            q = q.where(AuditEntry.id <= until_id)
         with sessions() as s:
             rows = list(s.execute(q))
         if not rows:
@@ -179,22 +181,8 @@ def _verify_once(sessions: sessionmaker[Session]) -> VerifyResult:
                     break
             else:
                 why = "no purge entry accounts for them"
-    rows = _chain_rows(sessions, head.last_id if head else None)
+    rows = iterate(sessions, AuditFilter(), None, until_id=head.last_id if head else None)
     return verify(rows, head=(head.last_id, head.hash) if head else None, anchor=anchor, anchor_reason=why)
-
-
-def _chain_rows(sessions: sessionmaker[Session], until_id: int | None, batch: int = 5000) -> Iterator[Any]:
-    last = 0
-    while True:
-        q = select(*COLUMNS).where(AuditEntry.id > last).order_by(AuditEntry.id).limit(batch)
-        if until_id is not None:
-            q = q.where(AuditEntry.id <= until_id)
-        with sessions() as s:
-            rows = list(s.execute(q))
-        if not rows:
-            return
-        yield from rows
-        last = rows[-1].id
 
 
 def iso(t: dt.datetime) -> str:
