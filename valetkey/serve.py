@@ -41,4 +41,6 @@ def serve(bind: str, workers: int = 2, threads: int = 16) -> None:
     # gthread: a long-polling client (job events, up to 25 s) holds one thread, not a process.
     _App({"bind": bind, "workers": workers, "threads": threads, "worker_class": "gthread",
           "timeout": 60, "graceful_timeout": 10, "keepalive": 5, "accesslog": "-",
+          # A log-tail cursor plus a long, URL-encoded filter pattern outgrows the 4094-byte default.
+          "limit_request_line": 8190,
           "errorlog": "-", "loglevel": "info"}).run()
