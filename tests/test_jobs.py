@@ -148,6 +148,12 @@ def test_job_events_long_poll_wakes_on_new_event(client, rt, dev, staging):
     assert time.monotonic() - t0 < 9  # woke on the event, not at the deadline
 
 
+def test_job_events_empty_parameters_mean_not_given(client, dev, staging):
+    job = client.post(RESTART, headers=dev).get_json()
+    page = client.get(f"{job['url']}/events?after=&wait=", headers=dev)
+    assert page.status_code == 200 and [e["type"] for e in page.get_json()["events"]] == ["queued"]
+
+
 @pytest.mark.parametrize("query, field", [({"wait": 26}, "wait"), ({"after": "yesterday"}, "after")])
 def test_job_events_bad_query_is_400_naming_field(client, dev, staging, query, field):
     job = client.post(RESTART, headers=dev).get_json()

@@ -91,6 +91,13 @@ def test_history_is_oldest_first_across_streams(client, viewer, seeded) -> None:
     assert SECRET_VALUE not in r.get_data(as_text=True)
 
 
+def test_empty_parameters_mean_not_given(client, viewer, seeded) -> None:
+    put("app/app/task-a", (now_ms() - 5000, "GET /health 200"))
+    r = client.get(URL + "?since=&until=&filter=&limit=&cursor=", headers=viewer)
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert messages(r.get_json()) == ["GET /health 200"]
+
+
 def test_since_and_until_select_the_range(client, viewer, seeded) -> None:
     t = now_ms()
     put("app/app/a", (t - 3 * 3600_000, "three hours ago"), (t - 90 * 60_000, "ninety minutes ago"),

@@ -16,13 +16,14 @@ from scope.logs import MAX_CURSOR, MAX_FILTER, MAX_LIMIT, CursorCodec, LogQuery,
     SharedCache, ViewSessions
 from scope.roles import Permission
 from web.api.guard import allow, audit_denied
+from web.api.schemas import QuerySchema
 from web.context import principal, runtime, source
 
 blp = Blueprint("logs", __name__, url_prefix="/api/v1", description="Service logs from CloudWatch (history and live tail)")
 ACTION = "logs.view"
 
 
-class LogsQuerySchema(ma.Schema):
+class LogsQuerySchema(QuerySchema):
     since = ma.fields.String(metadata={"description": "ISO 8601 or relative (30s, 15m, 2h, 1d, 1w); default 15m"})
     until = ma.fields.String(metadata={"description": "ISO 8601, relative, or now; default open (a tail)"})
     filter = ma.fields.String(validate=validate.Length(max=MAX_FILTER),

@@ -1,6 +1,8 @@
 """Marshmallow schemas of the HTTP API; the OpenAPI document is generated from them."""
 from __future__ import annotations
 
+from typing import Any
+
 import marshmallow as ma
 from marshmallow import validate
 
@@ -99,7 +101,17 @@ class JobEventSchema(ma.Schema):
     message = ma.fields.String(required=True)
 
 
-class JobEventsQuerySchema(ma.Schema):
+class QuerySchema(ma.Schema):
+    """Query strings: an empty value (``?after=&wait=``) means the parameter was not given."""
+
+    @ma.pre_load
+    def _drop_empty(self, data: Any, **_: Any) -> Any:
+        if hasattr(data, "items"):
+            return {k: v for k, v in data.items() if v != ""}
+        return data
+
+
+class JobEventsQuerySchema(QuerySchema):
     after = ma.fields.String(load_default=None, validate=validate.Regexp(r"^\d+-\d+$"),
                              metadata={"description": "id of the last event seen"})
     wait = ma.fields.Float(load_default=0.0, validate=validate.Range(min=0, max=25),
