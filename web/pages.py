@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-from flask import Blueprint, Flask, Response, redirect, render_template, request, url_for
+from flask import Blueprint, Flask, Response, abort, redirect, render_template, request, url_for
 from flask_login import current_user
 
 from jobs.kinds import REDEPLOY, RESTART
@@ -55,8 +55,7 @@ def service_action(env: str, svc: str, action: str) -> Response:
     """The Restart / Redeploy buttons: start the job, then watch it on its page."""
     kinds = {"restart": (RESTART, Permission.RESTART), "redeploy": (REDEPLOY, Permission.REDEPLOY)}
     if action not in kinds:
-        from werkzeug.exceptions import NotFound as HTTPNotFound
-        raise HTTPNotFound()
+        abort(404)
     body, _, _ = start_service_job(env, svc, *kinds[action])
     return redirect(url_for("pages.job", job_id=body["id"]))
 
