@@ -57,11 +57,12 @@ def test_operator_pauses_and_resumes_the_schedule(live, page, make_user, rt, con
     expect(page.get_by_role("button", name="Pause schedule")).to_be_visible()
 
 
-def test_auditor_filters_and_downloads_csv(live, page, make_user, rt, tmp_path):
+def test_auditor_filters_and_downloads_csv(live, browser, page, make_user, rt, tmp_path):
     make_user("audrey@acme.test", ("*", "auditor"))
     make_user("vic@acme.test", ("staging", "viewer"))
-    sign_in(page, live, "vic@acme.test")  # a login: an audit entry of its own
-    page.context.clear_cookies()
+    vic = browser.new_context().new_page()
+    sign_in(vic, live, "vic@acme.test")  # a login: an audit entry of its own
+    vic.context.close()
     sign_in(page, live, "audrey@acme.test")
     page.goto(f"{live}/audit")
     page.get_by_label("Action").select_option("login")
