@@ -17,12 +17,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from scope.ecs_state import EcsReader, ServiceState
-from scope.errors import NotFound, UpstreamError
 from workers.context import JobContext, Outcome
-from workers.errors import OperationFailed, classify
+from workers.errors import OperationFailed, aws_call
 
 Progress = Callable[[str, str], None]  # (type, message)
 Checkpoint = Callable[[dict[str, Any]], None]
@@ -48,15 +45,7 @@ class EcsOperations:
     def reader(self) -> EcsReader:
         return EcsReader(self.ecs, self.cluster)
 
-    def _call(self, doing: str, fn: Callable[[], Any]) -> Any:
-        try:
-            return fn()
-        except NotFound:
-            raise
-        except UpstreamError as e:
-            raise classify(e.__cause__ or e, doing) from e
-        except (ClientError, BotoCoreError) as e:
-            raise classify(e, doing) from e
+    _call = staticmethod(aws_call)
 
     def state(self, service: str, digests: bool = False) -> ServiceState:
         return self._call(f"reading {service}", lambda: self.reader.service(service, with_digests=digests))

@@ -1,9 +1,13 @@
 """How an operation ends badly: a verified failure, or a transient error worth a retry."""
 from __future__ import annotations
 
+from typing import Callable, TypeVar
+
 from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
 
-from scope.errors import ValetKeyError
+from scope.errors import UpstreamError, ValetKeyError
+
+T = TypeVar("T")
 
 TRANSIENT_CODES = {"Throttling", "ThrottlingException", "TooManyRequestsException", "RequestLimitExceeded",
                    "ServiceUnavailable", "ServiceUnavailableException", "InternalFailure", "InternalError",
@@ -38,3 +42,13 @@ def classify(e: Exception, doing: str) -> ValetKeyError:
     if isinstance(e, BotoCoreError):
         return OperationFailed(f"AWS call failed while {doing} ({type(e).__name__}).")
     return OperationFailed(f"Unexpected error while {doing}.")
+
+
+def aws_call(doing: str, fn: Callable[[], T]) -> T:
+    """Run one AWS call (or an EcsReader read); a failure becomes a TransientError or an OperationFailed."""
+    try:
+        return fn()
+    except UpstreamError as e:
+        raise classify(e.__cause__ or e, doing) from e
+    except (ClientError, BotoCoreError) as e:
+        raise classify(e, doing) from e

@@ -18,13 +18,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from scope.catalog import Environment
 from scope.ecs_state import EcsReader, short_td
-from scope.errors import Forbidden, UpstreamError
+from scope.errors import Forbidden
 from workers.context import JobContext, Outcome
-from workers.errors import OperationFailed, classify
+from workers.errors import OperationFailed, aws_call
 
 Progress = Callable[[str, str], None]
 Checkpoint = Callable[[dict[str, Any]], None]
@@ -76,13 +74,7 @@ class OneOffTask:
     def cluster(self) -> str:
         return self.env.cluster
 
-    def _call(self, doing: str, fn: Callable[[], Any]) -> Any:
-        try:
-            return fn()
-        except UpstreamError as e:
-            raise classify(e.__cause__ or e, doing) from e
-        except (ClientError, BotoCoreError) as e:
-            raise classify(e, doing) from e
+    _call = staticmethod(aws_call)
 
     # ---- starting ---------------------------------------------------------
     def task_definition(self, family_or_arn: str) -> dict[str, Any]:
