@@ -59,8 +59,11 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, Middleware
 from sqlalchemy import create_engine, event, func, select, text
 
+from bench.queue_floor import declare_floor
 from jobs.audit_stream import STREAM
+from jobs.events import stream_key
 from jobs.kinds import QUEUE, RESTART, SUCCEEDED
+from scope.aws import DEFAULT_CONFIG
 from scope.catalog import Environment
 from scope.db import normalize_url
 from scope.ecs_state import EcsReader
@@ -119,16 +122,15 @@ def restart_answers(name: str) -> list[tuple[str, dict[str, Any]]]:
         ("describe_tasks", _tasks(name, old)),            # ... and their digests
     ]
     stopped: set[str] = set()
-    for arn in old:  # batch size 1 at 50% of 2
-        out.append(("describe_tasks", _tasks(name, old, frozenset(stopped))))  # which originals still run
+    for i, arn in enumerate(old):  # batch size 1 at 50% of 2; no look first: the originals were just listed
         out.append(("stop_task", {"task": {"taskArn": arn, "lastStatus": "RUNNING", "desiredStatus": "STOPPED"}}))
         stopped.add(arn)
-        out.append(("describe_tasks", _tasks(name, [arn], frozenset(stopped))))  # the batch drained
-        out.append(("describe_services", _service(name)))  # stable again
+        # The originals not yet known stopped: the batch drained, and which are left for the next one
+        # (none after the last batch).
+        out.append(("describe_tasks", _tasks(name, old[i:], frozenset(stopped))))
+        out.append(("describe_services", _service(name)))  # stable again; after the last batch: "after"
     out += [
-        ("describe_tasks", _tasks(name, old, frozenset(stopped))),  # none of the originals left
-        ("describe_services", _service(name)),                     # after
-        ("list_tasks", {"taskArns": new}),                         # after: digests
+        ("list_tasks", {"taskArns": new}),  # after: digests
         ("describe_tasks", _tasks(name, new)),
     ]
     return out
@@ -174,8 +176,9 @@ class _Prevalidated(Stubber):
 
 
 def _ecs_client() -> Any:
+    # The product's client configuration (timeouts, standard retry mode): what the worker really builds.
     return boto3.client("ecs", region_name=REGION, aws_access_key_id="bench", aws_secret_access_key="bench",
-                        endpoint_url=f"https://ecs.{REGION}.amazonaws.com")
+                        endpoint_url=f"https://ecs.{REGION}.amazonaws.com", config=DEFAULT_CONFIG)
 
 
 @dataclass
@@ -370,8 +373,22 @@ def _runtime(setup: Setup, **kw: Any) -> Runtime:
 
 
 def measure_valetkey(setup: Setup, n: int, threads: int,
-                     profiler: Profiled | None = None) -> tuple[float, float, int]:
-    """jobs/s through the product's actor, process CPU ms per job, and the number of ECS calls made."""
+                     profiler: Profiled | None = None) -> tuple[float, float, int, int]:
+    """jobs/s through the product's actor, process CPU ms per job, ECS calls made, events per job."""
+    def product(rt: Runtime, ecs: StubbedEcs) -> None:
+        runner = JobRunner(rt, sleep=lambda s: None, ecs_client=ecs)
+        declare(rt.broker, runner, time_limit_ms=600_000, max_age_ms=3_600_000)
+
+    return _measure(setup, n, threads, product, profiler)
+
+
+def measure_floor(setup: Setup, n: int, threads: int, events: int) -> tuple[float, float, int, int]:
+    """The same, through an actor that does only the contract's own work (bench/queue_floor.py)."""
+    return _measure(setup, n, threads, lambda rt, ecs: declare_floor(rt, ecs, events))
+
+
+def _measure(setup: Setup, n: int, threads: int, declare_actor: Callable[[Runtime, StubbedEcs], None],
+             profiler: Profiled | None = None) -> tuple[float, float, int, int]:
     rt = _runtime(setup)
     try:
         assert rt.broker is not None
@@ -381,8 +398,7 @@ def measure_valetkey(setup: Setup, n: int, threads: int,
             rt.broker.add_middleware(profiler)
         targets: dict[str, str] = {}
         ecs = StubbedEcs(answers=setup.answers, targets=targets, pool=list(setup.clients))
-        runner = JobRunner(rt, sleep=lambda s: None, ecs_client=ecs)
-        declare(rt.broker, runner, time_limit_ms=600_000, max_age_ms=3_600_000)
+        declare_actor(rt, ecs)
         audit_before = rt.redis.xlen(STREAM)
         for i in range(n):
             job = rt.jobs.create(action=RESTART, environment=ENV, target=f"svc-{i}", actor=ACTOR, source="api",
@@ -410,7 +426,9 @@ def measure_valetkey(setup: Setup, n: int, threads: int,
         audited = rt.redis.xlen(STREAM) - audit_before
         if audited != 2 * n:  # one "requested" and one outcome per job, no more
             raise SystemExit(f"queue: {audited} audit events for {n} jobs, expected {2 * n}")
-        return n / elapsed, done.cpu * 1000 / n, calls
+        # Progress events of one job (the "queued" one at creation included).
+        events = rt.redis.xlen(stream_key(next(iter(targets))))
+        return n / elapsed, done.cpu * 1000 / n, calls, events
     finally:
         rt.close()
 
@@ -514,29 +532,41 @@ def _bench(args: argparse.Namespace, url: str, settings: Settings, db_name: str)
 
     print(f"queue: {n} messages per run, 1 process x {threads} threads, Redis db {url.rsplit('/', 1)[-1]}, "
           f"jobs in {db_name}", flush=True)
-    noops, vks, ratios, calls_total = [], [], [], 0
-    cpus: list[tuple[float, float]] = []
+    noops, vks, floors, ratios, floor_ratios, calls_total = [], [], [], [], [], 0
+    cpus: list[tuple[float, float, float]] = []
     for i in range(args.repeat):
         profiler = Profiled() if args.profile and i == args.repeat - 1 else None
-        if i % 2 == 0:
+        # Alternate the order so that neither side always runs on a warmer (or busier) machine.
+        first_noop = i % 2 == 0
+        if first_noop:
             noop, noop_cpu = measure_noop(url, n, threads)
-            vk, vk_cpu, calls = measure_valetkey(setup, n, threads, profiler)
-        else:
-            vk, vk_cpu, calls = measure_valetkey(setup, n, threads, profiler)
+        vk, vk_cpu, calls, events = measure_valetkey(setup, n, threads, profiler)
+        fl, fl_cpu, fl_calls, fl_events = measure_floor(setup, n, threads, events)
+        if not first_noop:
             noop, noop_cpu = measure_noop(url, n, threads)
+        if (fl_calls, fl_events) != (calls, events):
+            raise SystemExit(f"queue: the floor made {fl_calls} calls and {fl_events} events per run, "
+                             f"the product {calls} and {events}: it no longer measures the same work")
         noops.append(noop)
         vks.append(vk)
+        floors.append(fl)
         ratios.append(vk / noop)
+        floor_ratios.append(fl / noop)
         calls_total += calls
-        cpus.append((noop_cpu, vk_cpu))
+        cpus.append((noop_cpu, vk_cpu, fl_cpu))
         print(f"run {i + 1}: no-op {noop:7.1f} jobs/s ({noop_cpu:.2f} ms CPU each)   valetkey restart {vk:6.1f} "
-              f"jobs/s ({vk_cpu:.2f} ms CPU each)   ratio {vk / noop:.3f}", flush=True)
+              f"jobs/s ({vk_cpu:.2f} ms)   floor {fl:6.1f} jobs/s ({fl_cpu:.2f} ms)   ratio {vk / noop:.3f} "
+              f"(floor {fl / noop:.3f})", flush=True)
         if profiler is not None:
             print(profiler.report(), file=sys.stderr)
-    print(f"median: no-op {statistics.median(noops):.1f} jobs/s, valetkey restart "
-          f"{statistics.median(vks):.1f} jobs/s (wall per job {1000 / statistics.median(vks):.2f} ms vs "
-          f"{1000 / statistics.median(noops):.2f} ms; process CPU per job "
-          f"{statistics.median(c[1] for c in cpus):.2f} ms vs {statistics.median(c[0] for c in cpus):.2f} ms)")
+    med = statistics.median
+    print(f"median: no-op {med(noops):.1f} jobs/s, valetkey restart {med(vks):.1f} jobs/s, floor "
+          f"{med(floors):.1f} jobs/s (wall per job {1000 / med(vks):.2f} ms vs {1000 / med(noops):.2f} ms; "
+          f"process CPU per job {med(c[1] for c in cpus):.2f} ms, floor {med(c[2] for c in cpus):.2f} ms, "
+          f"no-op {med(c[0] for c in cpus):.2f} ms)")
+    print(f"floor: ratio={med(floor_ratios):.3f} — the contract's own work per restart ({events} progress "
+          f"events, 4 job-row statements, 2 scope reads, {calls // n} ECS calls) with no product code around "
+          f"it; valetkey reaches {med(ratios) / med(floor_ratios):.0%} of it")
 
     vk_calls = count_valetkey_one()
     hand, hand_calls = count_hand_written()
@@ -546,8 +576,8 @@ def _bench(args: argparse.Namespace, url: str, settings: Settings, db_name: str)
                       if vk_calls[op] > hand_calls[op])
     print(f"aws calls per restart: valetkey={per_restart:g} hand-written={hand} "
           f"(2 tasks at minimumHealthyPercent 50; extra: {extra} — the before/after task listings with "
-          f"image digests, re-checking which original tasks still run before each batch, and verifying "
-          f"each stopped batch drained before trusting describe_services)")
+          f"image digests, and one describe_tasks per batch that verifies the stopped batch drained "
+          f"before trusting describe_services and tells which original tasks are left for the next)")
     print(f"queue: ratio={statistics.median(ratios):.3f}")
     return 0
 

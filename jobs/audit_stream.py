@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import redis
@@ -34,7 +34,9 @@ class AuditEvent:
                       .isoformat(timespec="microseconds").replace("+00:00", "Z"))
 
     def encode(self) -> dict[str, str]:
-        return {"event": json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)}
+        # A shallow dict: before/after are JSON already, so asdict()'s deep copy is pure cost.
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {"event": json.dumps(data, separators=(",", ":"), sort_keys=True)}
 
     @classmethod
     def decode(cls, fields: dict[Any, Any]) -> "AuditEvent":
@@ -55,3 +57,8 @@ class AuditLog:
         except redis.RedisError as e:
             raise Unavailable("The audit trail cannot be written right now; nothing was done.") from e
         return eid.decode() if isinstance(eid, bytes) else str(eid)
+
+    def queue(self, pipe: redis.client.Pipeline, event: AuditEvent) -> None:
+        """Add the append to ``pipe``: the caller sends it with other writes in one round trip
+        and must treat a failed ``pipe.execute()`` as a failed record (Unavailable)."""
+        pipe.xadd(self.stream, event.encode())

@@ -39,14 +39,28 @@ class JobEvents:
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
 
-    def append(self, job_id: str, type_: str, message: str) -> str:
-        key = stream_key(job_id)
-        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    def append(self, job_id: str, type_: str, message: str, *, keep: bool = True) -> str:
+        """Append one event. ``keep`` (re)starts the stream's expiry; progress events in the
+        middle of a job pass False: the first and the last event of a job set it, and a job
+        never lives anywhere near KEEP_SECONDS, so one EXPIRE each is enough."""
+        if not keep:
+            eid = self.r.xadd(stream_key(job_id), self._fields(type_, message), maxlen=2000, approximate=True)
+            return eid.decode() if isinstance(eid, bytes) else str(eid)
         pipe = self.r.pipeline(transaction=False)
-        pipe.xadd(key, {"time": now, "type": type_, "message": message}, maxlen=2000, approximate=True)
-        pipe.expire(key, KEEP_SECONDS)
+        self.queue(pipe, job_id, type_, message)
         eid = pipe.execute()[0]
         return eid.decode() if isinstance(eid, bytes) else str(eid)
+
+    def queue(self, pipe: redis.client.Pipeline, job_id: str, type_: str, message: str) -> None:
+        """Add the append (and the stream's expiry) to ``pipe``, to be sent with other writes."""
+        key = stream_key(job_id)
+        pipe.xadd(key, self._fields(type_, message), maxlen=2000, approximate=True)
+        pipe.expire(key, KEEP_SECONDS)
+
+    @staticmethod
+    def _fields(type_: str, message: str) -> dict[str, str]:
+        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return {"time": now, "type": type_, "message": message}
 
     def read(self, job_id: str, after: str | None, wait: float = 0.0) -> list[JobEvent]:
         after = after or "0-0"

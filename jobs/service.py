@@ -12,7 +12,8 @@ import uuid
 from typing import Any, Callable
 
 import dramatiq
-from sqlalchemy import func, literal, or_, select, update
+import redis
+from sqlalchemy import Engine, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -42,12 +43,51 @@ def job_dict(job: Job) -> dict[str, Any]:
             "finished_at": iso(job.finished_at), "url": f"/api/v1/jobs/{job.id}"}
 
 
+def _columns(job: Job) -> dict[str, Any]:
+    return {c.key: getattr(job, c.key) for c in _JOBS.columns}
+
+
+_JOBS = Job.__table__
+
+
+class _Statements:
+    """The job-state statements, built once per service with bind parameters.
+
+    Workers run them a few times per job; building and compiling an ORM
+    statement each time cost several times what SQLite takes to execute it.
+    """
+
+    def __init__(self) -> None:
+        t = _JOBS.c
+        self.insert = insert(_JOBS)
+        self.claim = (update(_JOBS).where(t.id == bindparam("job_id"), or_(
+            t.status == QUEUED,
+            (t.status == RUNNING) & or_(t.heartbeat_at.is_(None), t.heartbeat_at < bindparam("stale", type_=t.heartbeat_at.type))))
+            .values(status=RUNNING, heartbeat_at=bindparam("now", type_=t.heartbeat_at.type), attempts=t.attempts + 1,
+                    started_at=func.coalesce(t.started_at, bindparam("now", type_=t.started_at.type)))
+            .returning(*_JOBS.columns))
+        self.release = (update(_JOBS).where(t.id == bindparam("job_id"), t.status == RUNNING)
+                        .values(status=QUEUED, heartbeat_at=None))
+        self.finish = (update(_JOBS).where(t.id == bindparam("job_id"), t.status.in_([QUEUED, RUNNING]))
+                       .values(status=bindparam("status"), detail=bindparam("detail"),
+                               after=bindparam("after", type_=t.after.type),
+                               finished_at=bindparam("now", type_=t.finished_at.type), active_key=None)
+                       .returning(*_JOBS.columns))
+
+    @staticmethod
+    def running(job_id: str) -> Any:
+        return update(_JOBS).where(_JOBS.c.id == job_id, _JOBS.c.status == RUNNING)
+
+
 class JobService:
     def __init__(self, sessions: sessionmaker[Session], audit: AuditLog, events: JobEvents,
                  broker: dramatiq.Broker | None, clock: Callable[[], dt.datetime] = utcnow,
                  lease: dt.timedelta = DEFAULT_LEASE) -> None:
         self.sessions, self.audit, self.events, self.broker, self.clock = sessions, audit, events, broker, clock
         self.lease = lease
+        # Reads go through ORM sessions; the state changes above run as Core on the same engine.
+        self.engine: Engine = sessions.kw["bind"]
+        self._sql = _Statements()
 
     # ---- web side ---------------------------------------------------------
     def create(self, *, action: str, environment: str, target: str, actor: str, source: str,
@@ -61,10 +101,11 @@ class JobService:
         job = Job(id=uuid.uuid4().hex, action=action, environment=environment, target=target,
                   status=QUEUED, actor=actor, source=source, request_id=request_id, params=params or {},
                   active_key=f"{environment}/{target}" if exclusive else None, detail=detail,
-                  created_at=self.clock())
+                  created_at=self.clock(), attempts=0, before=None, after=None, heartbeat_at=None,
+                  started_at=None, finished_at=None)
         try:
-            with self.sessions.begin() as s:
-                s.add(job)
+            with self.engine.begin() as c:
+                c.execute(self._sql.insert, _columns(job))
         except IntegrityError:
             running = self.active_job(environment, target)
             if running is None:  # finished in between: one retry is enough
@@ -82,10 +123,13 @@ class JobService:
         except SQLAlchemyError as e:
             raise Unavailable("The job database cannot be written right now; nothing was done.") from e
         try:
-            self.audit.record(AuditEvent(actor=actor, source=source, action=action, outcome="requested",
-                                         environment=environment, target=target, job_id=job.id,
-                                         request_id=request_id, detail=detail))
-            self.events.append(job.id, "queued", f"{action} of {target} requested by {actor}")
+            # The audit event and the first progress event in one round trip, before the enqueue.
+            pipe = self.events.r.pipeline(transaction=False)
+            self.audit.queue(pipe, AuditEvent(actor=actor, source=source, action=action, outcome="requested",
+                                              environment=environment, target=target, job_id=job.id,
+                                              request_id=request_id, detail=detail))
+            self.events.queue(pipe, job.id, "queued", f"{action} of {target} requested by {actor}")
+            pipe.execute()
             if self.broker is None:
                 raise Unavailable("No job queue is configured.")
             send_run_job(self.broker, job.id)
@@ -122,20 +166,14 @@ class JobService:
         # One compare-and-set statement that also sets started_at once and returns
         # the claimed row: SQLite holds its single write lock for one statement
         # instead of three, which is what concurrent worker threads queue on.
-        with self.sessions.begin() as s:
-            return s.scalar(
-                update(Job).where(Job.id == job_id, or_(
-                    Job.status == QUEUED,
-                    (Job.status == RUNNING) & or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < now - self.lease)))
-                .values(status=RUNNING, heartbeat_at=now, attempts=Job.attempts + 1,
-                        started_at=func.coalesce(Job.started_at, literal(now, Job.started_at.type)))
-                .returning(Job))
+        with self.engine.begin() as c:
+            row = c.execute(self._sql.claim, {"job_id": job_id, "now": now, "stale": now - self.lease}).one_or_none()
+        return Job(**row._mapping) if row is not None else None
 
     def release(self, job_id: str) -> None:
         """Back to queued so that a retried message can claim the job again."""
-        with self.sessions.begin() as s:
-            s.execute(update(Job).where(Job.id == job_id, Job.status == RUNNING)
-                      .values(status=QUEUED, heartbeat_at=None))
+        with self.engine.begin() as c:
+            c.execute(self._sql.release, {"job_id": job_id})
 
     def heartbeat(self, job_id: str, params: dict[str, Any] | None = None,
                   before: dict[str, Any] | None = None) -> None:
@@ -144,28 +182,29 @@ class JobService:
             values["params"] = params
         if before is not None:
             values["before"] = before
-        with self.sessions.begin() as s:
-            s.execute(update(Job).where(Job.id == job_id, Job.status == RUNNING).values(**values))
+        with self.engine.begin() as c:
+            c.execute(self._sql.running(job_id).values(**values))
 
     def finish(self, job_id: str, status: str, detail: str, after: dict[str, Any] | None = None) -> bool:
         """Finish a running (or queued, for stale ones) job once; emits the outcome audit event."""
         assert status in TERMINAL
-        with self.sessions.begin() as s:
+        with self.engine.begin() as c:
             # The compare-and-set returns the finished row: no second read in the write transaction.
-            job = s.scalar(update(Job).where(Job.id == job_id, Job.status.in_([QUEUED, RUNNING]))
-                           .values(status=status, detail=detail, after=after, finished_at=self.clock(),
-                                   active_key=None)
-                           .returning(Job))
+            job = c.execute(self._sql.finish, {"job_id": job_id, "status": status, "detail": detail,
+                                               "after": after, "now": self.clock()}).one_or_none()
         if job is None:
             return False
-        self.events.append(job_id, status, detail)
         event = AuditEvent(actor=job.actor, source=job.source, action=job.action,
                            outcome=SUCCEEDED if status == SUCCEEDED else FAILED,
                            environment=job.environment, target=job.target, detail=detail, job_id=job.id,
                            before=job.before, after=after, request_id=job.request_id)
         try:
-            self.audit.record(event)
-        except Unavailable:
+            # The last progress event and the outcome in one round trip.
+            pipe = self.events.r.pipeline(transaction=False)
+            self.events.queue(pipe, job_id, status, detail)
+            self.audit.queue(pipe, event)
+            pipe.execute()
+        except redis.RedisError:
             # The job row holds the outcome durably; the audit stream append is
             # retried once after a moment before giving up loudly.
             log.error("audit stream unavailable; retrying outcome of job %s", job_id)

@@ -1,4 +1,4 @@
-"""Engine and session factory. SQLite by default (WAL, busy timeout), PostgreSQL in production."""
+"""Engine and session factory. SQLite by default (WAL, queued writers), PostgreSQL in production."""
 from __future__ import annotations
 
 import os
@@ -8,6 +8,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from scope.sqlite_writer import LockingConnection, writer_lock
 
 
 def normalize_url(url: str) -> str:
@@ -25,7 +27,12 @@ def make_engine(url: str, **kw: Any) -> Engine:
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
             Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30}, **kw)
+        on_disk = bool(u.database) and u.database != ":memory:" and not u.database.startswith("file:")
+        connect_args: dict[str, Any] = {"timeout": 30}
+        if on_disk:
+            connect_args["factory"] = LockingConnection
+        engine = create_engine(url, connect_args=connect_args, **kw)
+        lock = writer_lock(str(u.database)) if on_disk else None
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -36,6 +43,8 @@ def make_engine(url: str, **kw: Any) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+            if lock is not None:
+                dbapi_conn.writer_lock = lock  # writers queue on it (scope/sqlite_writer.py)
 
         return engine
     kw.setdefault("pool_pre_ping", True)

@@ -7,7 +7,7 @@ variables and secret ARNs; those are never copied out.
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -65,10 +65,17 @@ class ServiceState:
                 and self.pending == 0 and p.rollout_state not in ("FAILED", "IN_PROGRESS"))
 
     def record(self) -> dict[str, Any]:
-        """The state as stored in job rows and audit entries (before/after)."""
-        d = asdict(self)
-        d["deployment_id"] = self.primary.id if self.primary else ""
-        d["rollout_state"] = self.primary.rollout_state if self.primary else ""
+        """The state as stored in job rows and audit entries (before/after).
+
+        The same dict as ``dataclasses.asdict`` gives, built shallowly: asdict
+        deep-copies every value, which cost more than the ECS calls of a job.
+        """
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["deployments"] = [{f.name: getattr(dep, f.name) for f in fields(dep)} for dep in self.deployments]
+        d["image_digests"] = list(self.image_digests)
+        p = self.primary
+        d["deployment_id"] = p.id if p else ""
+        d["rollout_state"] = p.rollout_state if p else ""
         return d
 
 
@@ -176,10 +183,15 @@ class EcsReader:
         """The service's tasks that are RUNNING, found by their group (``service:NAME``)."""
         arns: list[str] = []
         try:
-            pages = self.ecs.get_paginator("list_tasks").paginate(
-                cluster=self.cluster, serviceName=service, desiredStatus="RUNNING")
-            for page in pages:
+            # A plain nextToken loop: a paginator object costs more than the call it makes,
+            # and a service rarely has more than one page (100) of tasks.
+            kw: dict[str, Any] = {"cluster": self.cluster, "serviceName": service, "desiredStatus": "RUNNING"}
+            while True:
+                page = self.ecs.list_tasks(**kw)
                 arns += page.get("taskArns", [])
+                if not page.get("nextToken"):
+                    break
+                kw["nextToken"] = page["nextToken"]
             tasks: list[dict[str, Any]] = []
             for i in range(0, len(arns), 100):
                 tasks += self.ecs.describe_tasks(cluster=self.cluster, tasks=arns[i:i + 100]).get("tasks", [])

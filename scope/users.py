@@ -7,7 +7,9 @@ import secrets
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import delete, select
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -45,11 +47,30 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Standing:
+    """What a worker needs to re-check a job's actor: who, whether enabled, and the grants."""
+
+    id: int
+    email: str
+    name: str
+    disabled: bool
+    grants: list[tuple[str, str]]  # (environment, role)
+
+
 class UserService:
     """Users, grants and tokens; takes a session factory (one transaction per call)."""
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
+        self.engine: Engine = sessions.kw["bind"]
+        users, grants = User.__table__.c, Grant.__table__.c
+        # Built once: the worker re-checks every job's actor, and building the
+        # statement cost more than running it.
+        self._standing_user = select(users.id, users.email, users.name, users.disabled, users.groups).where(
+            users.email == bindparam("email"))
+        self._standing_grants = select(grants.environment, grants.role).where(
+            grants.subject.in_(bindparam("subjects", expanding=True)))
 
     # ---- users ------------------------------------------------------------
     def add_user(self, email: str, name: str = "", password: str | None = None) -> User:
@@ -105,6 +126,17 @@ class UserService:
         return user
 
     # ---- grants -----------------------------------------------------------
+    def standing(self, email: str) -> Standing | None:
+        """The user's current standing (None if unknown), read fresh for a run-time re-check."""
+        with self.engine.connect() as c:
+            u = c.execute(self._standing_user, {"email": email.strip().lower()}).one_or_none()
+            if u is None:
+                return None
+            subjects = [u.email] + [f"group:{g}" for g in (u.groups or [])]
+            rows = c.execute(self._standing_grants, {"subjects": subjects}).all()
+        return Standing(id=u.id, email=u.email, name=u.name, disabled=bool(u.disabled),
+                        grants=[(r.environment, r.role) for r in rows])
+
     def grants_for(self, subjects: list[str]) -> list[Grant]:
         with self.sessions() as s:
             return list(s.scalars(select(Grant).where(Grant.subject.in_(subjects))

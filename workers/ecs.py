@@ -58,12 +58,19 @@ class EcsOperations:
         before.image_digests = self.reader.digests_of(tasks)
         self.progress("state", f"Before: {before.running}/{before.desired} running, "
                                f"{before.task_definition}, {before.status}")
-        if "restart_tasks" not in params:
+        resumed = "restart_tasks" in params
+        if not resumed:
             params["restart_tasks"] = [t["taskArn"] for t in tasks]
             params["before"] = before.record()
             self.checkpoint(params)
         originals: list[str] = params["restart_tasks"]
         before_rec = params.get("before") or before.record()
+        began_on = before_rec.get("task_definition") or before.task_definition
+        if began_on != before.task_definition:
+            # Resumed after a crash, and a deployment ran meanwhile: stopping tasks now would
+            # restart a different version than the one this restart was asked for.
+            raise OperationFailed(f"Task definition changed since this restart began ({began_on} → "
+                                  f"{before.task_definition}); another deployment ran. No more tasks were stopped.")
         if not originals:
             after = self.wait_stable(service, started)
             return Outcome(f"Nothing to restart: no running tasks; {after.status} "
@@ -75,30 +82,36 @@ class EcsOperations:
         batch = max(1, desired - floor)
         self.progress("plan", f"Replacing {len(originals)} task(s), {batch} at a time "
                               f"(minimumHealthyPercent {before.min_healthy_percent}%)")
-        while True:
-            remaining = self._still_running(originals)
-            if not remaining:
-                break
+        # A fresh job listed the originals as RUNNING just now; a redelivered one may
+        # find some already stopped by the attempt that crashed, and must not stop them again.
+        remaining = self._still_running(originals) if resumed else list(originals)
+        while remaining:
             group = remaining[:batch]
-            for arn in group:
-                self._call(f"stopping a task of {service}", lambda arn=arn: self.ecs.stop_task(
-                    cluster=self.cluster, task=arn, reason=self.reason[:255]))
+            self._stop(service, group)
             done = len(originals) - len(remaining) + len(group)
             self.progress("progress", f"Stopped {done} of {len(originals)} original task(s); waiting for replacements")
-            self._wait_gone(group, started)
-            self.wait_stable(service, started)
+            remaining = self._wait_gone(group, remaining, started)
+            if remaining:
+                # The replacements must run before the next batch goes down (minimumHealthyPercent).
+                self.wait_stable(service, started)
+        # After the last batch this wait is both "replacements are up" and the outcome.
         after = self.wait_stable(service, started, digests=True)
         secs = round(self.clock() - started)
-        if after.task_definition != before.task_definition:
-            raise OperationFailed(f"Task definition changed during restart ({before.task_definition} → "
+        if after.task_definition != began_on:
+            raise OperationFailed(f"Task definition changed during restart ({began_on} → "
                                   f"{after.task_definition}); another deployment ran at the same time.")
         return Outcome(f"HEALTHY after {secs}s", before_rec, after.record())
+
+    def _stop(self, service: str, arns: list[str]) -> None:
+        for arn in arns:
+            self._call(f"stopping a task of {service}", lambda arn=arn: self.ecs.stop_task(
+                cluster=self.cluster, task=arn, reason=self.reason[:255]))
 
     def _still_running(self, arns: list[str]) -> list[str]:
         if not arns:
             return []
         got: list[dict[str, Any]] = []
-        for i in range(0, len(arns), 100):
+        for i in range(0, len(arns), 100):  # DescribeTasks takes at most 100
             chunk = arns[i:i + 100]
             got += self._call("describing tasks", lambda chunk=chunk: self.ecs.describe_tasks(
                 cluster=self.cluster, tasks=chunk)).get("tasks", [])
@@ -106,8 +119,17 @@ class EcsOperations:
                  and t.get("desiredStatus") != "STOPPED"}
         return [a for a in arns if a in alive]
 
-    def _wait_gone(self, arns: list[str], started: float) -> None:
-        while self._still_running(arns):
+    def _wait_gone(self, stopped: list[str], remaining: list[str], started: float) -> list[str]:
+        """Poll until none of ``stopped`` runs; the originals of ``remaining`` that still run.
+
+        Describing every remaining original, not only the stopped batch, makes the
+        last poll the next batch's list: an original that stopped on its own drops
+        out there, and an empty answer after the last batch means none is left.
+        """
+        while True:
+            alive = self._still_running(remaining)
+            if not set(stopped) & set(alive):
+                return alive
             self._tick(started, "waiting for stopped tasks to drain")
 
     # ---- redeploy ---------------------------------------------------------

@@ -51,13 +51,13 @@ class JobRunner:
             self._finish(job, FAILED, f"Expired: queued for {int(age.total_seconds())}s, longer than the "
                                       f"{self.rt.settings.job_max_age_seconds}s age limit; not run.")
             return FAILED
-        events.append(job.id, "running", f"Worker picked up the job (attempt {job.attempts})")
+        events.append(job.id, "running", f"Worker picked up the job (attempt {job.attempts})", keep=False)
         try:
             env = self._recheck_scope(job)
             outcome = self._dispatch(job, env)
         except TransientError as e:
             if retries < max_retries:
-                events.append(job.id, "retry", f"{e.detail} Retrying ({retries + 1} of {max_retries}).")
+                events.append(job.id, "retry", f"{e.detail} Retrying ({retries + 1} of {max_retries}).", keep=False)
                 self.rt.jobs.release(job.id)
                 raise Retry(e.detail) from e
             self._finish(job, FAILED, f"{e.detail} Gave up after {max_retries} retries.")
@@ -87,11 +87,10 @@ class JobRunner:
             raise OperationFailed(f"This worker does not know how to run {job.action}.")
         permission = OPERATIONS[job.action][0]
         if job.source in ("web", "api", "cli"):
-            user = self.rt.users.by_email(job.actor)
+            user = self.rt.users.standing(job.actor)
             if user is None or user.disabled:
                 raise Forbidden(f"Refused at run time: {job.actor} is no longer an active user; nothing was done.")
-            grants = self.rt.users.grants_for(user.subjects)
-            p = principal_from_grants(user.email, user.name, user.id, [(g.environment, g.role) for g in grants])
+            p = principal_from_grants(user.email, user.name, user.id, user.grants)
             try:
                 check(p, env, permission)
             except (Forbidden, NotFound) as e:
@@ -104,7 +103,7 @@ class JobRunner:
         params = dict(job.params or {})
 
         def progress(type_: str, message: str) -> None:
-            self.rt.events.append(job.id, type_, message)
+            self.rt.events.append(job.id, type_, message, keep=False)  # create and finish set the expiry
 
         def checkpoint(p: dict[str, Any]) -> None:
             self.rt.jobs.heartbeat(job.id, params=dict(p), before=p.get("before"))
