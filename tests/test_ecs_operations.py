@@ -269,6 +269,7 @@ def test_resumed_restart_checks_which_originals_still_run(ecs, td):
     # Now running: the replacement of arn:t/0 and arn:t/1; neither is taken as an original.
     stub_restart_before(stub, td, ["arn:t/new0", "arn:t/1"])
     stub_describe(stub, arns, stopped=arns[:1])  # which originals still run
+    stub_stable(stub, td, 2, replacing=1)  # the replacement of arn:t/0 comes up before arn:t/1 goes down
     stub_stop(stub, arns[1:])
     stub_describe(stub, arns[1:], stopped=arns[1:])
     stub_stable(stub, td, 2)
@@ -280,8 +281,9 @@ def test_resumed_restart_checks_which_originals_still_run(ecs, td):
     o = ops(client, FakeTime(), events)
     o.checkpoint = saved.append
     out = o.restart("orders-api", params)
-    assert out.detail == "HEALTHY after 0s"
+    assert out.detail == "HEALTHY after 5s"
     assert out.before is before and params["restart_tasks"] == arns and not saved  # the first attempt's record
+    assert [m for k, m in events if k == "state"][1].startswith("1/2 running, 1 pending")
     assert [m for k, m in events if k == "progress"] == ["Stopped 2 of 2 original task(s); waiting for replacements"]
 
 

@@ -85,6 +85,10 @@ class EcsOperations:
         # A fresh job listed the originals as RUNNING just now; a redelivered one may
         # find some already stopped by the attempt that crashed, and must not stop them again.
         remaining = self._still_running(originals) if resumed else list(originals)
+        if resumed and remaining:
+            # The crashed attempt may have stopped a batch whose replacements are not up
+            # yet: wait for them before taking more tasks down (minimumHealthyPercent).
+            self.wait_stable(service, started)
         while remaining:
             group = remaining[:batch]
             self._stop(service, group)
