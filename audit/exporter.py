@@ -28,11 +28,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from audit.ledger import append, lock_head
 from audit.retention import Retention
-from jobs.audit_stream import STREAM, AuditEvent
+from jobs.audit_stream import GROUP, STREAM, AuditEvent
 from scope.models import AuditEntry
 
 log = logging.getLogger("valetkey.exporter")
-GROUP = "exporters"
 Entry = tuple[Any, dict[Any, Any]]
 
 

@@ -15,6 +15,7 @@ import redis
 from scope.errors import Unavailable
 
 STREAM = "valetkey:audit"
+GROUP = "exporters"  # the exporters' consumer group on STREAM
 
 
 @dataclass

@@ -50,6 +50,14 @@ def _columns(job: Job) -> dict[str, Any]:
 _JOBS = Job.__table__
 
 
+def outcome_event(job: Any) -> AuditEvent:
+    """The audit entry of a finished job (a Job, or a row of the jobs table)."""
+    return AuditEvent(actor=job.actor, source=job.source, action=job.action,
+                      outcome=SUCCEEDED if job.status == SUCCEEDED else FAILED,
+                      environment=job.environment, target=job.target, detail=job.detail, job_id=job.id,
+                      before=job.before, after=job.after, request_id=job.request_id)
+
+
 class _Statements:
     """The job-state statements, built once per service with bind parameters.
 
@@ -74,9 +82,11 @@ class _Statements:
                                finished_at=bindparam("now", type_=t.finished_at.type), active_key=None)
                        .returning(*_JOBS.columns))
 
-    @staticmethod
-    def running(job_id: str) -> Any:
-        return update(_JOBS).where(_JOBS.c.id == job_id, _JOBS.c.status == RUNNING)
+        held = update(_JOBS).where(t.id == bindparam("job_id"), t.status == RUNNING)
+        self.heartbeat = held.values(heartbeat_at=bindparam("now", type_=t.heartbeat_at.type))
+        self.checkpoint = held.values(heartbeat_at=bindparam("now", type_=t.heartbeat_at.type),
+                                      params=bindparam("params", type_=t.params.type))
+        self.checkpoint_before = self.checkpoint.values(before=bindparam("before", type_=t.before.type))
 
 
 class JobService:
@@ -177,13 +187,15 @@ class JobService:
 
     def heartbeat(self, job_id: str, params: dict[str, Any] | None = None,
                   before: dict[str, Any] | None = None) -> None:
-        values: dict[str, Any] = {"heartbeat_at": self.clock()}
-        if params is not None:
-            values["params"] = params
-        if before is not None:
-            values["before"] = before
+        """Renew the job's lease; with ``params``, also save the operation's checkpoint (and ``before``)."""
         with self.engine.begin() as c:
-            c.execute(self._sql.running(job_id).values(**values))
+            if params is None:
+                c.execute(self._sql.heartbeat, {"job_id": job_id, "now": self.clock()})
+            elif before is None:  # a checkpoint that leaves the recorded "before" state as it is
+                c.execute(self._sql.checkpoint, {"job_id": job_id, "now": self.clock(), "params": params})
+            else:
+                c.execute(self._sql.checkpoint_before, {"job_id": job_id, "now": self.clock(), "params": params,
+                                                        "before": before})
 
     def finish(self, job_id: str, status: str, detail: str, after: dict[str, Any] | None = None) -> bool:
         """Finish a running (or queued, for stale ones) job once; emits the outcome audit event."""
@@ -194,10 +206,7 @@ class JobService:
                                                "after": after, "now": self.clock()}).one_or_none()
         if job is None:
             return False
-        event = AuditEvent(actor=job.actor, source=job.source, action=job.action,
-                           outcome=SUCCEEDED if status == SUCCEEDED else FAILED,
-                           environment=job.environment, target=job.target, detail=detail, job_id=job.id,
-                           before=job.before, after=after, request_id=job.request_id)
+        event = outcome_event(job)
         try:
             # The last progress event and the outcome in one round trip.
             pipe = self.events.r.pipeline(transaction=False)

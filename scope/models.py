@@ -116,6 +116,7 @@ class AuditEntry(Base):
     __table_args__ = (
         Index("ix_audit_time", "time"),
         Index("ix_audit_env_time", "environment", "time"),
+        Index("ix_audit_job", "job_id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)

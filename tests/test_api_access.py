@@ -172,3 +172,15 @@ def test_openapi_is_generated_from_schemas(client):
     assert "/api/v1/environments/{env}/services/{svc}/restart" in doc["paths"]
     assert {"Job", "EnvironmentDetail", "Problem"} <= set(doc["components"]["schemas"])
     json.dumps(doc)
+
+
+def test_openapi_documents_the_400_that_validation_errors_get(client, make_user):
+    """The document says what clients receive: 400 problem+json naming the field, never 422."""
+    doc = client.get("/api/v1/openapi.json").get_json()
+    documented = {(m, p): set(op["responses"]) for p, ops in doc["paths"].items()
+                  for m, op in ops.items() if isinstance(op, dict) and "responses" in op}
+    assert not [k for k, codes in documented.items() if "422" in codes]
+    assert "400" in documented[("get", "/api/v1/jobs/{job_id}/events")]
+    assert "400" in documented[("post", "/api/v1/environments/{env}/redis/{target}/flush")]
+    r = client.get("/api/v1/jobs/0123/events?wait=soon", headers=make_user("v@acme.test", ("staging", "viewer")))
+    assert r.status_code == 400 and "wait" in r.get_json()["errors"]

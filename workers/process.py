@@ -9,6 +9,7 @@ from dramatiq import Worker
 
 from jobs.broker import send_run_job
 from jobs.kinds import QUEUED, RUNNING
+from jobs.outcomes import recover_outcomes
 from valetkey.runtime import Runtime
 from workers.actors import declare
 from workers.runner import JobRunner
@@ -23,7 +24,8 @@ def sweep(rt: Runtime) -> int:
     A running job whose heartbeat is older than the lease lost its worker: the
     message is sent again (claim() lets exactly one worker take it over) until
     it has been attempted MAX_TAKEOVERS times, then it is failed. A queued job
-    past the age limit is failed, never run.
+    past the age limit is failed, never run. A finished job whose outcome
+    never reached the audit trail gets it appended (jobs/outcomes.py).
     """
     touched = 0
     max_age = dt.timedelta(seconds=rt.settings.job_max_age_seconds)
@@ -39,7 +41,7 @@ def sweep(rt: Runtime) -> int:
             send_run_job(rt.broker, job.id)
             rt.events.append(job.id, "redelivered", "No sign of the worker; handing the job to another one")
         touched += 1
-    return touched
+    return touched + recover_outcomes(rt.engine, rt.redis, rt.audit)
 
 
 def run_worker(rt: Runtime, stop: threading.Event, threads: int = 4) -> None:

@@ -63,7 +63,7 @@ def start_flush_job(env: str, name: str, pattern: str) -> dict[str, Any]:
 
 
 @blp.post("/environments/<env>/redis/<target>/flush")
-@blp.arguments(FlushRequestSchema)
+@blp.arguments(FlushRequestSchema, error_status_code=400)
 @blp.response(200, FlushPreviewSchema)
 @blp.alt_response(202, schema=JobSchema, description="the flush job was queued")
 def flush(args: dict[str, Any], env: str, target: str) -> Any:

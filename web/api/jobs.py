@@ -34,7 +34,7 @@ def get_job(job_id: str) -> dict[str, Any]:
 
 
 @blp.get("/jobs/<job_id>/events")
-@blp.arguments(JobEventsQuerySchema, location="query")
+@blp.arguments(JobEventsQuerySchema, location="query", error_status_code=400)
 @blp.response(200, JobEventsSchema)
 def job_events(query: dict[str, Any], job_id: str) -> dict[str, Any]:
     """Progress events after ``after``; with ``wait`` long-polls up to 25 s for new ones."""

@@ -59,7 +59,7 @@ def service_logs(env: Environment) -> ServiceLogs:
 
 
 @blp.get("/environments/<env>/services/<svc>/logs")
-@blp.arguments(LogsQuerySchema, location="query", as_kwargs=False)
+@blp.arguments(LogsQuerySchema, location="query", as_kwargs=False, error_status_code=400)
 @blp.response(200, LogPageSchema)
 def get_logs(args: dict[str, Any], env: str, svc: str) -> dict[str, Any]:
     """A page of the service's CloudWatch logs; poll with the returned cursor to tail."""

@@ -69,7 +69,7 @@ def resume_schedule(env: str) -> dict[str, Any]:
 
 
 @blp.post("/environments/<env>/schedule/pause")
-@blp.arguments(PauseRequestSchema)
+@blp.arguments(PauseRequestSchema, error_status_code=400)
 @blp.response(200, ScheduleResponseSchema)
 def pause(args: dict[str, Any], env: str) -> dict[str, Any]:
     """Leave the environment as it is (no scale-down, no restore) until `until` or until resumed."""

@@ -36,7 +36,7 @@ def start_task_job(env: str, family: str) -> dict[str, Any]:
 
 
 @blp.post("/environments/<env>/tasks")
-@blp.arguments(RunTaskRequestSchema)
+@blp.arguments(RunTaskRequestSchema, error_status_code=400)
 @blp.response(202, JobSchema)
 def run_task(args: dict[str, Any], env: str) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Run an allow-listed task definition family once (latest revision, no overrides) and follow it to STOPPED."""

@@ -1,0 +1,77 @@
+"""Outcome audit entries lost between a job's final commit and its audit append, found and appended again.
+
+``JobService.finish`` commits the terminal row first (the durable truth), then
+appends the outcome to the audit stream. A process killed between the two, or
+a Redis outage longer than the one retry, would leave a finished job with no
+outcome in the trail. The sweeper closes that gap:
+
+- only when the exporters have read and acknowledged everything on the stream
+  (consumer group lag 0, nothing pending), so an entry still on its way to
+  the table is never taken for a lost one;
+- only for jobs finished more than GRACE ago (their append, had it happened,
+  is on the stream by then) and less than HORIZON ago (older trails are not
+  re-examined every minute);
+- once per job across sweepers (a Redis key taken with SET NX).
+
+A job refused at the enqueue (row failed, 503 to the caller) gets its
+``failed`` outcome the same way, so every job row has an outcome entry.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+import redis
+from sqlalchemy import Engine, exists, select
+
+from jobs.audit_stream import GROUP, STREAM, AuditLog
+from jobs.kinds import FAILED, SUCCEEDED
+from jobs.service import outcome_event
+from scope.models import AuditEntry, Job, utcnow
+
+log = logging.getLogger("valetkey.worker")
+
+GRACE = dt.timedelta(minutes=2)
+HORIZON = dt.timedelta(days=1)
+BATCH = 100
+CLAIM_PREFIX = "valetkey:outcome-recovered:"
+
+
+def exporters_caught_up(r: redis.Redis, stream: str = STREAM) -> bool:
+    """True when the exporters' group has read every entry and acknowledged all it read."""
+    try:
+        groups: list[dict[Any, Any]] = r.xinfo_groups(stream)
+    except redis.ResponseError:  # no stream yet: nothing was ever exported, nothing can be judged
+        return False
+    for g in groups:
+        name = g.get("name")
+        if (name.decode() if isinstance(name, bytes) else name) == GROUP:
+            return g.get("lag") == 0 and g.get("pending") == 0
+    return False
+
+
+def lost_outcomes(engine: Engine, now: dt.datetime, limit: int = BATCH) -> list[Any]:
+    """Finished jobs (GRACE..HORIZON ago) with no outcome row in the audit table."""
+    j, a = Job.__table__.c, AuditEntry.__table__.c
+    query = (select(Job.__table__)
+             .where(j.status.in_([SUCCEEDED, FAILED]), j.finished_at < now - GRACE, j.finished_at > now - HORIZON,
+                    ~exists().where(a.job_id == j.id, a.outcome.in_([SUCCEEDED, FAILED])))
+             .order_by(j.finished_at).limit(limit))
+    with engine.connect() as c:
+        return list(c.execute(query).all())
+
+
+def recover_outcomes(engine: Engine, r: redis.Redis, audit: AuditLog, now: dt.datetime | None = None) -> int:
+    """Append the outcome of every finished job whose entry was lost; returns how many."""
+    if not exporters_caught_up(r, audit.stream):
+        return 0
+    recovered = 0
+    for job in lost_outcomes(engine, now or utcnow()):
+        if not r.set(CLAIM_PREFIX + job.id, "1", nx=True, ex=int(HORIZON.total_seconds()) * 2):
+            continue  # another sweeper appended it; the exporter has not stored it yet
+        audit.record(outcome_event(job))
+        log.warning("job %s: its %s outcome was missing from the audit trail; appended it again",
+                    job.id, job.status)
+        recovered += 1
+    return recovered

@@ -1,0 +1,83 @@
+"""A finished job whose outcome never reached the audit trail gets it appended by the sweeper, once."""
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import select, update
+
+from jobs.audit_stream import STREAM, AuditEvent
+from jobs.kinds import FAILED, RESTART, SUCCEEDED
+from jobs.outcomes import CLAIM_PREFIX, exporters_caught_up, recover_outcomes
+from scope.models import AuditEntry, Job
+from tests.test_audit_exporter import export_all
+from valetkey.runtime import Runtime
+
+
+def crashed_after_commit(rt: Runtime, target: str, minutes_ago: float, status: str = SUCCEEDED) -> str:
+    """A job whose terminal row was committed, and then the process died before the audit append."""
+    job = rt.jobs.create(action=RESTART, environment="staging", target=target, actor="dev@acme.test",
+                         source="api", request_id="req-1")
+    finished = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=minutes_ago)
+    with rt.engine.begin() as c:
+        c.execute(update(Job).where(Job.id == job.id).values(
+            status=status, detail="HEALTHY after 38s", finished_at=finished, active_key=None,
+            after={"running": 2}))
+    return job.id
+
+
+def outcomes(rt: Runtime, job_id: str) -> list[AuditEntry]:
+    with rt.sessions() as s:
+        return list(s.scalars(select(AuditEntry).where(AuditEntry.job_id == job_id,
+                                                       AuditEntry.outcome.in_([SUCCEEDED, FAILED]))))
+
+
+def test_a_lost_outcome_is_appended_once_with_the_jobs_record(rt):
+    job_id = crashed_after_commit(rt, "orders-api", minutes_ago=5)
+    export_all(rt)  # the "requested" entry reaches the table; the exporter is caught up
+    assert exporters_caught_up(rt.redis)
+    assert recover_outcomes(rt.engine, rt.redis, rt.audit) == 1
+    assert recover_outcomes(rt.engine, rt.redis, rt.audit) == 0  # not caught up: the new entry is unread
+    export_all(rt)
+    [row] = outcomes(rt, job_id)
+    assert (row.actor, row.source, row.action, row.outcome, row.target, row.detail, row.request_id) == (
+        "dev@acme.test", "api", RESTART, SUCCEEDED, "orders-api", "HEALTHY after 38s", "req-1")
+    assert row.after == {"running": 2}
+    assert recover_outcomes(rt.engine, rt.redis, rt.audit) == 0  # stored now: nothing is appended twice
+    assert len(outcomes(rt, job_id)) == 1
+
+
+def test_nothing_is_judged_while_the_exporter_has_unread_or_unacknowledged_entries(rt):
+    crashed_after_commit(rt, "orders-api", minutes_ago=5)
+    assert not exporters_caught_up(rt.redis)  # no consumer group yet
+    assert recover_outcomes(rt.engine, rt.redis, rt.audit) == 0
+    export_all(rt)
+    rt.audit.record(AuditEvent(actor="x", source="api", action="login", outcome="succeeded"))
+    assert not exporters_caught_up(rt.redis)  # one entry not read yet
+    assert recover_outcomes(rt.engine, rt.redis, rt.audit) == 0
+    rt.redis.xreadgroup("exporters", "stuck", {STREAM: ">"}, count=1)
+    assert not exporters_caught_up(rt.redis)  # read but not acknowledged
+    assert recover_outcomes(rt.engine, rt.redis, rt.audit) == 0
+
+
+def test_recent_jobs_and_jobs_with_their_outcome_are_left_alone(rt):
+    recent = crashed_after_commit(rt, "orders-api", minutes_ago=0.5)  # its append may still be on its way
+    done = rt.jobs.create(action=RESTART, environment="staging", target="payments-api", actor="dev@acme.test",
+                          source="api")
+    assert rt.jobs.claim(done.id) is not None
+    assert rt.jobs.finish(done.id, FAILED, "Rollout FAILED: circuit breaker")
+    with rt.engine.begin() as c:
+        c.execute(update(Job).where(Job.id == done.id).values(
+            finished_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=10)))
+    export_all(rt)
+    assert recover_outcomes(rt.engine, rt.redis, rt.audit) == 0
+    assert outcomes(rt, recent) == [] and len(outcomes(rt, done.id)) == 1
+
+
+def test_a_job_another_sweeper_already_took_is_skipped(rt):
+    """Two sweepers that both judged "caught up" at once: the SET NX lets one of them append."""
+    job_id = crashed_after_commit(rt, "orders-api", minutes_ago=5, status=FAILED)
+    export_all(rt)
+    assert rt.redis.set(CLAIM_PREFIX + job_id, "1", nx=True, ex=60)  # the other sweeper got there first
+    before = rt.redis.xlen(STREAM)
+    assert recover_outcomes(rt.engine, rt.redis, rt.audit) == 0
+    assert rt.redis.xlen(STREAM) == before
