@@ -61,6 +61,7 @@ from sqlalchemy import create_engine, event, func, select, text
 
 from bench.queue_floor import declare_floor
 from jobs.audit_stream import STREAM
+from jobs.broker import middleware as broker_middleware
 from jobs.events import stream_key
 from jobs.kinds import QUEUE, RESTART, SUCCEEDED
 from scope.aws import DEFAULT_CONFIG
@@ -309,10 +310,8 @@ class Profiled(Middleware):
 
 
 def plain_broker(url: str) -> RedisBroker:
-    """The broker of ``jobs.broker.make_broker`` minus its declared job queue."""
-    broker = RedisBroker(url=url)
-    broker.add_middleware(CurrentMessage())
-    return broker
+    """The broker of ``jobs.broker.make_broker`` (same middleware) minus its declared job queue."""
+    return RedisBroker(url=url, middleware=broker_middleware())
 
 
 def run_worker(broker: dramatiq.Broker, done: Done, n: int, threads: int,
@@ -377,7 +376,7 @@ def measure_valetkey(setup: Setup, n: int, threads: int,
     """jobs/s through the product's actor, process CPU ms per job, ECS calls made, events per job."""
     def product(rt: Runtime, ecs: StubbedEcs) -> None:
         runner = JobRunner(rt, sleep=lambda s: None, ecs_client=ecs)
-        declare(rt.broker, runner, time_limit_ms=600_000, max_age_ms=3_600_000)
+        declare(rt.broker, runner, max_age_ms=3_600_000)
 
     return _measure(setup, n, threads, product, profiler)
 

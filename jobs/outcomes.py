@@ -9,7 +9,7 @@ outcome in the trail. The sweeper closes that gap:
   (consumer group lag 0, nothing pending), so an entry still on its way to
   the table is never taken for a lost one;
 - only for jobs finished more than GRACE ago (their append, had it happened,
-  is on the stream by then) and less than HORIZON ago (older trails are not
+  is on the stream by then, however slow Redis was) and less than HORIZON ago (older trails are not
   re-examined every minute);
 - once per job across sweepers (a Redis key taken with SET NX).
 
@@ -28,26 +28,40 @@ from sqlalchemy import Engine, exists, select
 from jobs.audit_stream import GROUP, STREAM, AuditLog
 from jobs.kinds import FAILED, SUCCEEDED
 from jobs.service import outcome_event
+from scope.errors import Unavailable
 from scope.models import AuditEntry, Job, utcnow
 
 log = logging.getLogger("valetkey.worker")
 
-GRACE = dt.timedelta(minutes=2)
+# Longer than the slowest append that finish() can still make: the writer-lock wait (30 s), a
+# Redis call that times out (40 s), the pause and the retried append (41 s), with room to spare.
+GRACE = dt.timedelta(minutes=10)
 HORIZON = dt.timedelta(days=1)
 BATCH = 100
 CLAIM_PREFIX = "valetkey:outcome-recovered:"
 
 
+def _id(value: Any) -> tuple[int, int]:
+    ms, _, seq = (value.decode() if isinstance(value, bytes) else str(value)).partition("-")
+    return int(ms), int(seq or 0)
+
+
 def exporters_caught_up(r: redis.Redis, stream: str = STREAM) -> bool:
-    """True when the exporters' group has read every entry and acknowledged all it read."""
+    """True when the exporters' group has been handed the stream's last entry and acknowledged all.
+
+    Judged from the group's last-delivered id and its pending count, not from
+    XINFO's ``lag``: Redis stops computing lag after an entry is deleted
+    (XDEL) and reports it as unknown, and before Redis 7 there is none.
+    """
     try:
         groups: list[dict[Any, Any]] = r.xinfo_groups(stream)
+        last = r.xinfo_stream(stream)["last-generated-id"]
     except redis.ResponseError:  # no stream yet: nothing was ever exported, nothing can be judged
         return False
     for g in groups:
         name = g.get("name")
         if (name.decode() if isinstance(name, bytes) else name) == GROUP:
-            return g.get("lag") == 0 and g.get("pending") == 0
+            return g.get("pending") == 0 and _id(g["last-delivered-id"]) >= _id(last)
     return False
 
 
@@ -68,9 +82,15 @@ def recover_outcomes(engine: Engine, r: redis.Redis, audit: AuditLog, now: dt.da
         return 0
     recovered = 0
     for job in lost_outcomes(engine, now or utcnow()):
-        if not r.set(CLAIM_PREFIX + job.id, "1", nx=True, ex=int(HORIZON.total_seconds()) * 2):
+        claim = CLAIM_PREFIX + job.id
+        if not r.set(claim, "1", nx=True, ex=int(HORIZON.total_seconds()) * 2):
             continue  # another sweeper appended it; the exporter has not stored it yet
-        audit.record(outcome_event(job))
+        try:
+            audit.record(outcome_event(job))
+        except Unavailable:
+            r.delete(claim)  # not appended: the next sweep tries again
+            log.error("job %s: could not append its missing %s outcome; will retry", job.id, job.status)
+            return recovered  # Redis is in trouble: the rest waits for the next sweep too
         log.warning("job %s: its %s outcome was missing from the audit trail; appended it again",
                     job.id, job.status)
         recovered += 1

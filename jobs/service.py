@@ -44,7 +44,9 @@ def job_dict(job: Job) -> dict[str, Any]:
 
 
 def _columns(job: Job) -> dict[str, Any]:
-    return {c.key: getattr(job, c.key) for c in _JOBS.columns}
+    # Unset JSON columns are left out: binding None would store the JSON text 'null', not SQL NULL.
+    return {c.key: getattr(job, c.key) for c in _JOBS.columns
+            if not (c.key in ("before", "after") and getattr(job, c.key) is None)}
 
 
 _JOBS = Job.__table__
@@ -207,15 +209,20 @@ class JobService:
         if job is None:
             return False
         event = outcome_event(job)
+        # The last progress event and the outcome in one round trip. Each result is
+        # looked at: a failed event must not make the outcome be appended twice.
+        pipe = self.events.r.pipeline(transaction=False)
+        self.events.queue(pipe, job_id, status, detail)
+        self.audit.queue(pipe, event)
         try:
-            # The last progress event and the outcome in one round trip.
-            pipe = self.events.r.pipeline(transaction=False)
-            self.events.queue(pipe, job_id, status, detail)
-            self.audit.queue(pipe, event)
-            pipe.execute()
+            results: list[Any] | None = pipe.execute(raise_on_error=False)
         except redis.RedisError:
-            # The job row holds the outcome durably; the audit stream append is
-            # retried once after a moment before giving up loudly.
+            results = None
+        if results is None or any(isinstance(r, Exception) for r in results[:-1]):
+            log.warning("job %s: its last progress event could not be written", job_id)
+        if results is None or isinstance(results[-1], Exception):
+            # The job row holds the outcome durably; the append is retried once after a
+            # moment, and failing that, the sweeper appends it later (jobs/outcomes.py).
             log.error("audit stream unavailable; retrying outcome of job %s", job_id)
             time.sleep(1)
             self.audit.record(event)

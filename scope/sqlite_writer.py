@@ -23,19 +23,23 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import sqlite3
 import threading
 import time
 from typing import Any, Callable, Iterable
 
-# Statements that take SQLite's write lock outside an open transaction. WITH
-# is included because a CTE may end in INSERT/UPDATE/DELETE; a read-only one
-# just takes and drops the lock around itself.
-_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "WITH")
+# Statements that start a write outside an open transaction, after any leading
+# comments (as Python's sqlite3 skips them to decide on its implicit BEGIN).
+# WITH is included because a CTE may end in INSERT/UPDATE/DELETE; BEGIN and
+# SAVEPOINT open a transaction that may write. A statement that turns out to
+# read only takes and drops the lock around itself.
+_WRITE = re.compile(r"\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*(?:INSERT|UPDATE|DELETE|REPLACE|WITH|BEGIN|SAVEPOINT)\b",
+                    re.IGNORECASE | re.DOTALL)
 
 
 def _is_write(sql: str) -> bool:
-    return sql.lstrip()[:7].upper().startswith(_WRITES)
+    return _WRITE.match(sql) is not None
 
 
 class WriterLock:
@@ -112,6 +116,23 @@ class LockingConnection(sqlite3.Connection):
 
     def cursor(self, factory: Any = None) -> Any:  # type: ignore[override]
         return super().cursor(factory or LockingCursor)
+
+    # The shortcuts on the connection are C code that builds a plain cursor: route them through ours.
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:  # type: ignore[override]
+        return self.cursor().execute(sql, parameters)
+
+    def executemany(self, sql: str, seq_of_parameters: Iterable[Any], /) -> Any:  # type: ignore[override]
+        return self.cursor().executemany(sql, seq_of_parameters)
+
+    def executescript(self, script: str, /) -> Any:  # type: ignore[override]
+        # It commits what is open first and runs in autocommit: hold the turn for the whole script.
+        if self.writer_lock is not None and not self._holding:
+            self.writer_lock.acquire()
+            self._holding = True
+        try:
+            return super().executescript(script)
+        finally:
+            self.settle()
 
     def take_turn(self, sql: str) -> None:
         """Take the writer lock before a write that would open a transaction."""

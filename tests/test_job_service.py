@@ -92,3 +92,20 @@ def test_mid_job_events_leave_the_expiry_set_at_creation(rt):
     assert 0 < rt.redis.ttl(stream_key(job_id)) <= 1000
     rt.events.append(job_id, "redelivered", "handing over")
     assert rt.redis.ttl(stream_key(job_id)) > 1000
+
+
+def test_a_new_job_stores_sql_null_for_its_unset_states(rt):
+    job_id = new_job(rt)
+    with rt.engine.connect() as c:
+        assert c.execute(select(Job.id).where(Job.id == job_id, Job.before.is_(None), Job.after.is_(None))).all()
+
+
+def test_a_failed_progress_event_does_not_append_the_outcome_twice(rt):
+    job_id = new_job(rt)
+    rt.jobs.claim(job_id)
+    rt.redis.delete(stream_key(job_id))
+    rt.redis.set(stream_key(job_id), "not a stream")  # the event's XADD fails (WRONGTYPE); the audit's works
+    assert rt.jobs.finish(job_id, SUCCEEDED, "HEALTHY after 1s")
+    outcomes = [e for e in audit_events(rt) if e["job_id"] == job_id and e["outcome"] == SUCCEEDED]
+    assert len(outcomes) == 1
+    assert row(rt, job_id).status == SUCCEEDED

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import datetime as dt
 
+import redis as redis_lib
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy import select, update
 
-from jobs.audit_stream import STREAM, AuditEvent
+from jobs.audit_stream import STREAM, AuditEvent, AuditLog
 from jobs.kinds import FAILED, RESTART, SUCCEEDED
 from jobs.outcomes import CLAIM_PREFIX, exporters_caught_up, recover_outcomes
 from scope.models import AuditEntry, Job
@@ -32,7 +35,7 @@ def outcomes(rt: Runtime, job_id: str) -> list[AuditEntry]:
 
 
 def test_a_lost_outcome_is_appended_once_with_the_jobs_record(rt):
-    job_id = crashed_after_commit(rt, "orders-api", minutes_ago=5)
+    job_id = crashed_after_commit(rt, "orders-api", minutes_ago=15)
     export_all(rt)  # the "requested" entry reaches the table; the exporter is caught up
     assert exporters_caught_up(rt.redis)
     assert recover_outcomes(rt.engine, rt.redis, rt.audit) == 1
@@ -47,7 +50,7 @@ def test_a_lost_outcome_is_appended_once_with_the_jobs_record(rt):
 
 
 def test_nothing_is_judged_while_the_exporter_has_unread_or_unacknowledged_entries(rt):
-    crashed_after_commit(rt, "orders-api", minutes_ago=5)
+    crashed_after_commit(rt, "orders-api", minutes_ago=15)
     assert not exporters_caught_up(rt.redis)  # no consumer group yet
     assert recover_outcomes(rt.engine, rt.redis, rt.audit) == 0
     export_all(rt)
@@ -60,14 +63,14 @@ def test_nothing_is_judged_while_the_exporter_has_unread_or_unacknowledged_entri
 
 
 def test_recent_jobs_and_jobs_with_their_outcome_are_left_alone(rt):
-    recent = crashed_after_commit(rt, "orders-api", minutes_ago=0.5)  # its append may still be on its way
+    recent = crashed_after_commit(rt, "orders-api", minutes_ago=5)  # its append may still be on its way
     done = rt.jobs.create(action=RESTART, environment="staging", target="payments-api", actor="dev@acme.test",
                           source="api")
     assert rt.jobs.claim(done.id) is not None
     assert rt.jobs.finish(done.id, FAILED, "Rollout FAILED: circuit breaker")
     with rt.engine.begin() as c:
         c.execute(update(Job).where(Job.id == done.id).values(
-            finished_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=10)))
+            finished_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=20)))
     export_all(rt)
     assert recover_outcomes(rt.engine, rt.redis, rt.audit) == 0
     assert outcomes(rt, recent) == [] and len(outcomes(rt, done.id)) == 1
@@ -75,9 +78,31 @@ def test_recent_jobs_and_jobs_with_their_outcome_are_left_alone(rt):
 
 def test_a_job_another_sweeper_already_took_is_skipped(rt):
     """Two sweepers that both judged "caught up" at once: the SET NX lets one of them append."""
-    job_id = crashed_after_commit(rt, "orders-api", minutes_ago=5, status=FAILED)
+    job_id = crashed_after_commit(rt, "orders-api", minutes_ago=15, status=FAILED)
     export_all(rt)
     assert rt.redis.set(CLAIM_PREFIX + job_id, "1", nx=True, ex=60)  # the other sweeper got there first
     before = rt.redis.xlen(STREAM)
     assert recover_outcomes(rt.engine, rt.redis, rt.audit) == 0
     assert rt.redis.xlen(STREAM) == before
+
+
+def test_a_failed_append_is_tried_again_at_the_next_sweep(rt):
+    job_id = crashed_after_commit(rt, "orders-api", minutes_ago=15)
+    export_all(rt)
+    # Nothing listens on port 1; no retries, so the failure is immediate.
+    unreachable = AuditLog(redis_lib.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)))
+    assert recover_outcomes(rt.engine, rt.redis, unreachable) == 0
+    assert rt.redis.get(CLAIM_PREFIX + job_id) is None  # the claim was given back
+    assert recover_outcomes(rt.engine, rt.redis, rt.audit) == 1
+
+
+def test_caught_up_survives_a_deleted_entry(rt):
+    """XDEL of an entry the group had not read yet makes Redis report lag as unknown for good."""
+    rt.audit.record(AuditEvent(actor="x", source="api", action="login", outcome="succeeded"))
+    export_all(rt)
+    gone = rt.audit.record(AuditEvent(actor="y", source="api", action="login", outcome="succeeded"))
+    rt.audit.record(AuditEvent(actor="z", source="api", action="login", outcome="succeeded"))
+    rt.redis.xdel(STREAM, gone)
+    assert not exporters_caught_up(rt.redis)
+    export_all(rt)
+    assert exporters_caught_up(rt.redis)

@@ -12,6 +12,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from dramatiq.middleware import AgeLimit, CurrentMessage, Retries, TimeLimit
+
+from jobs.broker import make_broker
 from scope.db import make_engine
 from scope.sqlite_writer import _is_write, writer_lock
 
@@ -39,6 +42,34 @@ def test_statement_kinds():
     assert _is_write("DELETE FROM t") and _is_write("REPLACE INTO t VALUES (1)")
     assert _is_write("WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x")
     assert not _is_write("SELECT * FROM t") and not _is_write("PRAGMA journal_mode=WAL")
+    # Leading comments are skipped, as Python's sqlite3 skips them before its implicit BEGIN.
+    assert _is_write("/* why */ INSERT INTO t VALUES (1)") and _is_write("-- note\nDELETE FROM t")
+    assert _is_write("BEGIN") and _is_write("SAVEPOINT sa_1") and not _is_write("INSERTED")
+
+
+def test_every_way_to_write_on_the_connection_holds_the_turn(db):
+    engine, path = db
+    lock = writer_lock(str(path))
+    raw = engine.raw_connection()
+    try:
+        dbapi = raw.driver_connection
+        dbapi.execute("INSERT INTO t (who) VALUES ('shortcut')")  # the C shortcut, routed through our cursor
+        assert dbapi.in_transaction and not lock._threads.acquire(blocking=False)
+        dbapi.commit()
+        assert lock._threads.acquire(blocking=False)
+        lock._threads.release()
+        dbapi.executescript("INSERT INTO t (who) VALUES ('script'); INSERT INTO t (who) VALUES ('script2');")
+        assert lock._threads.acquire(blocking=False)  # given back when the script ended
+        lock._threads.release()
+        dbapi.execute("SAVEPOINT one")
+        dbapi.execute("INSERT INTO t (who) VALUES ('nested')")
+        assert not lock._threads.acquire(blocking=False)  # held from the SAVEPOINT on
+        dbapi.execute("RELEASE one")
+        assert lock._threads.acquire(blocking=False)
+        lock._threads.release()
+    finally:
+        raw.close()
+    assert count(engine) == 4
 
 
 def test_threads_write_concurrently_without_losing_a_row(db):
@@ -144,3 +175,13 @@ def test_another_process_holding_the_lock_makes_writers_wait_not_fail(db):
     assert p.wait(10) == 0
     assert waited > 0.2  # it queued behind the other process ...
     assert count(engine) == 1  # ... and then wrote
+
+
+def test_the_worker_broker_never_interrupts_a_thread_asynchronously():
+    """TimeLimit raises inside a running thread, wherever it is: halfway through taking this lock, say."""
+    broker = make_broker("redis://127.0.0.1:6379/15")
+    try:
+        kinds = {type(m) for m in broker.middleware}
+        assert TimeLimit not in kinds and {AgeLimit, Retries, CurrentMessage} <= kinds
+    finally:
+        broker.close()

@@ -18,12 +18,11 @@ def _retry_when(retries: int, exc: Exception) -> bool:
     return isinstance(exc, Retry) and retries < MAX_RETRIES
 
 
-def declare(broker: dramatiq.Broker, runner: JobRunner, *, time_limit_ms: int, max_age_ms: int) -> Any:
+def declare(broker: dramatiq.Broker, runner: JobRunner, *, max_age_ms: int) -> Any:
     def run_job(job_id: str) -> None:
         msg = CurrentMessage.get_current_message()
         retries = int(msg.options.get("retries", 0)) if msg is not None else 0
         runner.run(job_id, retries=retries, max_retries=MAX_RETRIES)
 
     return dramatiq.actor(run_job, broker=broker, actor_name=RUN_JOB_ACTOR, queue_name=QUEUE,
-                          retry_when=_retry_when, min_backoff=2_000, max_backoff=30_000,
-                          time_limit=time_limit_ms, max_age=max_age_ms)
+                          retry_when=_retry_when, min_backoff=2_000, max_backoff=30_000, max_age=max_age_ms)

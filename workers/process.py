@@ -47,8 +47,7 @@ def sweep(rt: Runtime) -> int:
 def run_worker(rt: Runtime, stop: threading.Event, threads: int = 4) -> None:
     assert rt.broker is not None
     runner = JobRunner(rt)
-    limit_ms = int((max(rt.settings.stability_timeout, rt.settings.task_timeout) * 2 + 300) * 1000)
-    declare(rt.broker, runner, time_limit_ms=limit_ms, max_age_ms=rt.settings.job_max_age_seconds * 1000)
+    declare(rt.broker, runner, max_age_ms=rt.settings.job_max_age_seconds * 1000)
     worker = Worker(rt.broker, worker_threads=threads, worker_timeout=1000)
     worker.start()
     log.info("worker started with %d threads", threads)

@@ -50,7 +50,7 @@ def live(app, rt, steady_tasks) -> Iterator[str]:
     from workers.runner import JobRunner
 
     seed_cluster("stg", ["orders-api", "payments-api"], family_prefix="staging")
-    declare(rt.broker, JobRunner(rt), time_limit_ms=60_000, max_age_ms=600_000)
+    declare(rt.broker, JobRunner(rt), max_age_ms=600_000)
     worker = Worker(rt.broker, worker_threads=2, worker_timeout=100)
     worker.start()
     from audit.exporter import Exporter
