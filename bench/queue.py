@@ -491,14 +491,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     url = os.environ.get("VALETKEY_BENCH_REDIS_URL", DEFAULT_REDIS_URL)
-    n, threads = args.jobs, args.threads
 
     r = redis.Redis.from_url(url)
     if url != DEFAULT_REDIS_URL and r.dbsize():
         # Flushing someone else's data is worse than not running.
         r.close()
-        raise SystemExit(f"queue: the Redis database of VALETKEY_BENCH_REDIS_URL is not empty; "
-                         f"give an empty one (it is flushed before and after the run)")
+        raise SystemExit("queue: the Redis database of VALETKEY_BENCH_REDIS_URL is not empty; "
+                         "give an empty one (it is flushed before and after the run)")
     r.flushdb()
     tmp = Path(tempfile.mkdtemp(prefix="valetkey-bench-"))
     try:
