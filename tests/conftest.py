@@ -3,14 +3,20 @@
 - ``db_url`` is parametrized: every test that touches the database runs on
   SQLite and on PostgreSQL (VALETKEY_TEST_POSTGRES_URL, default the local
   ``test`` database; each test session gets a schema of its own).
-- Redis: VALETKEY_TEST_REDIS_URL (default db 13 of the local server), flushed
-  before each test; db 14 is the "target" Redis that flush tests clear.
+- Redis: a redis-server of the session's own on a free port (db 13 for Valet
+  Key, db 14 the "target" Redis that flush tests clear), so that two runs on
+  one machine never flush each other's data; VALETKEY_TEST_REDIS_URL and
+  VALETKEY_TEST_TARGET_REDIS_URL point the tests at another server instead
+  (without redis-server installed, db 13/14 of 127.0.0.1:6379).
 - AWS: one moto server per session, reset before each test that asks for it.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -27,8 +33,9 @@ from scope.migrate import upgrade
 from scope.settings import Settings
 from valetkey.runtime import Runtime
 
-REDIS_URL = os.environ.get("VALETKEY_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
-TARGET_REDIS_URL = os.environ.get("VALETKEY_TEST_TARGET_REDIS_URL", "redis://127.0.0.1:6379/14")
+# Set by the session's redis_server fixture unless given; read at call time, never imported.
+REDIS_URL = os.environ.get("VALETKEY_TEST_REDIS_URL", "")
+TARGET_REDIS_URL = os.environ.get("VALETKEY_TEST_TARGET_REDIS_URL", "")
 POSTGRES_URL = os.environ.get("VALETKEY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -140,6 +147,41 @@ def seed_cluster(cluster: str, services: list[str], family_prefix: str | None = 
 
 
 # ---- Redis ----------------------------------------------------------------------
+@pytest.fixture(scope="session", autouse=True)
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Start this session's own redis-server unless both URLs were given."""
+    global REDIS_URL, TARGET_REDIS_URL
+    binary = shutil.which("redis-server")
+    if (REDIS_URL and TARGET_REDIS_URL) or binary is None:
+        REDIS_URL = REDIS_URL or "redis://127.0.0.1:6379/13"
+        TARGET_REDIS_URL = TARGET_REDIS_URL or "redis://127.0.0.1:6379/14"
+        yield
+        return
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path_factory.mktemp("redis"))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"redis://127.0.0.1:{port}"
+    probe = redis_lib.Redis.from_url(base)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                probe.ping()
+                break
+            except redis_lib.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the tests' redis-server did not start on port {port}") from None
+                time.sleep(0.05)
+        REDIS_URL = REDIS_URL or f"{base}/13"
+        TARGET_REDIS_URL = TARGET_REDIS_URL or f"{base}/14"
+        yield
+    finally:
+        probe.close()
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 @pytest.fixture
 def redis_url() -> str:
     r = redis_lib.Redis.from_url(REDIS_URL)

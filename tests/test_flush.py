@@ -15,7 +15,8 @@ from redis.cluster import RedisCluster
 
 from scope.catalog import load_catalog
 from scope.redis_targets import literal_prefix, pattern_problem
-from tests.conftest import PASSWORD, TARGET_REDIS_URL, audit_events, free_port, seed_cluster
+from tests import conftest
+from tests.conftest import PASSWORD, audit_events, free_port, seed_cluster
 from workers.runner import JobRunner, Retry
 
 FLUSH_URL = "/api/v1/environments/{env}/redis/{target}/flush"
@@ -63,14 +64,14 @@ def environ(environ: dict[str, str], config_file: Callable[[str], str]) -> dict[
     return {**environ, "VALETKEY_ENVIRONMENTS": config_file(TOML),
             "STAGING_DOWN_REDIS_URL": f"redis://:{SECRET_PASSWORD}@127.0.0.1:{closed_port()}/3",
             # No such ACL user on the local server: AUTH is refused (WRONGPASS).
-            "STAGING_BADAUTH_REDIS_URL": TARGET_REDIS_URL.replace(
+            "STAGING_BADAUTH_REDIS_URL": conftest.TARGET_REDIS_URL.replace(
                 "redis://", f"redis://valetkey-nobody:{SECRET_PASSWORD}@")}
 
 
 @pytest.fixture
 def other_db() -> Iterator[redis_lib.Redis]:
     """Database 15 of the same server: a flush of db 14 must never reach it."""
-    r = redis_lib.Redis.from_url(TARGET_REDIS_URL.rsplit("/", 1)[0] + "/15")
+    r = redis_lib.Redis.from_url(conftest.TARGET_REDIS_URL.rsplit("/", 1)[0] + "/15")
     r.flushdb()
     yield r
     r.flushdb()
