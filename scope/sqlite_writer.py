@@ -18,6 +18,10 @@ The lock is taken by the DB-API connection itself (a ``sqlite3.Connection``
 subclass passed as ``factory``), at the first data-changing statement of a
 transaction, which is exactly where Python's sqlite3 opens the transaction, so
 every writer through SQLAlchemy is covered without callers doing anything.
+
+Nothing may raise asynchronously into a thread that is taking or holding the
+turn (it could leave the lock taken for good): that is one reason the worker's
+broker runs without Dramatiq's TimeLimit (jobs/broker.py).
 """
 from __future__ import annotations
 
