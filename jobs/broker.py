@@ -3,22 +3,22 @@ from __future__ import annotations
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import CurrentMessage, Middleware, TimeLimit, default_middleware
+from dramatiq.middleware import CurrentMessage, Middleware, ShutdownNotifications, TimeLimit, default_middleware
 
 from jobs.kinds import QUEUE, RUN_JOB_ACTOR
 
 
 def middleware() -> list[Middleware]:
-    """Dramatiq's defaults without TimeLimit, plus CurrentMessage.
+    """Dramatiq's defaults without TimeLimit and ShutdownNotifications, plus CurrentMessage.
 
-    TimeLimit stops an over-time job by raising an exception asynchronously in
-    its thread, wherever it happens to be: halfway through taking a lock or a
+    Both stop a job by raising an exception asynchronously in its thread
+    (over time, or at worker shutdown), wherever it happens to be: halfway through taking a lock or a
     pooled connection, which then stays taken for the life of the process.
     Every operation has its own deadline instead (stability and task timeouts,
     boto3 and Redis socket timeouts), and a job whose worker stops answering is
     taken over through its lease (jobs/service.py).
     """
-    return [m() for m in default_middleware if m is not TimeLimit] + [CurrentMessage()]
+    return [m() for m in default_middleware if m not in (TimeLimit, ShutdownNotifications)] + [CurrentMessage()]
 
 
 def make_broker(redis_url: str) -> RedisBroker:

@@ -11,7 +11,7 @@ outcome in the trail. The sweeper closes that gap:
 - only for jobs finished more than GRACE ago (their append, had it happened,
   is on the stream by then, however slow Redis was) and less than HORIZON ago (older trails are not
   re-examined every minute);
-- once per job across sweepers (a Redis key taken with SET NX).
+- once per job across sweepers (a Redis key taken with SET NX, for GRACE).
 
 A job refused at the enqueue (row failed, 503 to the caller) gets its
 ``failed`` outcome the same way, so every job row has an outcome entry.
@@ -82,15 +82,16 @@ def recover_outcomes(engine: Engine, r: redis.Redis, audit: AuditLog, now: dt.da
         return 0
     recovered = 0
     for job in lost_outcomes(engine, now or utcnow()):
-        claim = CLAIM_PREFIX + job.id
-        if not r.set(claim, "1", nx=True, ex=int(HORIZON.total_seconds()) * 2):
-            continue  # another sweeper appended it; the exporter has not stored it yet
+        # The claim only has to outlive the moment between another sweeper's "caught up"
+        # and its own claim; once an append lands, the exporters are not caught up until
+        # it is stored. A claim whose append failed simply expires: that job is tried again.
+        if not r.set(CLAIM_PREFIX + job.id, "1", nx=True, ex=int(GRACE.total_seconds())):
+            continue  # another sweeper is appending it
         try:
             audit.record(outcome_event(job))
         except Unavailable:
-            r.delete(claim)  # not appended: the next sweep tries again
             log.error("job %s: could not append its missing %s outcome; will retry", job.id, job.status)
-            return recovered  # Redis is in trouble: the rest waits for the next sweep too
+            return recovered  # Redis is in trouble: the rest waits for a later sweep too
         log.warning("job %s: its %s outcome was missing from the audit trail; appended it again",
                     job.id, job.status)
         recovered += 1

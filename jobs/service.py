@@ -44,9 +44,7 @@ def job_dict(job: Job) -> dict[str, Any]:
 
 
 def _columns(job: Job) -> dict[str, Any]:
-    # Unset JSON columns are left out: binding None would store the JSON text 'null', not SQL NULL.
-    return {c.key: getattr(job, c.key) for c in _JOBS.columns
-            if not (c.key in ("before", "after") and getattr(job, c.key) is None)}
+    return {c.key: getattr(job, c.key) for c in _JOBS.columns}
 
 
 _JOBS = Job.__table__
@@ -76,15 +74,20 @@ class _Statements:
             .values(status=RUNNING, heartbeat_at=bindparam("now", type_=t.heartbeat_at.type), attempts=t.attempts + 1,
                     started_at=func.coalesce(t.started_at, bindparam("now", type_=t.started_at.type)))
             .returning(*_JOBS.columns))
-        self.release = (update(_JOBS).where(t.id == bindparam("job_id"), t.status == RUNNING)
+        # ``attempt`` (the claim's attempts count) ties a worker's writes to its own claim:
+        # after a takeover the old thread's heartbeat and finish match nothing. NULL: anyone
+        # (the sweeper).
+        mine = or_(bindparam("attempt", type_=t.attempts.type).is_(None),
+                   t.attempts == bindparam("attempt", type_=t.attempts.type))
+        self.release = (update(_JOBS).where(t.id == bindparam("job_id"), t.status == RUNNING, mine)
                         .values(status=QUEUED, heartbeat_at=None))
-        self.finish = (update(_JOBS).where(t.id == bindparam("job_id"), t.status.in_([QUEUED, RUNNING]))
+        self.finish = (update(_JOBS).where(t.id == bindparam("job_id"), t.status.in_([QUEUED, RUNNING]), mine)
                        .values(status=bindparam("status"), detail=bindparam("detail"),
                                after=bindparam("after", type_=t.after.type),
                                finished_at=bindparam("now", type_=t.finished_at.type), active_key=None)
                        .returning(*_JOBS.columns))
 
-        held = update(_JOBS).where(t.id == bindparam("job_id"), t.status == RUNNING)
+        held = update(_JOBS).where(t.id == bindparam("job_id"), t.status == RUNNING, mine)
         self.heartbeat = held.values(heartbeat_at=bindparam("now", type_=t.heartbeat_at.type))
         self.checkpoint = held.values(heartbeat_at=bindparam("now", type_=t.heartbeat_at.type),
                                       params=bindparam("params", type_=t.params.type))
@@ -182,35 +185,45 @@ class JobService:
             row = c.execute(self._sql.claim, {"job_id": job_id, "now": now, "stale": now - self.lease}).one_or_none()
         return Job(**row._mapping) if row is not None else None
 
-    def release(self, job_id: str) -> None:
-        """Back to queued so that a retried message can claim the job again."""
+    def release(self, job_id: str, attempt: int | None = None) -> None:
+        """Back to queued so that a retried message can claim the job again (if still this claim's)."""
         with self.engine.begin() as c:
-            c.execute(self._sql.release, {"job_id": job_id})
+            c.execute(self._sql.release, {"job_id": job_id, "attempt": attempt})
 
     def heartbeat(self, job_id: str, params: dict[str, Any] | None = None,
-                  before: dict[str, Any] | None = None) -> None:
-        """Renew the job's lease; with ``params``, also save the operation's checkpoint (and ``before``)."""
-        with self.engine.begin() as c:
-            if params is None:
-                c.execute(self._sql.heartbeat, {"job_id": job_id, "now": self.clock()})
-            elif before is None:  # a checkpoint that leaves the recorded "before" state as it is
-                c.execute(self._sql.checkpoint, {"job_id": job_id, "now": self.clock(), "params": params})
-            else:
-                c.execute(self._sql.checkpoint_before, {"job_id": job_id, "now": self.clock(), "params": params,
-                                                        "before": before})
+                  before: dict[str, Any] | None = None, attempt: int | None = None) -> bool:
+        """Renew the job's lease; with ``params``, also save the operation's checkpoint (and ``before``).
 
-    def finish(self, job_id: str, status: str, detail: str, after: dict[str, Any] | None = None) -> bool:
-        """Finish a running (or queued, for stale ones) job once; emits the outcome audit event."""
+        False when the job is no longer running under this claim (``attempt``): another
+        worker took it over, or it was finished; the caller must stop touching it.
+        """
+        values: dict[str, Any] = {"job_id": job_id, "now": self.clock(), "attempt": attempt}
+        if params is None:
+            stmt = self._sql.heartbeat
+        elif before is None:  # a checkpoint that leaves the recorded "before" state as it is
+            stmt, values["params"] = self._sql.checkpoint, params
+        else:
+            stmt, values["params"], values["before"] = self._sql.checkpoint_before, params, before
+        with self.engine.begin() as c:
+            return c.execute(stmt, values).rowcount == 1
+
+    def finish(self, job_id: str, status: str, detail: str, after: dict[str, Any] | None = None,
+               attempt: int | None = None) -> bool:
+        """Finish a running (or queued, for stale ones) job once; emits the outcome audit event.
+
+        With ``attempt``, only if the job is still under that claim (see heartbeat)."""
         assert status in TERMINAL
         with self.engine.begin() as c:
             # The compare-and-set returns the finished row: no second read in the write transaction.
             job = c.execute(self._sql.finish, {"job_id": job_id, "status": status, "detail": detail,
-                                               "after": after, "now": self.clock()}).one_or_none()
+                                               "after": after, "now": self.clock(), "attempt": attempt}).one_or_none()
         if job is None:
             return False
         event = outcome_event(job)
         # The last progress event and the outcome in one round trip. Each result is
-        # looked at: a failed event must not make the outcome be appended twice.
+        # looked at: a failed event alone must not make the outcome be appended again.
+        # (A reply lost to a timeout cannot tell whether the append landed; it is
+        # retried, so that rare case may show the outcome twice rather than never.)
         pipe = self.events.r.pipeline(transaction=False)
         self.events.queue(pipe, job_id, status, detail)
         self.audit.queue(pipe, event)

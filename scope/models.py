@@ -97,8 +97,9 @@ class Job(Base):
     source: Mapped[str] = mapped_column(String(20))
     request_id: Mapped[str] = mapped_column(String(64), default="")
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    before: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
-    after: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # none_as_null: an unset state is SQL NULL, not the JSON text 'null' (IS NULL must find it).
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), default=None)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), default=None)
     # Set to "env/target" while the job is queued or running, NULL after: the
     # unique index makes "one mutating job per target" hold across processes.
     active_key: Mapped[str | None] = mapped_column(String(400), unique=True, default=None)

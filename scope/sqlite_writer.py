@@ -38,8 +38,9 @@ from typing import Any, Callable, Iterable
 # WITH is included because a CTE may end in INSERT/UPDATE/DELETE; BEGIN and
 # SAVEPOINT open a transaction that may write. A statement that turns out to
 # read only takes and drops the lock around itself.
-_WRITE = re.compile(r"\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*(?:INSERT|UPDATE|DELETE|REPLACE|WITH|BEGIN|SAVEPOINT)\b",
-                    re.IGNORECASE | re.DOTALL)
+# A comment body cannot contain "*/", so each comment matches one way only (no backtracking blow-up).
+_WRITE = re.compile(r"\s*(?:(?:--[^\n]*(?:\n|$)|/\*(?:[^*]|\*(?!/))*\*/)\s*)*"
+                    r"(?:INSERT|UPDATE|DELETE|REPLACE|WITH|BEGIN|SAVEPOINT)\b", re.IGNORECASE)
 
 
 def _is_write(sql: str) -> bool:
@@ -156,6 +157,13 @@ class LockingConnection(sqlite3.Connection):
         if not self.in_transaction:
             self.end_turn()
 
+    def __exit__(self, *exc: Any) -> Any:
+        # "with connection:" commits or rolls back in C, past the overrides below.
+        try:
+            return super().__exit__(*exc)
+        finally:
+            self.settle()
+
     def commit(self) -> None:
         try:
             super().commit()
@@ -183,6 +191,10 @@ class LockingCursor(sqlite3.Cursor):
 
     def executemany(self, sql: str, seq_of_parameters: Iterable[Any], /) -> LockingCursor:  # type: ignore[override]
         return self._in_turn(sql, super().executemany, seq_of_parameters)
+
+    def executescript(self, script: str, /) -> LockingCursor:  # type: ignore[override]
+        self.connection.executescript(script)
+        return self
 
     def _in_turn(self, sql: str, run: Callable[[str, Any], Any], args: Any) -> LockingCursor:
         conn = self.connection

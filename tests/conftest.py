@@ -168,6 +168,8 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         while True:
             try:
                 probe.ping()
+                if proc.poll() is not None:  # it exited: whatever answers on that port is not ours
+                    raise RuntimeError(f"the tests' redis-server exited; port {port} belongs to another server")
                 break
             except redis_lib.ConnectionError:
                 if proc.poll() is not None or time.monotonic() > deadline:

@@ -94,10 +94,14 @@ def test_mid_job_events_leave_the_expiry_set_at_creation(rt):
     assert rt.redis.ttl(stream_key(job_id)) > 1000
 
 
-def test_a_new_job_stores_sql_null_for_its_unset_states(rt):
+def test_unset_states_are_sql_null(rt):
     job_id = new_job(rt)
     with rt.engine.connect() as c:
         assert c.execute(select(Job.id).where(Job.id == job_id, Job.before.is_(None), Job.after.is_(None))).all()
+    rt.jobs.claim(job_id)
+    rt.jobs.finish(job_id, FAILED, "Rollout FAILED")  # a failure has no "after" state
+    with rt.engine.connect() as c:
+        assert c.execute(select(Job.id).where(Job.id == job_id, Job.after.is_(None))).all()
 
 
 def test_a_failed_progress_event_does_not_append_the_outcome_twice(rt):
@@ -109,3 +113,22 @@ def test_a_failed_progress_event_does_not_append_the_outcome_twice(rt):
     outcomes = [e for e in audit_events(rt) if e["job_id"] == job_id and e["outcome"] == SUCCEEDED]
     assert len(outcomes) == 1
     assert row(rt, job_id).status == SUCCEEDED
+
+
+def test_a_worker_whose_claim_was_taken_over_can_no_longer_touch_the_job(rt):
+    """A stalled worker (attempt 1) wakes up after another took the job over (attempt 2)."""
+    job_id = new_job(rt)
+    stalled = rt.jobs.claim(job_id)
+    assert stalled is not None and rt.jobs.heartbeat(job_id, attempt=stalled.attempts)
+    age_heartbeat(rt, job_id, rt.jobs.lease.total_seconds() + 5)
+    owner = rt.jobs.claim(job_id)
+    assert owner is not None and owner.attempts == 2
+    assert not rt.jobs.heartbeat(job_id, attempt=stalled.attempts)
+    assert not rt.jobs.heartbeat(job_id, params={"restart_tasks": ["arn:t/9"]}, attempt=stalled.attempts)
+    rt.jobs.release(job_id, attempt=stalled.attempts)
+    assert not rt.jobs.finish(job_id, FAILED, "stale", attempt=stalled.attempts)
+    job = row(rt, job_id)
+    assert (job.status, job.params, job.attempts) == (RUNNING, {}, 2)  # the owner's job, untouched
+    assert rt.jobs.heartbeat(job_id, attempt=owner.attempts)
+    assert rt.jobs.finish(job_id, SUCCEEDED, "HEALTHY after 40s", attempt=owner.attempts)
+    assert not rt.jobs.heartbeat(job_id, attempt=owner.attempts)  # finished: nobody's any more

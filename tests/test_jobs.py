@@ -211,3 +211,24 @@ def test_transient_failure_retries_then_gives_up(client, rt, dev, staging):
     assert runner.run(job["id"], retries=3, max_retries=3) == "failed"
     stub.assert_no_pending_responses()
     assert "Gave up after 3 retries" in rt.jobs.get(job["id"]).detail
+
+
+def test_a_worker_that_lost_its_claim_stops_before_touching_the_service(client, rt, dev, staging):
+    """The first worker stalls past its lease; a second one takes the job over. When the first wakes
+    up, its next checkpoint fails, and it stops: no task stopped, no outcome recorded by it."""
+    originals = {t["taskArn"] for t in service_tasks("orders-api")}
+    job = client.post(RESTART, headers=dev).get_json()
+
+    def stall_then_ecs(env):  # the moment the first worker reaches for ECS, another takes over
+        with rt.engine.begin() as c:
+            c.execute(update(Job).where(Job.id == job["id"]).values(
+                heartbeat_at=dt.datetime.now(dt.timezone.utc) - rt.jobs.lease - dt.timedelta(seconds=5)))
+        assert rt.jobs.claim(job["id"]).attempts == 2
+        return rt.aws.ecs(env)
+
+    assert JobRunner(rt, ecs_client=stall_then_ecs).run(job["id"]) is None
+    row = rt.jobs.get(job["id"])
+    assert (row.status, row.attempts) == ("running", 2)  # the new owner's to finish
+    assert "restart_tasks" not in row.params  # the stalled worker's checkpoint did not land
+    assert {t["taskArn"] for t in service_tasks("orders-api")} == originals  # nothing was stopped
+    assert [e["outcome"] for e in audit_events(rt) if e["job_id"] == job["id"]] == ["requested"]

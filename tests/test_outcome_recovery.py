@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 
 from jobs.audit_stream import STREAM, AuditEvent, AuditLog
 from jobs.kinds import FAILED, RESTART, SUCCEEDED
-from jobs.outcomes import CLAIM_PREFIX, exporters_caught_up, recover_outcomes
+from jobs.outcomes import CLAIM_PREFIX, GRACE, exporters_caught_up, recover_outcomes
 from scope.models import AuditEntry, Job
 from tests.test_audit_exporter import export_all
 from valetkey.runtime import Runtime
@@ -92,7 +92,9 @@ def test_a_failed_append_is_tried_again_at_the_next_sweep(rt):
     # Nothing listens on port 1; no retries, so the failure is immediate.
     unreachable = AuditLog(redis_lib.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)))
     assert recover_outcomes(rt.engine, rt.redis, unreachable) == 0
-    assert rt.redis.get(CLAIM_PREFIX + job_id) is None  # the claim was given back
+    assert 0 < rt.redis.ttl(CLAIM_PREFIX + job_id) <= GRACE.total_seconds()  # the claim expires ...
+    assert recover_outcomes(rt.engine, rt.redis, rt.audit) == 0
+    rt.redis.delete(CLAIM_PREFIX + job_id)  # ... GRACE later:
     assert recover_outcomes(rt.engine, rt.redis, rt.audit) == 1
 
 

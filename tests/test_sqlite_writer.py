@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from dramatiq.middleware import AgeLimit, CurrentMessage, Retries, TimeLimit
+from dramatiq.middleware import AgeLimit, CurrentMessage, Retries, ShutdownNotifications, TimeLimit
 
 from jobs.broker import make_broker
 from scope.db import make_engine
@@ -47,6 +47,14 @@ def test_statement_kinds():
     assert _is_write("BEGIN") and _is_write("SAVEPOINT sa_1") and not _is_write("INSERTED")
 
 
+def test_many_leading_comments_are_read_in_linear_time():
+    answers: list[bool] = []
+    t = threading.Thread(target=lambda: answers.append(_is_write("/**/" * 200 + "SELECT 1")), daemon=True)
+    t.start()
+    t.join(5)  # a backtracking pattern would still be running (it took seconds at 22 comments)
+    assert answers == [False]
+
+
 def test_every_way_to_write_on_the_connection_holds_the_turn(db):
     engine, path = db
     lock = writer_lock(str(path))
@@ -67,9 +75,16 @@ def test_every_way_to_write_on_the_connection_holds_the_turn(db):
         dbapi.execute("RELEASE one")
         assert lock._threads.acquire(blocking=False)
         lock._threads.release()
+        with dbapi:  # the context manager commits in C
+            dbapi.execute("INSERT INTO t (who) VALUES ('with')")
+        assert lock._threads.acquire(blocking=False)
+        lock._threads.release()
+        dbapi.cursor().executescript("INSERT INTO t (who) VALUES ('cursor script');")
+        assert lock._threads.acquire(blocking=False)
+        lock._threads.release()
     finally:
         raw.close()
-    assert count(engine) == 4
+    assert count(engine) == 6
 
 
 def test_threads_write_concurrently_without_losing_a_row(db):
@@ -178,10 +193,11 @@ def test_another_process_holding_the_lock_makes_writers_wait_not_fail(db):
 
 
 def test_the_worker_broker_never_interrupts_a_thread_asynchronously():
-    """TimeLimit raises inside a running thread, wherever it is: halfway through taking this lock, say."""
+    """TimeLimit and ShutdownNotifications raise inside a running thread, wherever it is: halfway through
+    taking this lock, say."""
     broker = make_broker("redis://127.0.0.1:6379/15")
     try:
         kinds = {type(m) for m in broker.middleware}
-        assert TimeLimit not in kinds and {AgeLimit, Retries, CurrentMessage} <= kinds
+        assert not kinds & {TimeLimit, ShutdownNotifications} and {AgeLimit, Retries, CurrentMessage} <= kinds
     finally:
         broker.close()

@@ -32,6 +32,10 @@ class Retry(Exception):
     """Raised to Dramatiq so that it retries the message with backoff (transient AWS trouble)."""
 
 
+class LeaseLost(Exception):
+    """This worker's claim on the job ended (taken over after a stall, or finished): stop touching it."""
+
+
 class JobRunner:
     def __init__(self, rt: Runtime, *, sleep: Callable[[float], None] = time.sleep,
                  ecs_client: Callable[[Environment], Any] | None = None) -> None:
@@ -55,10 +59,14 @@ class JobRunner:
         try:
             env = self._recheck_scope(job)
             outcome = self._dispatch(job, env)
+        except LeaseLost:
+            log.warning("job %s: attempt %d lost its claim (another worker took over, or it ended); stopping",
+                        job.id, job.attempts)
+            return None
         except TransientError as e:
             if retries < max_retries:
                 events.append(job.id, "retry", f"{e.detail} Retrying ({retries + 1} of {max_retries}).", keep=False)
-                self.rt.jobs.release(job.id)
+                self.rt.jobs.release(job.id, attempt=job.attempts)
                 raise Retry(e.detail) from e
             self._finish(job, FAILED, f"{e.detail} Gave up after {max_retries} retries.")
             return FAILED
@@ -76,7 +84,9 @@ class JobRunner:
         return SUCCEEDED
 
     def _finish(self, job: Job, status: str, detail: str, after: dict[str, Any] | None = None) -> None:
-        self.rt.jobs.finish(job.id, status, detail, after)
+        if not self.rt.jobs.finish(job.id, status, detail, after, attempt=job.attempts):
+            log.warning("job %s: attempt %d no longer holds the job; its outcome (%s) was not recorded",
+                        job.id, job.attempts, status)
 
     def _recheck_scope(self, job: Job) -> Environment:
         """Scope is checked again here: grants or config may have changed since the request."""
@@ -106,10 +116,12 @@ class JobRunner:
             self.rt.events.append(job.id, type_, message, keep=False)  # create and finish set the expiry
 
         def checkpoint(p: dict[str, Any]) -> None:
-            self.rt.jobs.heartbeat(job.id, params=dict(p), before=p.get("before"))
+            if not self.rt.jobs.heartbeat(job.id, params=dict(p), before=p.get("before"), attempt=job.attempts):
+                raise LeaseLost(job.id)
 
         def sleep(seconds: float) -> None:
-            self.rt.jobs.heartbeat(job.id)
+            if not self.rt.jobs.heartbeat(job.id, attempt=job.attempts):
+                raise LeaseLost(job.id)
             self._sleep(seconds)
 
         ctx = JobContext(rt=self.rt, job=job, env=env, params=params, progress=progress,
