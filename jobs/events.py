@@ -43,12 +43,12 @@ class JobEvents:
         """Append one event. ``keep`` (re)starts the stream's expiry; progress events in the
         middle of a job pass False: the first and the last event of a job set it, and a job
         never lives anywhere near KEEP_SECONDS, so one EXPIRE each is enough."""
-        if not keep:
+        if keep:
+            pipe = self.r.pipeline(transaction=False)
+            self.queue(pipe, job_id, type_, message)
+            eid = pipe.execute()[0]
+        else:
             eid = self.r.xadd(stream_key(job_id), self._fields(type_, message), maxlen=2000, approximate=True)
-            return eid.decode() if isinstance(eid, bytes) else str(eid)
-        pipe = self.r.pipeline(transaction=False)
-        self.queue(pipe, job_id, type_, message)
-        eid = pipe.execute()[0]
         return eid.decode() if isinstance(eid, bytes) else str(eid)
 
     def queue(self, pipe: redis.client.Pipeline, job_id: str, type_: str, message: str) -> None:

@@ -6,11 +6,11 @@ a Redis outage longer than the one retry, would leave a finished job with no
 outcome in the trail. The sweeper closes that gap:
 
 - only when the exporters have read and acknowledged everything on the stream
-  (consumer group lag 0, nothing pending), so an entry still on its way to
-  the table is never taken for a lost one;
+  (their group was handed the stream's last entry and has nothing pending),
+  so an entry still on its way to the table is never taken for a lost one;
 - only for jobs finished more than GRACE ago (their append, had it happened,
-  is on the stream by then, however slow Redis was) and less than HORIZON ago (older trails are not
-  re-examined every minute);
+  is on the stream by then, however slow Redis was) and less than HORIZON
+  ago (older trails are not re-examined every minute);
 - once per job across sweepers (a Redis key taken with SET NX, for GRACE).
 
 A job refused at the enqueue (row failed, 503 to the caller) gets its
@@ -41,8 +41,12 @@ BATCH = 100
 CLAIM_PREFIX = "valetkey:outcome-recovered:"
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _id(value: Any) -> tuple[int, int]:
-    ms, _, seq = (value.decode() if isinstance(value, bytes) else str(value)).partition("-")
+    ms, _, seq = _text(value).partition("-")
     return int(ms), int(seq or 0)
 
 
@@ -59,8 +63,7 @@ def exporters_caught_up(r: redis.Redis, stream: str = STREAM) -> bool:
     except redis.ResponseError:  # no stream yet: nothing was ever exported, nothing can be judged
         return False
     for g in groups:
-        name = g.get("name")
-        if (name.decode() if isinstance(name, bytes) else name) == GROUP:
+        if _text(g.get("name")) == GROUP:
             return g.get("pending") == 0 and _id(g["last-delivered-id"]) >= _id(last)
     return False
 

@@ -43,11 +43,11 @@ def job_dict(job: Job) -> dict[str, Any]:
             "finished_at": iso(job.finished_at), "url": f"/api/v1/jobs/{job.id}"}
 
 
+_JOBS = Job.__table__
+
+
 def _columns(job: Job) -> dict[str, Any]:
     return {c.key: getattr(job, c.key) for c in _JOBS.columns}
-
-
-_JOBS = Job.__table__
 
 
 def outcome_event(job: Any) -> AuditEvent:

@@ -32,6 +32,11 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
 
 
+def grant_subjects(email: str, groups: list[str] | None) -> list[str]:
+    """Who a user is for grants: the e-mail and each SSO group as ``group:NAME``."""
+    return [email] + [f"group:{g}" for g in (groups or [])]
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {dt.datetime: UTCDateTime, dict[str, Any]: JSON, list[str]: JSON}
 
@@ -52,8 +57,7 @@ class User(Base):
 
     @property
     def subjects(self) -> list[str]:
-        """Who this user is for grants: the e-mail and each SSO group as ``group:NAME``."""
-        return [self.email] + [f"group:{g}" for g in (self.groups or [])]
+        return grant_subjects(self.email, self.groups)
 
 
 class Grant(Base):

@@ -5,17 +5,17 @@ import datetime as dt
 import hashlib
 import secrets
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from dataclasses import dataclass
 
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import Engine, bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from scope.catalog import Catalog
 from scope.errors import BadRequest, Conflict, NotFound
-from scope.models import ApiToken, Grant, User, utcnow
+from scope.models import ApiToken, Grant, User, grant_subjects, utcnow
 from scope.roles import GLOBAL, Role, parse_role
 
 TOKEN_PREFIX = "vk_"
@@ -132,8 +132,7 @@ class UserService:
             u = c.execute(self._standing_user, {"email": email.strip().lower()}).one_or_none()
             if u is None:
                 return None
-            subjects = [u.email] + [f"group:{g}" for g in (u.groups or [])]
-            rows = c.execute(self._standing_grants, {"subjects": subjects}).all()
+            rows = c.execute(self._standing_grants, {"subjects": grant_subjects(u.email, u.groups)}).all()
         return Standing(id=u.id, email=u.email, name=u.name, disabled=bool(u.disabled),
                         grants=[(r.environment, r.role) for r in rows])
 
