@@ -60,18 +60,18 @@ from dramatiq.middleware import CurrentMessage, Middleware
 from sqlalchemy import create_engine, event, func, select, text
 
 from bench.queue_floor import declare_floor
+from cloud.aws import DEFAULT_CONFIG
+from cloud.ecs import EcsReader
 from jobs.audit_stream import STREAM
 from jobs.broker import middleware as broker_middleware
 from jobs.events import stream_key
 from jobs.kinds import QUEUE, RESTART, SUCCEEDED
-from scope.aws import DEFAULT_CONFIG
 from scope.catalog import Environment
 from scope.db import normalize_url
-from scope.ecs_state import EcsReader
 from scope.migrate import upgrade
 from scope.models import Job
 from scope.settings import Settings
-from valetkey.runtime import Runtime
+from wiring.runtime import Runtime
 from workers.actors import declare
 from workers.runner import JobRunner
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from urllib.parse import urlparse
 
 from scope.errors import ConfigError
-from scope.schedule import Schedule, ScheduleSyntaxError, parse_schedule
+from scope.schedule_windows import Schedule, ScheduleSyntaxError, parse_schedule
 
 CLASSES = ("staging", "prod")
 ENV_KEYS = {"class", "enabled", "region", "cluster", "role_arn", "external_id", "run_tasks",

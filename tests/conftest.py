@@ -21,7 +21,6 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-
 import boto3
 import pytest
 import redis as redis_lib
@@ -31,7 +30,7 @@ from sqlalchemy import create_engine, text
 from scope.db import make_engine
 from scope.migrate import upgrade
 from scope.settings import Settings
-from valetkey.runtime import Runtime
+from wiring.runtime import Runtime
 
 # Set by the session's redis_server fixture unless given; read at call time, never imported.
 REDIS_URL = os.environ.get("VALETKEY_TEST_REDIS_URL", "")

@@ -28,7 +28,7 @@ from audit.retention import LOCK_KEY, Retention, purge
 from jobs.audit_stream import STREAM, AuditEvent
 from scope.db import make_engine, make_sessionmaker
 from scope.models import AuditEntry
-from valetkey.runtime import Runtime
+from wiring.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 

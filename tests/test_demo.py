@@ -24,7 +24,7 @@ import requests
 
 from scope.catalog import load_catalog
 from scope.errors import ValetKeyError
-from scope.schedule import parse_schedule
+from scope.schedule_windows import parse_schedule
 from tests.conftest import free_port
 from valetkey import demo, demo_seed
 

@@ -395,7 +395,7 @@ def test_restart_stop_denied(ecs, td):
 def test_state_record_is_the_full_state_plus_its_primary_deployment():
     import dataclasses
 
-    from scope.ecs_state import Deployment, ServiceState
+    from cloud.ecs import Deployment, ServiceState
 
     st = ServiceState(name="orders-api", status="HEALTHY", desired=2, running=2, pending=0,
                       task_definition="orders:7", image="repo/orders:latest",
@@ -410,7 +410,7 @@ def test_state_record_is_the_full_state_plus_its_primary_deployment():
 
 
 def test_running_tasks_follows_every_page_of_list_tasks(ecs):
-    from scope.ecs_state import EcsReader
+    from cloud.ecs import EcsReader
 
     client, stub = ecs
     ask = {"cluster": CLUSTER, "serviceName": "orders-api", "desiredStatus": "RUNNING"}

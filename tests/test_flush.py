@@ -10,11 +10,10 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import redis as redis_lib
-
 from redis.cluster import RedisCluster
 
+from cloud.redis_targets import literal_prefix, pattern_problem
 from scope.catalog import load_catalog
-from scope.redis_targets import literal_prefix, pattern_problem
 from tests import conftest
 from tests.conftest import PASSWORD, audit_events, free_port, seed_cluster
 from workers.runner import JobRunner, Retry

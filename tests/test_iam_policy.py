@@ -13,9 +13,9 @@ from typing import Any, Iterator
 import boto3
 import pytest
 
-from scope.aws import AwsClients
+from cloud.aws import AwsClients
+from cloud.iam_policy import discover, policy_for
 from scope.catalog import Catalog, load_catalog
-from scope.iam import discover, policy_for
 
 ROOT = Path(__file__).resolve().parent.parent
 READ_PREFIXES = ("Describe", "List", "Get", "Filter")

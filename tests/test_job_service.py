@@ -9,7 +9,7 @@ from jobs.events import stream_key
 from jobs.kinds import FAILED, QUEUED, RESTART, RUNNING, SUCCEEDED
 from scope.models import Job
 from tests.conftest import audit_events
-from valetkey.runtime import Runtime
+from wiring.runtime import Runtime
 
 
 def new_job(rt: Runtime, target: str = "orders-api") -> str:

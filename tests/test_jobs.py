@@ -14,7 +14,7 @@ from jobs.events import JobEvents
 from jobs.service import JobService
 from scope.models import Job
 from tests.conftest import REGION, audit_events, seed_cluster
-from valetkey.runtime import Runtime, redis_client
+from wiring.runtime import Runtime, redis_client
 from workers.runner import JobRunner, Retry
 
 RESTART = "/api/v1/environments/staging/services/orders-api/restart"

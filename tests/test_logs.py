@@ -11,9 +11,23 @@ import pytest
 import redis as redis_lib
 from botocore.stub import ANY, Stubber
 
+from cloud.logs import (
+    MAX_MARKS,
+    CursorCodec,
+    LogReader,
+    LogSource,
+    LogsThrottled,
+    SharedCache,
+)
 from scope.errors import UpstreamError, ValidationFailed
-from scope.logs import MAX_MARKS, CursorCodec, LogReader, LogSource, LogsThrottled, SharedCache
-from tests.conftest import PASSWORD, REGION, SECRET_VALUE, audit_events, boto, seed_cluster
+from tests.conftest import (
+    PASSWORD,
+    REGION,
+    SECRET_VALUE,
+    audit_events,
+    boto,
+    seed_cluster,
+)
 
 PROBLEM = "application/problem+json"
 GROUP = "/ecs/staging-orders-api"

@@ -13,7 +13,7 @@ from jobs.kinds import FAILED, RESTART, SUCCEEDED
 from jobs.outcomes import CLAIM_PREFIX, GRACE, exporters_caught_up, recover_outcomes
 from scope.models import AuditEntry, Job
 from tests.test_audit_exporter import export_all
-from valetkey.runtime import Runtime
+from wiring.runtime import Runtime
 
 
 def crashed_after_commit(rt: Runtime, target: str, minutes_ago: float, status: str = SUCCEEDED) -> str:

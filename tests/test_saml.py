@@ -11,7 +11,7 @@ from onelogin.saml2.constants import OneLogin_Saml2_Constants as C
 from scope.settings import Settings
 from tests import saml_idp as idp
 from tests.conftest import audit_events
-from valetkey.runtime import Runtime
+from wiring.runtime import Runtime
 
 BASE = "http://localhost"
 

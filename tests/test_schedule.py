@@ -7,8 +7,8 @@ import random
 import pytest
 
 from scope.errors import ValidationFailed
-from scope.schedule import ScheduleSyntaxError, parse_schedule
-from scope.schedule_state import parse_until
+from scope.schedule_store import parse_until
+from scope.schedule_windows import ScheduleSyntaxError, parse_schedule
 
 UTC = dt.timezone.utc
 BERLIN_SPRING = dt.date(2026, 3, 29)  # last Sunday of March: 02:00 CET -> 03:00 CEST (01:00 UTC)

@@ -3,18 +3,18 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from zoneinfo import ZoneInfo
 from typing import Any, Callable
+from zoneinfo import ZoneInfo
 
 import pytest
 import redis as redis_lib
 from sqlalchemy import delete
 
 from jobs.audit_stream import AuditLog
-from jobs.schedule_control import NUDGE_KEY
-from scope.models import SchedulePause, SchedulePeriod, ScheduledService
-from valetkey.runtime import Runtime
+from jobs.schedule_nudge import NUDGE_KEY
+from scope.models import ScheduledService, SchedulePause, SchedulePeriod
 from tests.conftest import PASSWORD, audit_events, seed_cluster
+from wiring.runtime import Runtime
 
 SCHEDULE = 'schedule = { timezone = "Europe/Berlin", up = "Mon-Fri 07:00-20:00" }'
 TOML = f"""

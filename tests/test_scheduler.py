@@ -11,12 +11,13 @@ from botocore.exceptions import ClientError
 from sqlalchemy import delete, select
 
 from jobs.audit_stream import AuditLog
-from jobs.schedule_control import NUDGE_KEY, ScheduleControl
-from scope.models import SchedulePause, SchedulePeriod, ScheduledService
-from scope.schedule_state import DOWN, SCALING_DOWN, SCALING_UP, ScheduleStore
-from valetkey.runtime import Runtime
-from workers.schedule import LOCK_PREFIX, Reconciler, run_scheduler
+from jobs.schedule_nudge import NUDGE_KEY
+from scope.models import ScheduledService, SchedulePause, SchedulePeriod
+from scope.schedule_store import DOWN, SCALING_DOWN, SCALING_UP, ScheduleStore
 from tests.conftest import audit_events, boto, seed_cluster
+from web.services.schedule import ScheduleControl
+from wiring.runtime import Runtime
+from workers.schedule_reconciler import LOCK_PREFIX, Reconciler, run_scheduler
 
 UTC = dt.timezone.utc
 BERLIN_WINDOW = 'schedule = { timezone = "Europe/Berlin", up = "Mon-Fri 07:00-20:00" }'

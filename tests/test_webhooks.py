@@ -29,8 +29,8 @@ from scope.errors import ConfigError, Conflict, Unauthorized
 from scope.models import Job
 from scope.settings import GITHUB_OIDC_ISSUER, Settings
 from tests.conftest import BASE_TOML, audit_events, free_port, seed_cluster
-from valetkey.runtime import Runtime
-from web.hooks_auth import DeliveryLedger, JwksKeys
+from web.webhook_service import DeliveryLedger, JwksKeys
+from wiring.runtime import Runtime
 
 AUDIENCE = "https://valetkey.test"
 SECRETS = {"STAGING_WEBHOOK_SECRET": "whsec-staging", "OFF_WEBHOOK_SECRET": "whsec-off",
@@ -638,7 +638,7 @@ def test_base_toml_still_loads_with_hooks_registered(client: Any) -> None:
 
 
 def test_shared_hmac_secret_names_the_environment_used() -> None:
-    from web.hooks_auth import HmacVerifier
+    from web.webhook_service import HmacVerifier
 
     body = body_of("b")
     caller = HmacVerifier({"a": b"shared", "b": b"shared", "c": b"other"}).verify(sign(body, "shared"), body)

@@ -19,7 +19,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _runtime(with_broker: bool = False) -> Any:
-    from valetkey.runtime import Runtime
+    from wiring.runtime import Runtime
 
     return Runtime.from_settings(Settings.from_env(os.environ), with_broker=with_broker)
 
@@ -67,7 +67,7 @@ def cmd_user_add(a: argparse.Namespace) -> int:
 
 
 def cmd_grant(a: argparse.Namespace) -> int:
-    from valetkey.admin import add_grant
+    from wiring.access_changes import add_grant
 
     rt = _runtime()
     grant, created = add_grant(rt, a.subject, a.environment, a.role, actor=_cli_actor(), source="cli")
@@ -79,7 +79,7 @@ def cmd_grant(a: argparse.Namespace) -> int:
 
 
 def cmd_revoke(a: argparse.Namespace) -> int:
-    from valetkey.admin import remove_grant
+    from wiring.access_changes import remove_grant
 
     rt = _runtime()
     gone = remove_grant(rt, a.subject, a.environment, a.role, actor=_cli_actor(), source="cli")
@@ -92,7 +92,7 @@ def cmd_revoke(a: argparse.Namespace) -> int:
 
 
 def cmd_token_create(a: argparse.Namespace) -> int:
-    from valetkey.admin import create_token
+    from wiring.access_changes import create_token
 
     rt = _runtime()
     _, clear = create_token(rt, a.email, a.name or "", actor=_cli_actor(), source="cli")
@@ -172,7 +172,7 @@ def cmd_schedule_run(a: argparse.Namespace) -> int:
     from valetkey.process import stop_event
 
     stop = stop_event()  # before the heavy imports: a SIGTERM during start-up still stops cleanly
-    from workers.schedule import run_scheduler
+    from workers.schedule_reconciler import run_scheduler
 
     run_scheduler(_runtime(), stop)
     return 0
@@ -181,8 +181,14 @@ def cmd_schedule_run(a: argparse.Namespace) -> int:
 def cmd_iam_policy(a: argparse.Namespace) -> int:
     import json
 
+    from cloud.iam_policy import (
+        MANAGED_POLICY_MAX_CHARS,
+        discover,
+        gaps,
+        policy_for,
+        policy_size,
+    )
     from scope.catalog import Catalog, load_catalog
-    from scope.iam import MANAGED_POLICY_MAX_CHARS, discover, gaps, policy_for, policy_size
 
     settings = Settings.from_env(os.environ)
     catalog = load_catalog(settings.environments_path, settings.environ, own_redis_url=settings.redis_url)
@@ -195,7 +201,7 @@ def cmd_iam_policy(a: argparse.Namespace) -> int:
     task_roles: dict[str, list[str]] | None = None
     log_groups: dict[str, list[str]] | None = None
     if not a.offline:
-        from scope.aws import AwsClients
+        from cloud.aws import AwsClients
 
         task_roles, log_groups, warnings = discover(catalog, AwsClients())
     policy = policy_for(catalog, account=a.account, partition=a.partition,

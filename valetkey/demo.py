@@ -314,7 +314,7 @@ class Demo:
         """Create the demo accounts, their grants and API tokens (audited like the CLI does)."""
         from jobs.audit_stream import AuditEvent
         from scope.settings import Settings
-        from valetkey.runtime import Runtime
+        from wiring.runtime import Runtime
 
         rt = Runtime.from_settings(Settings.from_env(env), with_broker=False)
         passwords: dict[str, str] = {}

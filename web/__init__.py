@@ -12,7 +12,7 @@ from flask_wtf.csrf import CSRFProtect
 
 from scope.errors import ConfigError
 from scope.settings import Settings
-from valetkey.runtime import Runtime
+from wiring.runtime import Runtime
 
 csrf = CSRFProtect()
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")

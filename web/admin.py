@@ -3,15 +3,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Flask, Response, flash, get_flashed_messages, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    flash,
+    get_flashed_messages,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from sqlalchemy import select
 
 from scope.errors import Forbidden, ValetKeyError
 from scope.models import ApiToken, User
 from scope.roles import GLOBAL, Permission, Role
-from valetkey.admin import add_grant, create_token, remove_grant
 from web.context import principal, runtime
 from web.pages import page
+from wiring.access_changes import add_grant, create_token, remove_grant
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 

@@ -6,7 +6,7 @@ from flask_login import current_user
 
 from scope.access import Principal, principal_from_grants
 from scope.errors import Unauthorized
-from valetkey.runtime import Runtime
+from wiring.runtime import Runtime
 
 
 def runtime() -> Runtime:

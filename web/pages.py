@@ -4,7 +4,16 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
-from flask import Blueprint, Flask, Response, abort, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    abort,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_login import current_user
 
 from jobs.kinds import REDEPLOY, RESTART
@@ -12,14 +21,14 @@ from jobs.service import job_dict
 from scope.access import visible_environments
 from scope.errors import Conflict, UpstreamError, ValidationFailed
 from scope.roles import Permission
-from web.api.audit import audit_page_context, recent_entries
-from web.api.environments import environment_detail, start_service_job
-from web.api.flush import preview_flush, start_flush_job
-from web.api.guard import allow
-from web.api.jobs import visible_job
-from web.api.schedule import pause_schedule, resume_schedule
-from web.api.tasks import start_task_job
 from web.context import principal, runtime
+from web.guard import allow
+from web.services.audit import audit_page_context, recent_entries
+from web.services.environments import environment_detail, start_service_job
+from web.services.flush import preview_flush, start_flush_job
+from web.services.jobs import visible_job
+from web.services.schedule import pause_schedule, resume_schedule
+from web.services.tasks import start_task_job
 
 bp = Blueprint("pages", __name__)
 

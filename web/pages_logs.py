@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from flask import render_template, url_for
 
+from cloud.logs import DEFAULT_SINCE, MAX_FILTER, LogsNotReadable
 from scope.errors import NotFound, UpstreamError
-from scope.logs import DEFAULT_SINCE, MAX_FILTER, LogsNotReadable
 from scope.roles import Permission
-from web.api.guard import allow, audit_denied
-from web.api.logs import ACTION, service_logs
+from web.guard import allow, audit_denied
 from web.pages import bp, page
+from web.services.logs import ACTION, service_logs
 
 
 @bp.get("/environments/<env>/services/<svc>/logs")

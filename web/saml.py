@@ -22,9 +22,9 @@ from onelogin.saml2.settings import OneLogin_Saml2_Settings
 
 from jobs.audit_stream import AuditEvent
 from scope.errors import BadRequest, ConfigError, NotFound, Unauthorized
-from scope.saml_guard import MAX_RESPONSE_BYTES, SamlRejected, decode_response, inspect
 from web.auth import end_session, safe_next, start_session
 from web.context import runtime
+from web.saml_guard import MAX_RESPONSE_BYTES, SamlRejected, decode_response, inspect
 
 log = logging.getLogger("valetkey.saml")
 bp = Blueprint("saml", __name__, url_prefix="/saml")

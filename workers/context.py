@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from scope.catalog import Environment
 from scope.models import Job
-from valetkey.runtime import Runtime
+from wiring.runtime import Runtime
 
 
 @dataclass

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from scope.ecs_state import EcsReader, ServiceState
+from cloud.ecs import EcsReader, ServiceState
 from workers.context import JobContext, Outcome
 from workers.errors import OperationFailed, aws_call
 

@@ -10,7 +10,7 @@ from dramatiq import Worker
 from jobs.broker import send_run_job
 from jobs.kinds import QUEUED, RUNNING
 from jobs.outcomes import recover_outcomes
-from valetkey.runtime import Runtime
+from wiring.runtime import Runtime
 from workers.actors import declare
 from workers.runner import JobRunner
 

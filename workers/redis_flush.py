@@ -9,9 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from cloud.redis_targets import (
+    SCAN_COUNT,
+    RedisTargetError,
+    TargetClient,
+    validate_pattern,
+)
 from scope.catalog import RedisTarget
 from scope.errors import Forbidden, ValidationFailed
-from scope.redis_targets import SCAN_COUNT, RedisTargetError, TargetClient, validate_pattern
 from workers.context import JobContext, Outcome
 from workers.errors import OperationFailed, TransientError
 

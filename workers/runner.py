@@ -12,7 +12,7 @@ from scope.catalog import Environment
 from scope.errors import Forbidden, NotFound, ValetKeyError
 from scope.models import Job
 from scope.roles import Permission
-from valetkey.runtime import Runtime
+from wiring.runtime import Runtime
 from workers import ecs, redis_flush, tasks
 from workers.context import JobContext, Operation, Outcome
 from workers.errors import OperationFailed, TransientError

@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from cloud.ecs import EcsReader, short_td
 from scope.catalog import Environment
-from scope.ecs_state import EcsReader, short_td
 from scope.errors import Forbidden
 from workers.context import JobContext, Outcome
 from workers.errors import OperationFailed, aws_call

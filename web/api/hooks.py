@@ -14,7 +14,7 @@ from flask_smorest import Blueprint
 
 from jobs.service import job_dict
 from web.api.schemas import JobSchema
-from web.hooks_auth import RedeployHookSchema, RedeployWebhook
+from web.webhook_service import RedeployHookSchema, RedeployWebhook
 
 blp = Blueprint("hooks", __name__, url_prefix="/hooks", description="Webhooks for CI")
 EXTENSION = "valetkey_hooks"

@@ -7,23 +7,11 @@ from flask_smorest import Blueprint
 
 from jobs.kinds import TERMINAL
 from jobs.service import job_dict
-from scope.access import environment_for
-from scope.errors import NotFound
-from scope.models import Job
 from web.api.schemas import JobEventsQuerySchema, JobEventsSchema, JobSchema
-from web.context import principal, runtime
+from web.context import runtime
+from web.services.jobs import visible_job
 
 blp = Blueprint("jobs", __name__, url_prefix="/api/v1", description="Jobs")
-
-
-def visible_job(job_id: str) -> Job:
-    """The job if the caller may see its environment; NotFound otherwise (no leaking ids)."""
-    job = runtime().jobs.get(job_id)
-    try:
-        environment_for(principal(), runtime().catalog, job.environment)
-    except NotFound:
-        raise NotFound(f"No job {job_id!r}.") from None
-    return job
 
 
 @blp.get("/jobs/<job_id>")

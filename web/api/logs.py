@@ -8,19 +8,22 @@ from flask import g
 from flask_smorest import Blueprint
 from marshmallow import validate
 
+from cloud.logs import (
+    MAX_CURSOR,
+    MAX_FILTER,
+    MAX_LIMIT,
+    LogQuery,
+    ViewSessions,
+)
 from jobs.audit_stream import AuditEvent
-from scope.catalog import Environment
-from scope.ecs_state import EcsReader
 from scope.errors import NotFound
-from scope.logs import MAX_CURSOR, MAX_FILTER, MAX_LIMIT, CursorCodec, LogQuery, LogReader, ServiceLogs, \
-    SharedCache, ViewSessions
 from scope.roles import Permission
-from web.api.guard import allow, audit_denied
 from web.api.schemas import QuerySchema
 from web.context import principal, runtime, source
+from web.guard import allow, audit_denied
+from web.services.logs import ACTION, service_logs
 
 blp = Blueprint("logs", __name__, url_prefix="/api/v1", description="Service logs from CloudWatch (history and live tail)")
-ACTION = "logs.view"
 
 
 class LogsQuerySchema(QuerySchema):
@@ -49,13 +52,6 @@ class LogPageSchema(ma.Schema):
     log_group = ma.fields.String()
     stream_prefix = ma.fields.String()
     notice = ma.fields.String()
-
-
-def service_logs(env: Environment) -> ServiceLogs:
-    rt = runtime()
-    cache = SharedCache(rt.redis)
-    return ServiceLogs(env.name, env.region, EcsReader(rt.aws.ecs(env), env.cluster),
-                       LogReader(rt.aws.logs(env), cache), CursorCodec(rt.settings.secret_key or ""), cache)
 
 
 @blp.get("/environments/<env>/services/<svc>/logs")

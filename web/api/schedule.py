@@ -4,18 +4,10 @@ from __future__ import annotations
 from typing import Any
 
 import marshmallow as ma
-from flask import g
 from flask_smorest import Blueprint
 
-from jobs.schedule_control import PAUSE, RESUME, ScheduleControl
-from scope.catalog import Environment
-from scope.errors import Conflict, Forbidden
-from scope.models import utcnow
-from scope.roles import Permission
-from scope.schedule_state import ScheduleStore, parse_until
-from web.api.guard import allow, audit_denied
 from web.api.schemas import ScheduleSchema
-from web.context import principal, runtime, source
+from web.services.schedule import pause_schedule, resume_schedule
 
 blp = Blueprint("schedule", __name__, url_prefix="/api/v1", description="On/off schedules: pause and resume")
 
@@ -31,41 +23,6 @@ class PauseRequestSchema(ma.Schema):
 
 class ScheduleResponseSchema(ma.Schema):
     schedule = ma.fields.Nested(ScheduleSchema, required=True)
-
-
-def control() -> ScheduleControl:
-    rt = runtime()
-    return ScheduleControl(ScheduleStore(rt.sessions), rt.audit, rt.redis)
-
-
-def _schedulable(env: str, action: str) -> Environment:
-    """Authorize ``action`` on the environment's schedule; refusals are audited ``denied``."""
-    environment, _ = allow(env, Permission.SCHEDULE, action=action)
-    if environment.is_prod:
-        # The scheduler never touches prod, even an enabled one: a pause there would promise nothing.
-        detail = f"{env} is a production environment: the scheduler never touches it, so it cannot be paused or resumed."
-        audit_denied(action, env, "", detail)
-        raise Forbidden(detail)
-    if environment.schedule is None:
-        raise Conflict(f"{env} has no schedule (no 'schedule' key in its configuration): "
-                       "there is nothing to pause or resume.")
-    return environment
-
-
-def pause_schedule(env: str, until: str | None) -> dict[str, Any]:
-    """Pause the schedule of ``env``, optionally until a time; returns the schedule state."""
-    environment = _schedulable(env, PAUSE)
-    assert environment.schedule is not None
-    when = parse_until(until, environment.schedule, utcnow())
-    return control().pause(environment, until=when, actor=principal().actor, source=source(),
-                           request_id=getattr(g, "request_id", ""))
-
-
-def resume_schedule(env: str) -> dict[str, Any]:
-    """Resume the schedule of ``env``; the scheduler reconciles it at once."""
-    environment = _schedulable(env, RESUME)
-    return control().resume(environment, actor=principal().actor, source=source(),
-                            request_id=getattr(g, "request_id", ""))
 
 
 @blp.post("/environments/<env>/schedule/pause")

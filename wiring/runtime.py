@@ -14,11 +14,11 @@ import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from cloud.aws import AwsClients
 from jobs.audit_stream import AuditLog
 from jobs.broker import make_broker
 from jobs.events import JobEvents
 from jobs.service import JobService
-from scope.aws import AwsClients
 from scope.catalog import Catalog, load_catalog
 from scope.db import make_engine, make_sessionmaker
 from scope.settings import Settings

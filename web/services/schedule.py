@@ -1,53 +1,35 @@
-"""Pause and resume of an environment's schedule, and the nudge that tells the scheduler to act now.
+"""Pause and resume of an environment's on/off schedule (operators and admins).
 
 Like job creation, this is the contract between web and the scheduler
 process: the web process writes the durable state (the pause row) and its
-audit entry, then nudges the scheduler through a Redis list; the scheduler
-(``workers.schedule``) does every ECS change itself, under its lock, with its
-own audit entries. A lost nudge costs at most one scheduler tick (a minute):
-the database, not the nudge, is the truth.
+audit entry, then nudges the scheduler (``jobs.schedule_nudge``); the
+scheduler (``workers.schedule_reconciler``) does every ECS change itself,
+under its lock, with its own audit entries.
 """
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from typing import Any, Callable
 
 import redis
+from flask import g
 
 from jobs.audit_stream import AuditEvent, AuditLog
+from jobs.schedule_nudge import PAUSE, RESUME, nudge
 from scope.catalog import Environment
+from scope.errors import Conflict, Forbidden
 from scope.models import utcnow
-from scope.schedule_state import NOT_PAUSED, Pause, ScheduleStore, iso, schedule_view
-
-log = logging.getLogger(__name__)
-
-PAUSE, RESUME = "schedule.pause", "schedule.resume"
-NUDGE_KEY = "valetkey:schedule:nudge"
-NUDGE_MAX = 100  # bounded: a scheduler that is down must not let the list grow forever
-
-
-def nudge(r: redis.Redis, environment: str) -> bool:
-    """Ask the scheduler to reconcile ``environment`` now; False (logged) when Redis refused."""
-    try:
-        with r.pipeline(transaction=True) as p:
-            p.rpush(NUDGE_KEY, environment)
-            p.ltrim(NUDGE_KEY, -NUDGE_MAX, -1)
-            p.execute()
-        return True
-    except redis.RedisError as e:
-        log.warning("could not nudge the scheduler for %s (%s); it reconciles within a minute anyway",
-                    environment, type(e).__name__)
-        return False
-
-
-def take_nudge(r: redis.Redis, timeout: int = 1) -> str | None:
-    """Wait up to ``timeout`` seconds for a nudge; the environment name, or None."""
-    got = r.blpop([NUDGE_KEY], timeout=timeout)
-    if not got:
-        return None
-    value = got[1]
-    return value.decode() if isinstance(value, bytes) else str(value)
+from scope.roles import Permission
+from scope.schedule_store import (
+    NOT_PAUSED,
+    Pause,
+    ScheduleStore,
+    iso,
+    parse_until,
+    schedule_view,
+)
+from web.context import principal, runtime, source
+from web.guard import allow, audit_denied
 
 
 class ScheduleControl:
@@ -91,3 +73,38 @@ class ScheduleControl:
 
     def _state(self, env: Environment) -> dict[str, Any]:
         return self.state(env) or {}  # callers only pause/resume environments with a schedule
+
+
+def control() -> ScheduleControl:
+    rt = runtime()
+    return ScheduleControl(ScheduleStore(rt.sessions), rt.audit, rt.redis)
+
+
+def _schedulable(env: str, action: str) -> Environment:
+    """Authorize ``action`` on the environment's schedule; refusals are audited ``denied``."""
+    environment, _ = allow(env, Permission.SCHEDULE, action=action)
+    if environment.is_prod:
+        # The scheduler never touches prod, even an enabled one: a pause there would promise nothing.
+        detail = f"{env} is a production environment: the scheduler never touches it, so it cannot be paused or resumed."
+        audit_denied(action, env, "", detail)
+        raise Forbidden(detail)
+    if environment.schedule is None:
+        raise Conflict(f"{env} has no schedule (no 'schedule' key in its configuration): "
+                       "there is nothing to pause or resume.")
+    return environment
+
+
+def pause_schedule(env: str, until: str | None) -> dict[str, Any]:
+    """Pause the schedule of ``env``, optionally until a time; returns the schedule state."""
+    environment = _schedulable(env, PAUSE)
+    assert environment.schedule is not None
+    when = parse_until(until, environment.schedule, utcnow())
+    return control().pause(environment, until=when, actor=principal().actor, source=source(),
+                           request_id=getattr(g, "request_id", ""))
+
+
+def resume_schedule(env: str) -> dict[str, Any]:
+    """Resume the schedule of ``env``; the scheduler reconciles it at once."""
+    environment = _schedulable(env, RESUME)
+    return control().resume(environment, actor=principal().actor, source=source(),
+                            request_id=getattr(g, "request_id", ""))

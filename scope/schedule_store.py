@@ -6,7 +6,7 @@ only record of how many tasks a service ran before the night; neither may
 vanish with a Redis restart or a scheduler restart.
 
 Used by the web process (pause, resume, the state shown on pages) and by the
-scheduler (``workers.schedule``), so it lives here and imports neither.
+scheduler (``workers.schedule_reconciler``), so it lives here and imports neither.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from scope.catalog import Environment
 from scope.errors import Unavailable, ValidationFailed
-from scope.models import SchedulePause, SchedulePeriod, ScheduledService, utcnow
-from scope.schedule import Schedule
+from scope.models import ScheduledService, SchedulePause, SchedulePeriod, utcnow
+from scope.schedule_windows import Schedule
 
 MAX_PAUSE = dt.timedelta(days=7)
 # States of a ScheduledService row (see its docstring in scope.models).

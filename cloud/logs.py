@@ -37,8 +37,14 @@ import redis
 from botocore.exceptions import BotoCoreError, ClientError
 from itsdangerous import BadData, URLSafeSerializer
 
-from scope.ecs_state import EcsReader, aws_error, short_td
-from scope.errors import NotFound, Unavailable, UpstreamError, ValetKeyError, ValidationFailed
+from cloud.ecs import EcsReader, aws_error, short_td
+from scope.errors import (
+    NotFound,
+    Unavailable,
+    UpstreamError,
+    ValetKeyError,
+    ValidationFailed,
+)
 
 log = logging.getLogger("valetkey.logs")
 

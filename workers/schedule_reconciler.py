@@ -25,7 +25,7 @@ Safety:
   and advanced after its audit entry, so a scheduler killed at any moment
   neither loses a remembered count nor skips an audit entry (a kill between
   the audit write and the state write can repeat one entry: at-least-once);
-- wall-clock evaluation in the schedule's zone (``scope.schedule``), so DST
+- wall-clock evaluation in the schedule's zone (``scope.schedule_windows``), so DST
   moves nothing.
 
 Each change is an audit entry: actor and source ``scheduler``, target the
@@ -47,14 +47,23 @@ from botocore.exceptions import BotoCoreError, ClientError
 from redis.exceptions import LockError
 from redis.lock import Lock
 
+from cloud.ecs import EcsReader, aws_error
 from jobs.audit_stream import AuditEvent, AuditLog
-from jobs.schedule_control import PAUSE, RESUME, take_nudge
+from jobs.schedule_nudge import PAUSE, RESUME, take_nudge
 from scope.catalog import Catalog, Environment
-from scope.ecs_state import EcsReader, aws_error
 from scope.errors import ValetKeyError
 from scope.models import utcnow
-from scope.schedule_state import DOWN, NOT_PAUSED, SCALING_DOWN, SCALING_UP, Pause, Remembered, ScheduleStore, iso
-from valetkey.runtime import Runtime
+from scope.schedule_store import (
+    DOWN,
+    NOT_PAUSED,
+    SCALING_DOWN,
+    SCALING_UP,
+    Pause,
+    Remembered,
+    ScheduleStore,
+    iso,
+)
+from wiring.runtime import Runtime
 
 log = logging.getLogger("valetkey.scheduler")
 

@@ -27,19 +27,26 @@ import redis
 from jwt import PyJWK, PyJWKClient
 from werkzeug.datastructures import Headers
 
+from cloud.aws import AwsClients
+from cloud.ecs import EcsReader
 from jobs.audit_stream import AuditEvent, AuditLog
 from jobs.kinds import REDEPLOY
 from jobs.service import JobService
-from scope.aws import AwsClients
 from scope.catalog import Catalog, Environment
-from scope.ecs_state import EcsReader
-from scope.errors import (Conflict, Forbidden, NotFound, Unauthorized, Unavailable, ValetKeyError,
-                          ValidationFailed)
+from scope.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+    ValetKeyError,
+    ValidationFailed,
+)
 from scope.models import Job
 from scope.settings import Settings
 
 if TYPE_CHECKING:
-    from valetkey.runtime import Runtime
+    from wiring.runtime import Runtime
 
 log = logging.getLogger("valetkey.hooks")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from jobs.audit_stream import AuditEvent
 from scope.errors import ValetKeyError
 from scope.models import ApiToken, Grant
-from valetkey.runtime import Runtime
+from wiring.runtime import Runtime
 
 
 def add_grant(rt: Runtime, subject: str, environment: str, role: str, *, actor: str,

@@ -1,0 +1,56 @@
+"""Environments: one environment's live state and the service actions (restart, redeploy)."""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import g
+
+from cloud.ecs import EcsReader
+from jobs.service import job_dict
+from scope.catalog import Environment
+from scope.errors import NotFound
+from scope.roles import MUTATING, Permission, Role, allows
+from scope.schedule_store import ScheduleStore
+from web.context import principal, runtime, source
+from web.guard import allow, audit_denied
+from web.services.schedule import ScheduleControl
+
+
+def schedule_state(env: Environment) -> dict[str, Any] | None:
+    if env.schedule is None:
+        return None
+    rt = runtime()
+    return ScheduleControl(ScheduleStore(rt.sessions), rt.audit, rt.redis).state(env)
+
+
+def permissions(env: Environment, role: Role) -> list[str]:
+    return [p.value for p in Permission
+            if allows(role, p) and (p not in MUTATING or env.actions_allowed)]
+
+
+def environment_detail(env: Environment, role: Role) -> dict[str, Any]:
+    reader = EcsReader(runtime().aws.ecs(env), env.cluster)
+    services = []
+    for s in reader.services():
+        rec = s.record()
+        services.append({k: rec[k] for k in ("name", "status", "running", "desired", "pending",
+                                              "task_definition", "image", "last_deployment_at",
+                                              "rollout_state")})
+    return {"name": env.name, "cls": env.cls, "enabled": env.enabled, "role": role.value,
+            "services": services, "redis": sorted(env.redis), "run_tasks": list(env.run_tasks),
+            "schedule": schedule_state(env), "permissions": permissions(env, role)}
+
+
+def start_service_job(env: str, svc: str, action: str, permission: Permission) -> tuple[dict[str, Any], int, dict[str, str]]:
+    environment, _ = allow(env, permission, action=action, target=svc)
+    rt = runtime()
+    try:
+        state = EcsReader(rt.aws.ecs(environment), environment.cluster).service(svc)
+    except NotFound as e:
+        audit_denied(action, env, svc, e.detail)
+        raise
+    job = rt.jobs.create(action=action, environment=env, target=svc, actor=principal().actor, source=source(),
+                         request_id=getattr(g, "request_id", ""),
+                         params={"requested_task_definition": state.task_definition})
+    body = job_dict(job)
+    return body, 202, {"Location": body["url"]}

@@ -1,0 +1,32 @@
+"""One-off tasks from the allowlist: validate the family, authorize, queue the job."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import g
+
+from jobs.kinds import RUN_TASK
+from jobs.service import job_dict
+from scope.errors import Forbidden, ValidationFailed
+from scope.roles import Permission
+from web.context import principal, runtime, source
+from web.guard import allow, audit_denied
+
+FAMILY = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+
+
+def start_task_job(env: str, family: str) -> dict[str, Any]:
+    """Queue a one-off run of an allow-listed family; anything off the list is refused and audited."""
+    if not FAMILY.match(family or ""):
+        # Only a family name: a revision or ARN would let a caller pick an older,
+        # unreviewed revision or another family's definition.
+        raise ValidationFailed({"task_definition": ["Give a task definition family name (no revision, no ARN)."]})
+    environment, _ = allow(env, Permission.RUN_TASK, action=RUN_TASK, target=family)
+    if family not in environment.run_tasks:
+        detail = f"{family} is not on {env}'s list of task definitions allowed for one-off runs."
+        audit_denied(RUN_TASK, env, family, detail)
+        raise Forbidden(detail)
+    job = runtime().jobs.create(action=RUN_TASK, environment=environment.name, target=family,
+                                actor=principal().actor, source=source(), request_id=getattr(g, "request_id", ""))
+    return job_dict(job)
