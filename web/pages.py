@@ -1,11 +1,9 @@
 """Server-rendered pages. Views are thin: authorize, call the same services as the API, render."""
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable
+from typing import Any
 
 from flask import (
-    Blueprint,
     Flask,
     Response,
     abort,
@@ -23,24 +21,13 @@ from scope.errors import Conflict, UpstreamError, ValidationFailed
 from scope.roles import Permission
 from web.context import principal, runtime
 from web.guard import allow
+from web.page_base import bp, page
 from web.services.audit import audit_page_context, recent_entries
 from web.services.environments import environment_detail, start_service_job
 from web.services.flush import preview_flush, start_flush_job
 from web.services.jobs import visible_job
 from web.services.schedule import pause_schedule, resume_schedule
 from web.services.tasks import start_task_job
-
-bp = Blueprint("pages", __name__)
-
-
-def page(view: Callable[..., Any]) -> Callable[..., Any]:
-    """Pages send anonymous visitors to the sign-in page instead of answering 401."""
-    @functools.wraps(view)
-    def wrapper(*a: Any, **kw: Any) -> Any:
-        if not current_user.is_authenticated:
-            return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
-        return view(*a, **kw)
-    return wrapper
 
 
 @bp.get("/")

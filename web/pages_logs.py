@@ -7,7 +7,7 @@ from cloud.logs import DEFAULT_SINCE, MAX_FILTER, LogsNotReadable
 from scope.errors import NotFound, UpstreamError
 from scope.roles import Permission
 from web.guard import allow, audit_denied
-from web.pages import bp, page
+from web.page_base import bp, page
 from web.services.logs import ACTION, service_logs
 
 

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from scope.catalog import Environment
 from scope.models import Job
-from wiring.runtime import Runtime
+from scope.settings import Settings
 
 
 @dataclass
@@ -20,7 +20,7 @@ class Outcome:
 
 @dataclass
 class JobContext:
-    rt: Runtime
+    settings: Settings  # the worker's knobs (poll interval, timeouts) and its environ for target URLs
     job: Job
     env: Environment
     params: dict[str, Any]  # job.params, mutable; persist changes with checkpoint()

@@ -197,7 +197,7 @@ class EcsOperations:
 
 
 def _operations(ctx: JobContext) -> EcsOperations:
-    s = ctx.rt.settings
+    s = ctx.settings
     return EcsOperations(ctx.ecs_client(ctx.env), ctx.env.cluster, ctx.progress, ctx.checkpoint,
                          poll_interval=s.poll_interval, timeout=s.stability_timeout, sleep=ctx.sleep,
                          reason=ctx.reason)

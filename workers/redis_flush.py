@@ -42,7 +42,7 @@ def flush(ctx: JobContext) -> Outcome:
     except ValidationFailed as e:
         raise OperationFailed(f"Refused: {e.fields['pattern'][0]} Nothing was deleted.") from None
     try:
-        with TargetClient.connect(target, ctx.rt.settings.environ) as client:
+        with TargetClient.connect(target, ctx.settings.environ) as client:
             return _flush(ctx, client, target, pattern)
     except RedisTargetError as e:
         done = int(ctx.params.get("deleted", 0))

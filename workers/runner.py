@@ -124,6 +124,6 @@ class JobRunner:
                 raise LeaseLost(job.id)
             self._sleep(seconds)
 
-        ctx = JobContext(rt=self.rt, job=job, env=env, params=params, progress=progress,
+        ctx = JobContext(settings=self.rt.settings, job=job, env=env, params=params, progress=progress,
                          checkpoint=checkpoint, sleep=sleep, ecs_client=self._ecs_client)
         return OPERATIONS[job.action][1](ctx)

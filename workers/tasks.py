@@ -213,7 +213,7 @@ def run_task(ctx: JobContext) -> Outcome:
     if not ctx.params.get("task_arn") and family not in ctx.env.run_tasks:
         raise Forbidden(f"Refused at run time: {family} is no longer on {ctx.env.name}'s run_tasks "
                         f"allowlist; nothing was started.")
-    s = ctx.rt.settings
+    s = ctx.settings
     op = OneOffTask(ctx.ecs_client(ctx.env), ctx.env, ctx.progress, ctx.checkpoint,
                     poll_interval=s.poll_interval, timeout=s.task_timeout, sleep=ctx.sleep, reason=ctx.reason)
     return op.run(family, ctx.params, client_token=ctx.job.id)
