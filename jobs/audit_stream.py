@@ -5,14 +5,16 @@ only appends here. A failed append raises Unavailable so callers fail closed.
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from scope.errors import Unavailable
+from scope.text import as_text
+from scope.times import iso, utcnow
 
 STREAM = "valetkey:audit"
 GROUP = "exporters"  # the exporters' consumer group on STREAM
@@ -31,10 +33,9 @@ class AuditEvent:
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
     request_id: str = ""
-    time: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc)
-                      .isoformat(timespec="microseconds").replace("+00:00", "Z"))
+    time: str = field(default_factory=lambda: iso(utcnow(), "microseconds"))
 
-    def encode(self) -> dict[str, str]:
+    def encode(self) -> dict[FieldT, EncodableT]:
         # A shallow dict: before/after are JSON already, so asdict()'s deep copy is pure cost.
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         return {"event": json.dumps(data, separators=(",", ":"), sort_keys=True)}
@@ -42,6 +43,8 @@ class AuditEvent:
     @classmethod
     def decode(cls, fields: dict[Any, Any]) -> "AuditEvent":
         raw = fields.get(b"event") or fields.get("event")
+        if raw is None:
+            raise ValueError("not an audit event: no 'event' field")
         data = json.loads(raw)
         return cls(**{k: data.get(k) for k in cls.__dataclass_fields__ if k in data})
 
@@ -57,7 +60,7 @@ class AuditLog:
             eid = self.r.xadd(self.stream, event.encode())
         except redis.RedisError as e:
             raise Unavailable("The audit trail cannot be written right now; nothing was done.") from e
-        return eid.decode() if isinstance(eid, bytes) else str(eid)
+        return as_text(eid)
 
     def queue(self, pipe: redis.client.Pipeline, event: AuditEvent) -> None:
         """Add the append to ``pipe``: the caller sends it with other writes in one round trip

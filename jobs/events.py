@@ -5,14 +5,16 @@ receives strictly newer events, so across polls none repeats and none is skipped
 """
 from __future__ import annotations
 
-import datetime as dt
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from scope.errors import BadRequest
+from scope.text import as_text
+from scope.times import iso, utcnow
 
 PREFIX = "valetkey:job:"
 KEEP_SECONDS = 14 * 24 * 3600
@@ -49,7 +51,7 @@ class JobEvents:
             eid = pipe.execute()[0]
         else:
             eid = self.r.xadd(stream_key(job_id), self._fields(type_, message), maxlen=2000, approximate=True)
-        return eid.decode() if isinstance(eid, bytes) else str(eid)
+        return as_text(eid)
 
     def queue(self, pipe: redis.client.Pipeline, job_id: str, type_: str, message: str) -> None:
         """Add the append (and the stream's expiry) to ``pipe``, to be sent with other writes."""
@@ -58,9 +60,8 @@ class JobEvents:
         pipe.expire(key, KEEP_SECONDS)
 
     @staticmethod
-    def _fields(type_: str, message: str) -> dict[str, str]:
-        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        return {"time": now, "type": type_, "message": message}
+    def _fields(type_: str, message: str) -> dict[FieldT, EncodableT]:
+        return {"time": iso(utcnow(), "milliseconds"), "type": type_, "message": message}
 
     def read(self, job_id: str, after: str | None, wait: float = 0.0) -> list[JobEvent]:
         after = after or "0-0"
@@ -70,13 +71,12 @@ class JobEvents:
         key = stream_key(job_id)
         rows: Any = self.r.xrange(key, min=f"({after}", max="+", count=500)
         if not rows and wait > 0:
-            got = self.r.xread({key: after}, count=500, block=int(wait * 1000))
+            got: Any = self.r.xread({key: after}, count=500, block=int(wait * 1000))
             rows = got[0][1] if got else []
         return [self._event(eid, fields) for eid, fields in rows]
 
     @staticmethod
     def _event(eid: Any, fields: dict[Any, Any]) -> JobEvent:
-        f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-             for k, v in fields.items()}
-        return JobEvent(id=eid.decode() if isinstance(eid, bytes) else str(eid),
+        f = {as_text(k): as_text(v) for k, v in fields.items()}
+        return JobEvent(id=as_text(eid),
                         time=f.get("time", ""), type=f.get("type", ""), message=f.get("message", ""))

@@ -30,6 +30,7 @@ from jobs.kinds import FAILED, SUCCEEDED
 from jobs.service import outcome_event
 from scope.errors import Unavailable
 from scope.models import AuditEntry, Job, utcnow
+from scope.text import as_text
 
 log = logging.getLogger("valetkey.worker")
 
@@ -41,12 +42,8 @@ BATCH = 100
 CLAIM_PREFIX = "valetkey:outcome-recovered:"
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _id(value: Any) -> tuple[int, int]:
-    ms, _, seq = _text(value).partition("-")
+    ms, _, seq = as_text(value).partition("-")
     return int(ms), int(seq or 0)
 
 
@@ -63,7 +60,7 @@ def exporters_caught_up(r: redis.Redis, stream: str = STREAM) -> bool:
     except redis.ResponseError:  # no stream yet: nothing was ever exported, nothing can be judged
         return False
     for g in groups:
-        if _text(g.get("name")) == GROUP:
+        if as_text(g.get("name")) == GROUP:
             return g.get("pending") == 0 and _id(g["last-delivered-id"]) >= _id(last)
     return False
 

@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 PAUSE, RESUME = "schedule.pause", "schedule.resume"
 NUDGE_KEY = "valetkey:schedule:nudge"
 NUDGE_MAX = 100  # bounded: a scheduler that is down must not let the list grow forever
+from scope.text import as_text
 
 
 def nudge(r: redis.Redis, environment: str) -> bool:
@@ -37,7 +38,6 @@ def take_nudge(r: redis.Redis, timeout: int = 1) -> str | None:
     got = r.blpop([NUDGE_KEY], timeout=timeout)
     if not got:
         return None
-    value = got[1]
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return as_text(got[1])
 
 

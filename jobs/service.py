@@ -9,11 +9,11 @@ import datetime as dt
 import logging
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import dramatiq
 import redis
-from sqlalchemy import Engine, bindparam, func, insert, or_, select, update
+from sqlalchemy import Engine, Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,6 +23,7 @@ from jobs.events import JobEvents
 from jobs.kinds import FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL
 from scope.errors import Conflict, NotFound, Unavailable, ValetKeyError
 from scope.models import Job, utcnow
+from scope.times import iso_or_none
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +32,15 @@ log = logging.getLogger(__name__)
 DEFAULT_LEASE = dt.timedelta(seconds=60)
 
 
-def iso(t: dt.datetime | None) -> str | None:
-    return t.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z") if t else None
-
-
 def job_dict(job: Job) -> dict[str, Any]:
     """The job object of the HTTP contract."""
     return {"id": job.id, "action": job.action, "environment": job.environment, "target": job.target,
             "status": job.status, "detail": job.detail, "actor": job.actor, "source": job.source,
-            "created_at": iso(job.created_at), "started_at": iso(job.started_at),
-            "finished_at": iso(job.finished_at), "url": f"/api/v1/jobs/{job.id}"}
+            "created_at": iso_or_none(job.created_at), "started_at": iso_or_none(job.started_at),
+            "finished_at": iso_or_none(job.finished_at), "url": f"/api/v1/jobs/{job.id}"}
 
 
-_JOBS = Job.__table__
+_JOBS = cast(Table, Job.__table__)
 
 
 def _columns(job: Job) -> dict[str, Any]:

@@ -27,7 +27,8 @@ def make_engine(url: str, **kw: Any) -> Engine:
     if u.get_backend_name() == "sqlite":
         if u.database and u.database != ":memory:":
             Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-        on_disk = bool(u.database) and u.database != ":memory:" and not u.database.startswith("file:")
+        db = u.database or ""
+        on_disk = db not in ("", ":memory:") and not db.startswith("file:")
         connect_args: dict[str, Any] = {"timeout": 30}
         if on_disk:
             connect_args["factory"] = LockingConnection

@@ -8,9 +8,7 @@ from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, I
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+from scope.times import utcnow  # noqa: F401 - models and their callers share the one clock
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar, cast
 
-from sqlalchemy import delete, select
+from sqlalchemy import CursorResult, delete, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,16 +22,13 @@ from scope.catalog import Environment
 from scope.errors import Unavailable, ValidationFailed
 from scope.models import ScheduledService, SchedulePause, SchedulePeriod, utcnow
 from scope.schedule_windows import Schedule
+from scope.times import iso_or_none
 
 MAX_PAUSE = dt.timedelta(days=7)
 # States of a ScheduledService row (see its docstring in scope.models).
 SCALING_DOWN, DOWN, SCALING_UP = "scaling_down", "down", "scaling_up"
 
 T = TypeVar("T")
-
-
-def iso(t: dt.datetime | None) -> str | None:
-    return t.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z") if t else None
 
 
 def local_text(t: dt.datetime | None, schedule: Schedule) -> str | None:
@@ -51,7 +48,7 @@ class Pause:
 
     def record(self) -> dict[str, Any]:
         """As stored in audit before/after."""
-        return {"paused": True, "until": iso(self.until)}
+        return {"paused": True, "until": iso_or_none(self.until)}
 
 
 NOT_PAUSED: dict[str, Any] = {"paused": False, "until": None}
@@ -151,7 +148,7 @@ class ScheduleStore:
             gone = s.execute(delete(SchedulePause).where(
                 SchedulePause.environment == environment, SchedulePause.until.is_not(None),
                 SchedulePause.until <= now).execution_options(synchronize_session=False))
-            if gone.rowcount != 1:
+            if cast(CursorResult[Any], gone).rowcount != 1:
                 return None  # re-paused just now
             s.execute(delete(SchedulePeriod).where(SchedulePeriod.environment == environment))
             s.flush()
@@ -213,8 +210,8 @@ def schedule_view(env: Environment, pause: Pause | None, now: dt.datetime) -> di
     nxt = sched.next_transition(now)
     until = pause.until if pause else None
     return {**sched.as_dict(), "up_now": sched.is_up(now), "paused": pause is not None,
-            "paused_until": iso(until), "paused_by": pause.by if pause else None,
-            "next_transition": iso(nxt),
+            "paused_until": iso_or_none(until), "paused_by": pause.by if pause else None,
+            "next_transition": iso_or_none(nxt),
             # For the page only (the API schema does not carry them): times in the environment's zone.
             "next_transition_local": local_text(nxt, sched), "paused_until_local": local_text(until, sched)}
 
@@ -235,7 +232,7 @@ def parse_until(value: str | None, schedule: Schedule, now: dt.datetime) -> dt.d
         t = t.replace(tzinfo=schedule.zone)
     t = t.astimezone(dt.timezone.utc)
     if t <= now:
-        raise ValidationFailed({"until": [f"must be in the future (it is {iso(t)}; now is {iso(now)})."]})
+        raise ValidationFailed({"until": [f"must be in the future (it is {iso_or_none(t)}; now is {iso_or_none(now)})."]})
     if t > now + MAX_PAUSE:
-        raise ValidationFailed({"until": [f"must be at most {MAX_PAUSE.days} days ahead (until {iso(now + MAX_PAUSE)})."]})
+        raise ValidationFailed({"until": [f"must be at most {MAX_PAUSE.days} days ahead (until {iso_or_none(now + MAX_PAUSE)})."]})
     return t

@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
-
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher

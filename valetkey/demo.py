@@ -255,7 +255,11 @@ class Demo:
         return url
 
     def _moto(self) -> str:
-        from moto.server import ThreadedMotoServer
+        try:
+            from moto.server import ThreadedMotoServer
+        except ImportError:  # a production install has no moto: the demo is an extra
+            raise ValetKeyError('The demo needs its local AWS stand-in: pip install "valetkey[demo]" '
+                                '(the README\'s command installs it).') from None
 
         # moto reads this when a service is created: the seeded services report 2 running tasks.
         os.environ["MOTO_ECS_SERVICE_RUNNING"] = "2"

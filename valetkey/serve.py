@@ -11,7 +11,7 @@ from scope.errors import ConfigError
 from scope.settings import Settings
 
 
-class _App(BaseApplication):  # type: ignore[misc]
+class _App(BaseApplication):
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = options
         super().__init__()

@@ -16,6 +16,7 @@ from wiring.runtime import Runtime
 
 csrf = CSRFProtect()
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+from web.context import request_id
 
 
 def create_app(config: Mapping[str, Any] | None = None, runtime: Runtime | None = None) -> Flask:
@@ -85,7 +86,7 @@ def _request_hooks(app: Flask) -> None:
 
     @app.after_request
     def _headers(resp: Response) -> Response:
-        resp.headers["X-Request-ID"] = getattr(g, "request_id", "")
+        resp.headers["X-Request-ID"] = request_id()
         resp.headers.setdefault("Content-Security-Policy",
                                 "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                                 "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")

@@ -15,6 +15,7 @@ from flask import (
     url_for,
 )
 from sqlalchemy import select
+from werkzeug.wrappers import Response as WResponse  # what redirect() returns; flask's Response is one
 
 from scope.errors import Forbidden, ValetKeyError
 from scope.models import ApiToken, User
@@ -58,7 +59,7 @@ def index() -> str:
 
 @bp.post("/grants")
 @page
-def grant() -> Response:
+def grant() -> WResponse:
     """Grant a role (audited as grant.add)."""
     actor = require_admin()
     f = request.form
@@ -74,7 +75,7 @@ def grant() -> Response:
 
 @bp.post("/grants/revoke")
 @page
-def revoke() -> Response:
+def revoke() -> WResponse:
     """Revoke a role (audited as grant.remove)."""
     actor = require_admin()
     f = request.form
@@ -89,7 +90,7 @@ def revoke() -> Response:
 
 @bp.post("/tokens")
 @page
-def token() -> str | Response:
+def token() -> str | WResponse:
     """Create an API token for a user; its value is shown once, on this response only."""
     actor = require_admin()
     try:
@@ -104,7 +105,7 @@ def token() -> str | Response:
 
 @bp.post("/tokens/<int:token_id>/revoke")
 @page
-def revoke_token(token_id: int) -> Response:
+def revoke_token(token_id: int) -> WResponse:
     """Revoke an API token at once."""
     require_admin()
     try:

@@ -5,12 +5,14 @@ import secrets
 import time
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, Response, redirect, render_template, request, session, url_for
+from flask import Blueprint, Flask, redirect, render_template, request, session, url_for
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
+from werkzeug.wrappers import Response as WResponse  # what redirect() returns; flask's Response is one
 
 from jobs.audit_stream import AuditEvent
 from scope.errors import NotFound, Unauthorized
 from scope.models import User
+from scope.text import as_text
 from web.context import runtime
 from web.errors import wants_html
 
@@ -47,7 +49,7 @@ def load_user(ident: str) -> SessionUser | None:
     value = r.get(SESSION_KEY + nonce)
     if value is None:
         return None
-    owner, _, deadline = value.decode().partition("|")
+    owner, _, deadline = as_text(value).partition("|")
     now = int(time.time())
     if owner != uid or not deadline.isdigit() or int(deadline) <= now:
         return None
@@ -71,7 +73,7 @@ def load_from_token(req) -> SessionUser | None:  # type: ignore[no-untyped-def]
 
 
 @login_manager.unauthorized_handler
-def unauthorized() -> Response:
+def unauthorized() -> WResponse:
     if wants_html():
         return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
     raise Unauthorized("Sign in, or send an API token as 'Authorization: Bearer <token>'.")
@@ -110,7 +112,7 @@ def end_session() -> None:
 
 
 @bp.get("/login")
-def login() -> str | Response:
+def login() -> str | WResponse:
     """The sign-in page (SSO button and/or the local form)."""
     if current_user.is_authenticated:
         return redirect(safe_next(request.args.get("next")))
@@ -120,7 +122,7 @@ def login() -> str | Response:
 
 
 @bp.post("/login")
-def login_post() -> str | Response:
+def login_post() -> str | WResponse:
     """Local password login (break-glass admins, the demo)."""
     rt = runtime()
     if not rt.settings.local_login:
@@ -140,7 +142,7 @@ def login_post() -> str | Response:
 
 
 @bp.post("/logout")
-def logout() -> Response:
+def logout() -> WResponse:
     """End the session server-side (the nonce is gone, so the old cookie is worthless)."""
     end_session()
     return redirect(url_for("auth.login"))

@@ -13,6 +13,11 @@ def runtime() -> Runtime:
     return current_app.extensions["valetkey"]
 
 
+def request_id() -> str:
+    """This request's id (set before every request in web/__init__.py; echoed as X-Request-ID)."""
+    return str(getattr(g, "request_id", "") or "")
+
+
 def source() -> str:
     """Audit source of this request: the browser session is ``web``, a bearer token ``api``."""
     return "api" if request.headers.get("Authorization", "").startswith("Bearer ") else "web"

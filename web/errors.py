@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, render_template, request
+from flask import Flask, Response, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
@@ -17,6 +17,7 @@ from scope.errors import ValetKeyError, ValidationFailed
 
 log = logging.getLogger("valetkey.web")
 PROBLEM = "application/problem+json"
+from web.context import request_id
 
 
 def wants_html() -> bool:
@@ -29,7 +30,7 @@ def wants_html() -> bool:
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> Response:
     body: dict[str, Any] = {"type": "about:blank", "status": status, "title": title, "detail": detail}
-    rid = getattr(g, "request_id", None)
+    rid = request_id() or None
     if rid:
         body["request_id"] = rid
     body.update({k: v for k, v in extra.items() if v is not None})
@@ -84,7 +85,7 @@ def init_app(app: Flask) -> None:
         if fields:
             names = ", ".join(sorted(fields))
             return problem(400, "Validation failed", f"Invalid field(s): {names}", errors=fields)
-        detail = e.description if status < 500 else "The server could not complete the request."
+        detail = (e.description or e.name) if status < 500 else "The server could not complete the request."
         resp = problem(status, e.name, detail)
         if status == 405 and e.get_response().headers.get("Allow"):
             resp.headers["Allow"] = e.get_response().headers["Allow"]
@@ -93,6 +94,6 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(Exception)
     def unexpected(e: Exception) -> Response:
         log.exception("unhandled error on %s %s (request %s)", request.method, request.path,
-                      getattr(g, "request_id", "-"))
+                      request_id() or "-")
         return problem(500, "Internal Server Error",
                        "Something went wrong on our side; it has been logged. Please try again.")

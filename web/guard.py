@@ -1,20 +1,18 @@
 """Authorization for views, with every refusal written to the audit trail as ``denied``."""
 from __future__ import annotations
 
-from flask import g
-
 from jobs.audit_stream import AuditEvent
 from scope.access import authorize
 from scope.catalog import Environment
 from scope.errors import Forbidden, NotFound
 from scope.roles import Permission, Role
-from web.context import principal, runtime, source
+from web.context import principal, request_id, runtime, source
 
 
 def audit_denied(action: str, environment: str, target: str, detail: str) -> None:
     runtime().audit.record(AuditEvent(actor=principal().actor, source=source(), action=action,
                                       outcome="denied", environment=environment, target=target,
-                                      detail=detail, request_id=getattr(g, "request_id", "")))
+                                      detail=detail, request_id=request_id()))
 
 
 def allow(env_name: str, permission: Permission, *, action: str | None = None,

@@ -5,7 +5,6 @@ from typing import Any
 
 from flask import (
     Flask,
-    Response,
     abort,
     redirect,
     render_template,
@@ -13,6 +12,7 @@ from flask import (
     url_for,
 )
 from flask_login import current_user
+from werkzeug.wrappers import Response as WResponse  # what redirect() returns; flask's Response is one
 
 from jobs.kinds import REDEPLOY, RESTART
 from jobs.service import job_dict
@@ -47,7 +47,7 @@ def environment(env: str) -> str:
 
 @bp.post("/environments/<env>/services/<svc>/<action>")
 @page
-def service_action(env: str, svc: str, action: str) -> Response:
+def service_action(env: str, svc: str, action: str) -> WResponse:
     """The Restart / Redeploy buttons: start the job, then watch it on its page."""
     kinds = {"restart": (RESTART, Permission.RESTART), "redeploy": (REDEPLOY, Permission.REDEPLOY)}
     if action not in kinds:
@@ -94,7 +94,7 @@ def redis_flush_preview(env: str, target: str) -> str:
 
 @bp.post("/environments/<env>/redis/<target>/flush")
 @page
-def redis_flush(env: str, target: str) -> Response:
+def redis_flush(env: str, target: str) -> WResponse:
     """Step 2 of a flush: the explicit confirm starts the job (which counts again and respects the cap)."""
     body = start_flush_job(env, target, request.form.get("pattern", ""))
     return redirect(url_for("pages.job", job_id=body["id"]))
@@ -102,7 +102,7 @@ def redis_flush(env: str, target: str) -> Response:
 
 @bp.post("/environments/<env>/tasks")
 @page
-def run_task(env: str) -> Response:
+def run_task(env: str) -> WResponse:
     """The Run button of an allow-listed one-off task."""
     body = start_task_job(env, request.form.get("task_definition", ""))
     return redirect(url_for("pages.job", job_id=body["id"]))

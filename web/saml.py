@@ -19,6 +19,7 @@ from flask import Blueprint, Flask, Response, current_app, redirect, request, se
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from onelogin.saml2.auth import OneLogin_Saml2_Auth
 from onelogin.saml2.settings import OneLogin_Saml2_Settings
+from werkzeug.wrappers import Response as WResponse  # what redirect() returns; flask's Response is one
 
 from jobs.audit_stream import AuditEvent
 from scope.errors import BadRequest, ConfigError, NotFound, Unauthorized
@@ -34,7 +35,7 @@ PENDING_MAX_AGE = 600  # seconds a user may spend at the IdP
 
 
 def _pending_serializer() -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(current_app.secret_key, salt="valetkey-saml-pending")
+    return URLSafeTimedSerializer(current_app.secret_key or "", salt="valetkey-saml-pending")
 
 
 def load_settings(path: str, base_url: str) -> dict[str, Any]:
@@ -99,7 +100,7 @@ def _auth() -> OneLogin_Saml2_Auth:
 
 
 @bp.get("/metadata")
-def metadata() -> Response:
+def metadata() -> WResponse:
     """The service provider's metadata for the IdP administrator."""
     settings = _settings()
     xml = settings.get_sp_metadata()
@@ -110,7 +111,7 @@ def metadata() -> Response:
 
 
 @bp.get("/login")
-def login() -> Response:
+def login() -> WResponse:
     """Start an SP-initiated login; the request id is remembered for the response."""
     nxt = safe_next(request.args.get("next"))
     auth = _auth()
@@ -152,7 +153,7 @@ def _deny(reason: str, actor: str = "(unknown)") -> None:
 
 
 @bp.post("/acs")
-def acs() -> Response:
+def acs() -> WResponse:
     """Assertion consumer: validate the IdP's response, then start a fresh session."""
     if (request.content_length or 0) > MAX_RESPONSE_BYTES * 2:
         _deny("request body too large")
@@ -195,7 +196,7 @@ def acs() -> Response:
 
 
 @bp.get("/sls")
-def sls() -> Response:
+def sls() -> WResponse:
     """Single logout: end the local session whatever the IdP says."""
     try:
         _auth().process_slo(delete_session_cb=lambda: None)

@@ -24,5 +24,5 @@ def declare(broker: dramatiq.Broker, runner: JobRunner, *, max_age_ms: int) -> A
         retries = int(msg.options.get("retries", 0)) if msg is not None else 0
         runner.run(job_id, retries=retries, max_retries=MAX_RETRIES)
 
-    return dramatiq.actor(run_job, broker=broker, actor_name=RUN_JOB_ACTOR, queue_name=QUEUE,
-                          retry_when=_retry_when, min_backoff=2_000, max_backoff=30_000, max_age=max_age_ms)
+    return dramatiq.actor(broker=broker, actor_name=RUN_JOB_ACTOR, queue_name=QUEUE, retry_when=_retry_when,
+                          min_backoff=2_000, max_backoff=30_000, max_age=max_age_ms)(run_job)

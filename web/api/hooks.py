@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app, g, request
+from flask import current_app, request
 from flask.blueprints import BlueprintSetupState
 from flask_smorest import Blueprint
 
@@ -18,6 +18,7 @@ from web.webhook_service import RedeployHookSchema, RedeployWebhook
 
 blp = Blueprint("hooks", __name__, url_prefix="/hooks", description="Webhooks for CI")
 EXTENSION = "valetkey_hooks"
+from web.context import request_id
 
 
 @blp.record_once
@@ -42,7 +43,7 @@ def _build(state: BlueprintSetupState) -> None:
 def redeploy() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Redeploy a service from CI, authenticated by a body signature or a GitHub Actions OIDC token."""
     hooks: RedeployWebhook = current_app.extensions[EXTENSION]
-    rid = getattr(g, "request_id", "")
+    rid = request_id()
     raw = request.get_data(cache=True)
     caller = hooks.authenticate(request.headers, raw, rid)
     data = hooks.parse(caller, raw, rid)

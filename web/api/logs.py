@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Any
 
 import marshmallow as ma
-from flask import g
 from flask_smorest import Blueprint
 from marshmallow import validate
 
@@ -19,7 +18,7 @@ from jobs.audit_stream import AuditEvent
 from scope.errors import NotFound
 from scope.roles import Permission
 from web.api.schemas import QuerySchema
-from web.context import principal, runtime, source
+from web.context import principal, request_id, runtime, source
 from web.guard import allow, audit_denied
 from web.services.logs import ACTION, service_logs
 
@@ -74,7 +73,7 @@ def get_logs(args: dict[str, Any], env: str, svc: str) -> dict[str, Any]:
         try:
             rt.audit.record(AuditEvent(actor=who, source=source(), action=ACTION, outcome="succeeded",
                                        environment=env, target=svc, detail=f"log group {body['log_group']}",
-                                       request_id=getattr(g, "request_id", "")))
+                                       request_id=request_id()))
         except Exception:
             sessions.forget(who, env, svc)
             raise

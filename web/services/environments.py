@@ -3,15 +3,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import g
-
 from cloud.ecs import EcsReader
 from jobs.service import job_dict
 from scope.catalog import Environment
 from scope.errors import NotFound
 from scope.roles import MUTATING, Permission, Role, allows
 from scope.schedule_store import ScheduleStore
-from web.context import principal, runtime, source
+from web.context import principal, request_id, runtime, source
 from web.guard import allow, audit_denied
 from web.services.schedule import ScheduleControl
 
@@ -50,7 +48,7 @@ def start_service_job(env: str, svc: str, action: str, permission: Permission) -
         audit_denied(action, env, svc, e.detail)
         raise
     job = rt.jobs.create(action=action, environment=env, target=svc, actor=principal().actor, source=source(),
-                         request_id=getattr(g, "request_id", ""),
+                         request_id=request_id(),
                          params={"requested_task_definition": state.task_definition})
     body = job_dict(job)
     return body, 202, {"Location": body["url"]}

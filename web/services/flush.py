@@ -4,15 +4,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import g
-
 from cloud.redis_targets import dry_run, validate_pattern
 from jobs.kinds import FLUSH
 from jobs.service import job_dict
 from scope.catalog import Environment, RedisTarget
 from scope.errors import NotFound, ValidationFailed
 from scope.roles import Permission
-from web.context import principal, runtime, source
+from web.context import principal, request_id, runtime, source
 from web.guard import allow, audit_denied
 
 log = logging.getLogger("valetkey.web")
@@ -53,7 +51,7 @@ def start_flush_job(env: str, name: str, pattern: str) -> dict[str, Any]:
     """Queue the flush; the job counts again and refuses above the target's max_keys."""
     environment, target, pattern = flush_target(env, name, pattern)
     job = runtime().jobs.create(action=FLUSH, environment=environment.name, target=job_target(target.name),
-                                actor=principal().actor, source=source(), request_id=getattr(g, "request_id", ""),
+                                actor=principal().actor, source=source(), request_id=request_id(),
                                 params={"redis_target": target.name, "pattern": pattern},
                                 detail=f"Pattern: {pattern}")
     return job_dict(job)

@@ -12,7 +12,6 @@ import datetime as dt
 from typing import Any, Callable
 
 import redis
-from flask import g
 
 from jobs.audit_stream import AuditEvent, AuditLog
 from jobs.schedule_nudge import PAUSE, RESUME, nudge
@@ -24,11 +23,11 @@ from scope.schedule_store import (
     NOT_PAUSED,
     Pause,
     ScheduleStore,
-    iso,
     parse_until,
     schedule_view,
 )
-from web.context import principal, runtime, source
+from scope.times import iso
+from web.context import principal, request_id, runtime, source
 from web.guard import allow, audit_denied
 
 
@@ -100,11 +99,11 @@ def pause_schedule(env: str, until: str | None) -> dict[str, Any]:
     assert environment.schedule is not None
     when = parse_until(until, environment.schedule, utcnow())
     return control().pause(environment, until=when, actor=principal().actor, source=source(),
-                           request_id=getattr(g, "request_id", ""))
+                           request_id=request_id())
 
 
 def resume_schedule(env: str) -> dict[str, Any]:
     """Resume the schedule of ``env``; the scheduler reconciles it at once."""
     environment = _schedulable(env, RESUME)
     return control().resume(environment, actor=principal().actor, source=source(),
-                            request_id=getattr(g, "request_id", ""))
+                            request_id=request_id())

@@ -4,13 +4,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import g
-
 from jobs.kinds import RUN_TASK
 from jobs.service import job_dict
 from scope.errors import Forbidden, ValidationFailed
 from scope.roles import Permission
-from web.context import principal, runtime, source
+from web.context import principal, request_id, runtime, source
 from web.guard import allow, audit_denied
 
 FAMILY = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
@@ -28,5 +26,5 @@ def start_task_job(env: str, family: str) -> dict[str, Any]:
         audit_denied(RUN_TASK, env, family, detail)
         raise Forbidden(detail)
     job = runtime().jobs.create(action=RUN_TASK, environment=environment.name, target=family,
-                                actor=principal().actor, source=source(), request_id=getattr(g, "request_id", ""))
+                                actor=principal().actor, source=source(), request_id=request_id())
     return job_dict(job)
