@@ -61,8 +61,8 @@ from scope.schedule_store import (
     Pause,
     Remembered,
     ScheduleStore,
-    iso,
 )
+from scope.times import iso, iso_or_none
 from wiring.runtime import Runtime
 
 log = logging.getLogger("valetkey.scheduler")
@@ -257,7 +257,7 @@ class Reconciler:
     def _record_pause_end(self, env: Environment, ended: Pause) -> None:
         self.audit.record(AuditEvent(
             actor=ACTOR, source=SOURCE, action=RESUME, outcome="succeeded", environment=env.name,
-            detail=f"The pause by {ended.by} ended at {iso(ended.until)}; the schedule applies again.",
+            detail=f"The pause by {ended.by} ended at {iso_or_none(ended.until)}; the schedule applies again.",
             before=ended.record(), after=dict(NOT_PAUSED)))
         log.info("%s: the pause by %s ended; the schedule applies again", env.name, ended.by)
 
