@@ -58,7 +58,7 @@ def row_values(stream_id: str, fields: dict[Any, Any]) -> dict[str, Any]:
         when = dt.datetime.now(dt.timezone.utc)
     return {"stream_id": stream_id, "time": when, "actor": ev.actor, "source": ev.source,
             "environment": ev.environment, "action": ev.action, "target": ev.target, "outcome": ev.outcome,
-            "detail": ev.detail, "job_id": ev.job_id, "before": ev.before or None, "after": ev.after or None,
+            "detail": ev.detail, "job_id": ev.job_id, "reason": ev.reason or "", "before": ev.before or None, "after": ev.after or None,
             "request_id": ev.request_id}
 
 

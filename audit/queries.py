@@ -193,8 +193,10 @@ def iso(t: dt.datetime) -> str:
 def entry_dict(e: Any, full: bool = True) -> dict[str, Any]:
     d: dict[str, Any] = {"id": e.id, "time": iso(e.time), "actor": e.actor,
                          "source": e.source, "environment": e.environment, "action": e.action,
-                         "target": e.target, "outcome": e.outcome, "detail": e.detail, "job_id": e.job_id}
+                         "target": e.target, "outcome": e.outcome, "detail": e.detail, "job_id": e.job_id,
+                         "reason": e.reason}
     if full:
-        d.update({"before": e.before, "after": e.after, "request_id": e.request_id,
-                  "prev_hash": e.prev_hash, "hash": e.hash})
+        # Every field the hash covers, so that an export can be verified on its own.
+        d.update({"prev_hash": e.prev_hash, "hash": e.hash, "before": e.before, "after": e.after,
+                  "request_id": e.request_id, "stream_id": e.stream_id})
     return d

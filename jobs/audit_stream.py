@@ -31,6 +31,7 @@ class AuditEvent:
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
     request_id: str = ""
+    reason: str = ""  # the reason the person gave, if any (an older exporter ignores it)
     time: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc)
                       .isoformat(timespec="microseconds").replace("+00:00", "Z"))
 
