@@ -75,9 +75,22 @@ def _entry(raw: dict[str, Any], where: str) -> dict[str, Any]:
     return e
 
 
+def _lines(f: IO[str], size: int = 1 << 16) -> Iterator[str]:
+    """The text in lines ended by LF only (the export's line end; a CR inside a cell is data), so
+    that line numbers are the ones ``grep -n`` and editors show."""
+    buf = ""
+    while chunk := f.read(size):
+        buf += chunk
+        *full, buf = buf.split("\n")
+        for ln in full:
+            yield ln + "\n"
+    if buf:
+        yield buf
+
+
 def read_csv(f: IO[str]) -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, entry) per record; ``where`` names the line the record starts on."""
-    reader = csv.reader(f)
+    reader = csv.reader(_lines(f))
     header = next(reader, None)
     if header is None:
         raise ExportFormatError("line 1", "the file is empty")
@@ -107,7 +120,7 @@ def read_json(f: IO[str]) -> Iterator[tuple[str, dict[str, Any]]]:
         out = []
         try:
             for n, ln in enumerate(lines[1:], start=2):
-                body = ln.strip().removeprefix(",").strip()
+                body = ln.strip().removeprefix(",").removesuffix(",").strip()
                 if body in ("]", ""):
                     continue
                 out.append((f"line {n}", json.loads(body)))
