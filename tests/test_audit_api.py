@@ -18,7 +18,7 @@ import pytest
 
 from audit.chain import PURGE_ACTION
 from audit.export import CSV_COLUMNS, _sqlite_csv, csv_row, write_csv, write_export
-from audit.queries import AuditFilter, entry_dict, iterate
+from audit.queries import AuditFilter, iterate
 from audit.retention import purge
 from tests.conftest import PASSWORD, seed_cluster
 from tests.test_audit_exporter import ago, event, export_all
