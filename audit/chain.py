@@ -18,6 +18,12 @@ GENESIS = "0" * 64
 # that the ids auditors cite ("entry 1234") are covered by the chain too.
 FIELDS = ("id", "stream_id", "time", "actor", "source", "environment", "action", "target", "outcome",
           "detail", "job_id", "before", "after", "request_id")
+# Fields added after the chain's first version. Each enters the hash input only when it is set
+# (not empty or None): a row written before the field existed, stored with it empty, hashes exactly
+# as it did then, so old chains still verify, while a value set on a new row is covered (and
+# setting or clearing one later changes the hash). The version of the hash input is thus implied by
+# the row itself; a future field is added here the same way, never to FIELDS.
+LATER_FIELDS = ("reason",)
 
 # A retention purge is itself an audit entry; its detail names the new start
 # of the chain (the last purged row), which ``verify`` uses as its anchor.
@@ -29,10 +35,19 @@ def _get(entry: Any, name: str) -> Any:
     return entry[name] if isinstance(entry, Mapping) else getattr(entry, name)
 
 
+def _get_later(entry: Any, name: str) -> Any:
+    return entry.get(name) if isinstance(entry, Mapping) else getattr(entry, name, None)
+
+
 def canonical(entry: Any) -> bytes:
     """A stable encoding of a row (a mapping, an ORM object or a Core row): sorted keys, UTC time, no whitespace."""
     data: dict[str, Any] = {f: _get(entry, f) for f in FIELDS}
+    for f in LATER_FIELDS:
+        v = _get_later(entry, f)
+        if v not in (None, ""):
+            data[f] = v
     t: dt.datetime = data["time"]
+    # Hash input, not display: "+00:00" (not "Z") since the first entry; never change it.
     data["time"] = t.astimezone(dt.timezone.utc).isoformat(timespec="microseconds")
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 

@@ -5,8 +5,12 @@ throughput as well as memory (bench/export.py measures it against the
 databases' own CSV tools). The format is the same on every path: a header
 row, ``\\n`` line ends, the id bare and every other cell in double quotes
 (``csv.QUOTE_NONNUMERIC``; quotes inside doubled), a cell starting with
-``= + - @`` TAB or CR prefixed with ``'``. Quoting every text cell is what lets
-the database write the CSV itself:
+``= + - @`` TAB CR LF or NUL prefixed with ``'`` (reversibly: see
+``audit.exportfile``, which also reads exports back and verifies them). The
+columns are the contract's, then the other fields the hash covers (request
+id, stream id, and ``before``/``after`` as JSON text, ``null`` for none), so
+that a CSV export can be verified on its own. Quoting every text cell is what
+lets the database write the CSV itself:
 
 - PostgreSQL: ``COPY (SELECT ...) TO STDOUT WITH (FORMAT csv, FORCE_QUOTE ...)``.
 - SQLite: keyset batches, each assembled by SQLite into one string
@@ -15,8 +19,8 @@ the database write the CSV itself:
   tested against.
 
 In the database's output a formula-like cell is always ``,"`` followed by one
-of those characters (inside a quoted cell a ``"`` is doubled, so the sequence
-cannot occur there): one regular-expression pass per chunk finds them, and
+of those characters, or by ``'``s and one of them (inside a quoted cell a ``"``
+is doubled, so the sequence cannot occur there): one regular-expression pass per chunk finds them, and
 only those cells are touched.
 """
 from __future__ import annotations
@@ -29,26 +33,28 @@ import re
 import threading
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
-from sqlalchemy import Engine, LargeBinary, String, bindparam, cast, func, select, type_coerce
+from sqlalchemy import Engine, LargeBinary, String, Text, bindparam, cast, func, select, type_coerce
 from sqlalchemy.orm import Session, sessionmaker
 
+from audit.exportfile import CSV_COLUMNS, FORMULA_START, JSON_COLUMNS, csv_safe
 from audit.queries import AuditFilter, entry_dict, iterate, scoped
 from scope.models import AuditEntry
 
+__all__ = ["CSV_COLUMNS", "FORMULA_START", "csv_safe", "csv_row", "write_csv", "write_json", "write_export"]
+
 T = TypeVar("T")
-CSV_COLUMNS = ("id", "time", "actor", "source", "environment", "action", "target", "outcome", "detail", "job_id")
 TEXT_COLUMNS = CSV_COLUMNS[2:]
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 CHUNK = 256 * 1024  # bytes per yielded piece: few writes to the socket, small enough to stay flat
 BATCH = 10_000  # rows per keyset query on SQLite
 _HEADER = ",".join(CSV_COLUMNS) + "\n"
-_FORMULA = re.compile(rb',"[=+\-@\t\r]')
+_FORMULA = re.compile(rb',"\'*[=+\-@\t\r\n\x00]')
 
 
-def csv_safe(value: object) -> str:
-    """Neutralise spreadsheet formulas: a cell starting with = + - @ TAB or CR gets a leading '."""
-    s = "" if value is None else str(value)
-    return "'" + s if s.startswith(FORMULA_START) else s
+def csv_row(e: Any) -> list[Any]:
+    """A row's cells in CSV_COLUMNS order (before escaping): the id an int, the time ISO text,
+    ``before``/``after`` as the JSON text they are stored as."""
+    d = entry_dict(e)
+    return [d[c] if c not in JSON_COLUMNS else json.dumps(d[c]) for c in CSV_COLUMNS]
 
 
 def write_csv(rows: Iterable[Sequence[Any]]) -> Iterator[str]:
@@ -101,8 +107,7 @@ def _engine(sessions: sessionmaker[Session]) -> Engine:
 
 def _reference_csv(sessions: sessionmaker[Session], flt: AuditFilter,
                    environments: list[str] | None) -> Iterator[bytes]:
-    rows = ([d[c] for c in CSV_COLUMNS] for d in
-            (entry_dict(r, full=False) for r in iterate(sessions, flt, environments)))
+    rows = (csv_row(r) for r in iterate(sessions, flt, environments))
     for piece in write_csv(rows):
         yield piece.encode()
 
@@ -113,7 +118,7 @@ def _sqlite_csv(sessions: sessionmaker[Session], flt: AuditFilter, environments:
     # one replace away, identical to entry_dict's (the tests hold the paths together).
     fmt = ",".join(['%d', '"%sZ"'] + ['"%w"'] * len(TEXT_COLUMNS))
     line = func.printf(fmt, AuditEntry.id, func.replace(type_coerce(AuditEntry.time, String), " ", "T"),
-                       *[getattr(AuditEntry, c) for c in TEXT_COLUMNS])
+                       *[_text_column(c) for c in TEXT_COLUMNS])
     inner = scoped(flt.apply(select(AuditEntry.id.label("id"), line.label("line"))), environments) \
         .where(AuditEntry.id > bindparam("last")).order_by(AuditEntry.id).limit(batch).subquery()
     q = select(func.count(), func.min(inner.c.id), func.max(inner.c.id),
@@ -146,8 +151,7 @@ def _rows_between(sessions: sessionmaker[Session], flt: AuditFilter, environment
         .where(AuditEntry.id >= first, AuditEntry.id <= last).order_by(AuditEntry.id)
     with sessions() as s:
         for r in s.execute(q):
-            d = entry_dict(r, full=False)
-            yield [d[c] for c in CSV_COLUMNS]
+            yield csv_row(r)
 
 
 _DONE = object()
@@ -196,10 +200,19 @@ def _prefetched(produce: Callable[[], Iterator[T]], depth: int = 2) -> Iterator[
         worker.join(timeout=10)
 
 
+def _text_column(name: str) -> Any:
+    """A CSV column as the database's text: JSON documents as stored (SQL NULL as ``null``)."""
+    col = getattr(AuditEntry, name)
+    if name in JSON_COLUMNS:
+        return func.coalesce(type_coerce(col, Text), "null")
+    return col
+
+
 def _pg_csv(sessions: sessionmaker[Session], flt: AuditFilter, environments: list[str] | None) -> Iterator[bytes]:
     cols = [AuditEntry.id.label("id"),
             func.to_char(func.timezone("UTC", AuditEntry.time), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"').label("time"),
-            *[getattr(AuditEntry, c).label(c) for c in TEXT_COLUMNS]]
+            *[(func.coalesce(cast(getattr(AuditEntry, c), Text), "null") if c in JSON_COLUMNS
+               else getattr(AuditEntry, c)).label(c) for c in TEXT_COLUMNS]]
     q = scoped(flt.apply(select(*cols)), environments).order_by(AuditEntry.id)
     engine = _engine(sessions)
     compiled = q.compile(dialect=engine.dialect, compile_kwargs={"render_postcompile": True})

@@ -30,19 +30,15 @@ from audit.ledger import append, lock_head
 from audit.retention import Retention
 from jobs.audit_stream import GROUP, STREAM, AuditEvent
 from scope.models import AuditEntry
+from scope.text import as_text
+from scope.times import parse_iso
 
 log = logging.getLogger("valetkey.exporter")
 Entry = tuple[Any, dict[Any, Any]]
 
 
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def parse_time(value: str) -> dt.datetime:
-    """An event's time as an aware UTC datetime (what the database returns, so the hash is stable)."""
-    t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return (t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).astimezone(dt.timezone.utc)
+# An event's time as an aware UTC datetime (what the database returns, so the hash is stable).
+parse_time = parse_iso
 
 
 def row_values(stream_id: str, fields: dict[Any, Any]) -> dict[str, Any]:
@@ -54,11 +50,11 @@ def row_values(stream_id: str, fields: dict[Any, Any]) -> dict[str, Any]:
         log.error("malformed audit stream entry %s", stream_id)
         raw = fields.get(b"event") or fields.get("event") or b""
         ev = AuditEvent(actor="?", source="", action="", outcome="failed",
-                        detail=f"malformed audit stream entry: {_s(raw)[:2000]}")
+                        detail=f"malformed audit stream entry: {as_text(raw)[:2000]}")
         when = dt.datetime.now(dt.timezone.utc)
     return {"stream_id": stream_id, "time": when, "actor": ev.actor, "source": ev.source,
             "environment": ev.environment, "action": ev.action, "target": ev.target, "outcome": ev.outcome,
-            "detail": ev.detail, "job_id": ev.job_id, "before": ev.before or None, "after": ev.after or None,
+            "detail": ev.detail, "job_id": ev.job_id, "reason": ev.reason or "", "before": ev.before or None, "after": ev.after or None,
             "request_id": ev.request_id}
 
 
@@ -112,24 +108,24 @@ class Exporter:
         dead: list[Any] = []
         entries: list[Entry] = []
         if self._retry_own:
-            got = self.r.xreadgroup(GROUP, self.consumer, {self.stream: "0"}, count=self.batch)
+            got: Any = self.r.xreadgroup(GROUP, self.consumer, {self.stream: "0"}, count=self.batch)
             own = got[0][1] if got else []
             entries = [(i, f) for i, f in own if f]
             dead += [i for i, f in own if not f]
             if not own:
                 self._retry_own = False
         if not entries:
-            nxt, claimed, *deleted = self.r.xautoclaim(self.stream, GROUP, self.consumer,
-                                                       min_idle_time=self.claim_idle_ms,
-                                                       start_id=self._claim_cursor, count=self.batch)
-            self._claim_cursor = _s(nxt)
+            reply: Any = self.r.xautoclaim(self.stream, GROUP, self.consumer, min_idle_time=self.claim_idle_ms,
+                                           start_id=self._claim_cursor, count=self.batch)
+            nxt, claimed, *deleted = reply
+            self._claim_cursor = as_text(nxt)
             entries = [(i, f) for i, f in claimed if f]
             dead += [i for i, f in claimed if not f]
             if deleted and deleted[0]:
-                log.error("audit stream entries deleted before export: %s", [_s(i) for i in deleted[0]])
+                log.error("audit stream entries deleted before export: %s", [as_text(i) for i in deleted[0]])
         if dead:
             # Entries deleted from the stream while pending cannot be exported; drop them from the PEL.
-            log.error("audit stream entries deleted before export: %s", [_s(i) for i in dead])
+            log.error("audit stream entries deleted before export: %s", [as_text(i) for i in dead])
             self.r.xack(self.stream, GROUP, *dead)
         if not entries:
             got = self.r.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=self.batch,
@@ -141,11 +137,11 @@ class Exporter:
         """Insert the entries not yet stored, in one transaction; returns how many were new."""
         with self.sessions.begin() as s:
             head = lock_head(s)  # before reading anything (see audit.ledger)
-            ids = [_s(i) for i, _ in entries]
+            ids = [as_text(i) for i, _ in entries]
             seen = set(s.scalars(select(AuditEntry.stream_id).where(AuditEntry.stream_id.in_(ids))))
             rows = []
             for raw_id, fields in entries:
-                sid = _s(raw_id)
+                sid = as_text(raw_id)
                 if sid not in seen:
                     seen.add(sid)
                     rows.append(row_values(sid, fields))
@@ -168,22 +164,22 @@ class Exporter:
         """Drop entries below the oldest one that is pending or not yet delivered."""
         # Read the group before the PEL: if entries are delivered in between,
         # the floor computed from the older last-delivered id is only lower.
-        groups = {_s(g["name"]): g for g in self.r.xinfo_groups(self.stream)}
+        groups = {as_text(g["name"]): g for g in self.r.xinfo_groups(self.stream)}
         g = groups.get(GROUP)
         if g is None:
             return
         pending = self.r.xpending(self.stream, GROUP)
         if pending and pending.get("pending"):
-            floor = _s(pending["min"])
+            floor = as_text(pending["min"])
         else:
-            ms, seq = (int(x) for x in _s(g["last-delivered-id"]).split("-"))
+            ms, seq = (int(x) for x in as_text(g["last-delivered-id"]).split("-"))
             floor = f"{ms}-{seq + 1}"
         self.r.xtrim(self.stream, minid=floor, approximate=False)
 
     def forget_dead_consumers(self, idle_ms: int = 3_600_000) -> None:
         """Remove consumers (dead exporters' names) that hold nothing and have been silent for an hour."""
         for c in self.r.xinfo_consumers(self.stream, GROUP):
-            name = _s(c["name"])
+            name = as_text(c["name"])
             if name != self.consumer and int(c["pending"]) == 0 and int(c["idle"]) > idle_ms:
                 self.r.xgroup_delconsumer(self.stream, GROUP, name)
 

@@ -24,7 +24,7 @@ log = logging.getLogger("valetkey.audit")
 _WIDTHS: dict[str, int] = {c.name: c.type.length for c in AuditEntry.__table__.columns
                            if isinstance(c.type, String) and c.type.length}
 TEXT_FIELDS = ("stream_id", "actor", "source", "environment", "action", "target", "outcome", "detail",
-               "job_id", "request_id")
+               "job_id", "request_id", "reason")
 
 
 @dataclass

@@ -12,28 +12,22 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from audit.chain import GENESIS, PURGE_ACTION, VerifyResult, purge_anchor, verify
 from jobs.kinds import AUDIT_ACTIONS, AUDIT_OUTCOMES
+from scope import times
 from scope.errors import ValidationFailed
 from scope.models import AuditEntry, AuditHead
+from scope.times import parse_instant, utcnow
 
 MAX_LIMIT = 1000
 # The contract's actions plus the retention purge's own entries (see audit.retention).
 FILTER_ACTIONS = (*AUDIT_ACTIONS, PURGE_ACTION)
-_RELATIVE = re.compile(r"^(\d+)([smhd])$")
 
 
 def parse_when(name: str, value: str, now: dt.datetime | None = None) -> dt.datetime:
     """ISO 8601 (date or date-time; naive means UTC) or relative (15m, 2h, 7d before now)."""
-    v = value.strip()
-    problem = [f"not a date or time: {value[:64]!r} (use ISO 8601 like 2026-11-24T18:00:00Z, or 15m / 2h / 7d)"]
-    m = _RELATIVE.match(v)
     try:
-        if m:
-            unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m[2]]
-            return (now or dt.datetime.now(dt.timezone.utc)) - dt.timedelta(**{unit: int(m[1])})
-        t = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
-        return (t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).astimezone(dt.timezone.utc)
-    except (ValueError, OverflowError):  # overflow: "99999999d" or a year beyond 9999 after the offset
-        raise ValidationFailed({name: problem}) from None
+        return parse_instant(value, now or utcnow())
+    except ValueError as e:
+        raise ValidationFailed({name: [str(e)]}) from None
 
 
 @dataclass(frozen=True)
@@ -187,14 +181,16 @@ def _verify_once(sessions: sessionmaker[Session]) -> VerifyResult:
 
 def iso(t: dt.datetime) -> str:
     """ISO 8601 UTC with microseconds and Z: the same text as the CSV export's time column."""
-    return t.astimezone(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return times.iso(t, "microseconds")
 
 
 def entry_dict(e: Any, full: bool = True) -> dict[str, Any]:
     d: dict[str, Any] = {"id": e.id, "time": iso(e.time), "actor": e.actor,
                          "source": e.source, "environment": e.environment, "action": e.action,
-                         "target": e.target, "outcome": e.outcome, "detail": e.detail, "job_id": e.job_id}
+                         "target": e.target, "outcome": e.outcome, "detail": e.detail, "job_id": e.job_id,
+                         "reason": e.reason}
     if full:
-        d.update({"before": e.before, "after": e.after, "request_id": e.request_id,
-                  "prev_hash": e.prev_hash, "hash": e.hash})
+        # Every field the hash covers, so that an export can be verified on its own.
+        d.update({"prev_hash": e.prev_hash, "hash": e.hash, "before": e.before, "after": e.after,
+                  "request_id": e.request_id, "stream_id": e.stream_id})
     return d

@@ -42,6 +42,12 @@ def parse_duration(value: str) -> dt.timedelta:
     return dt.timedelta(**{_UNITS[m[2]]: int(m[1])})
 
 
+def parse_iso(value: str) -> dt.datetime:
+    """ISO 8601 as an aware UTC datetime (a naive time is UTC); ValueError otherwise."""
+    t = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).astimezone(UTC)
+
+
 def parse_instant(value: str, now: dt.datetime) -> dt.datetime:
     """ISO 8601 (a naive time is UTC), ``now``, or an age before ``now`` (``15m``, ``2h``, ``7d``, ``1w``).
 
@@ -53,8 +59,7 @@ def parse_instant(value: str, now: dt.datetime) -> dt.datetime:
             return now
         if _AGE.match(v):
             return now - parse_duration(v)
-        t = dt.datetime.fromisoformat(v.replace("Z", "+00:00").replace("z", "+00:00"))
-        return (t if t.tzinfo else t.replace(tzinfo=UTC)).astimezone(UTC)
+        return parse_iso(v)
     except (ValueError, OverflowError):  # overflow: an age reaching before year 1, or a year past 9999
         raise ValueError(f"not a date or time: {value[:64]!r} (use ISO 8601 like 2026-11-24T18:00:00Z, "
                          "or an age like 15m, 2h, 7d)") from None
