@@ -7,7 +7,7 @@ credentials are refreshable, so botocore renews them before they expire.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import boto3
 import botocore.session
@@ -15,6 +15,11 @@ from botocore.config import Config
 from botocore.credentials import DeferredRefreshableCredentials
 
 from scope.catalog import Environment
+
+if TYPE_CHECKING:
+    from mypy_boto3_ecs import ECSClient
+    from mypy_boto3_logs import CloudWatchLogsClient
+    from mypy_boto3_sts import STSClient
 
 # Connect/read timeouts keep a hung AWS endpoint from pinning a worker thread;
 # "standard" retry mode retries throttling and 5xx a few times with backoff.
@@ -25,10 +30,13 @@ ASSUME_DURATION = 3600
 
 
 def _assume_role_refresher(base: boto3.Session, env: Environment) -> Callable[[], dict[str, Any]]:
-    sts = base.client("sts", region_name=env.region, config=DEFAULT_CONFIG)
+    role_arn, external_id = env.role_arn, env.external_id
+    if not role_arn or not external_id:  # the catalog refuses one without the other
+        raise ValueError(f"{env.name}: assuming a role needs both role_arn and external_id")
+    sts: STSClient = base.client("sts", region_name=env.region, config=DEFAULT_CONFIG)
 
     def refresh() -> dict[str, Any]:
-        creds = sts.assume_role(RoleArn=env.role_arn, ExternalId=env.external_id,
+        creds = sts.assume_role(RoleArn=role_arn, ExternalId=external_id,
                                 RoleSessionName=f"valetkey-{env.name}"[:64],
                                 DurationSeconds=ASSUME_DURATION)["Credentials"]
         return {"access_key": creds["AccessKeyId"], "secret_key": creds["SecretAccessKey"],
@@ -72,8 +80,10 @@ class AwsClients:
                     self._clients[key] = c
         return c
 
-    def ecs(self, env: Environment) -> Any:
-        return self.client(env, "ecs")
+    def ecs(self, env: Environment) -> ECSClient:
+        client: ECSClient = self.client(env, "ecs")
+        return client
 
-    def logs(self, env: Environment) -> Any:
-        return self.client(env, "logs")
+    def logs(self, env: Environment) -> CloudWatchLogsClient:
+        client: CloudWatchLogsClient = self.client(env, "logs")
+        return client

@@ -8,28 +8,30 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from cloud.ecs_types import DeploymentStatus, RolloutState, ServiceHealth, ServiceStatus, TaskStatus
+from cloud.errors import AWS_ERRORS, aws_error
+from cloud.task_definitions import main_container, short_td
+from scope.errors import NotFound
 
-from scope.errors import NotFound, UpstreamError
+if TYPE_CHECKING:
+    from mypy_boto3_ecs import ECSClient
+    from mypy_boto3_ecs.type_defs import (
+        ListTasksRequestTypeDef,
+        ServiceTypeDef,
+        TaskDefinitionTypeDef,
+        TaskTypeDef,
+    )
 
-
-def aws_error(e: Exception, doing: str) -> UpstreamError:
-    """A safe, short message for an AWS failure (no request ids, no credentials)."""
-    if isinstance(e, ClientError):
-        code = e.response.get("Error", {}).get("Code", "Error")
-        if code in ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation"):
-            return UpstreamError(f"AccessDenied while {doing}: Valet Key's AWS role lacks a permission.", code=code)
-        return UpstreamError(f"AWS refused {doing}: {code}.", code=code)
-    return UpstreamError(f"AWS did not answer while {doing} ({type(e).__name__}).", code=type(e).__name__)
+__all__ = ["Deployment", "EcsReader", "ServiceState", "short_td"]
 
 
 @dataclass
 class Deployment:
     id: str
-    status: str  # PRIMARY / ACTIVE
-    rollout_state: str
+    status: str  # as AWS sent it: a DeploymentStatus
+    rollout_state: str  # a RolloutState, "" when ECS reports none
     task_definition: str
     desired: int
     running: int
@@ -41,7 +43,7 @@ class Deployment:
 @dataclass
 class ServiceState:
     name: str
-    status: str  # HEALTHY, DEPLOYING, DEGRADED, STOPPED, FAILED, INACTIVE
+    status: ServiceHealth
     desired: int
     running: int
     pending: int
@@ -55,14 +57,14 @@ class ServiceState:
 
     @property
     def primary(self) -> Deployment | None:
-        return next((d for d in self.deployments if d.status == "PRIMARY"), None)
+        return next((d for d in self.deployments if d.status == DeploymentStatus.PRIMARY), None)
 
     @property
     def stable(self) -> bool:
         """One deployment, all desired tasks running, none pending, rollout not failed."""
         p = self.primary
         return (len(self.deployments) == 1 and p is not None and self.running == self.desired
-                and self.pending == 0 and p.rollout_state not in ("FAILED", "IN_PROGRESS"))
+                and self.pending == 0 and p.rollout_state not in (RolloutState.FAILED, RolloutState.IN_PROGRESS))
 
     def record(self) -> dict[str, Any]:
         """The state as stored in job rows and audit entries (before/after).
@@ -79,34 +81,34 @@ class ServiceState:
         return d
 
 
-def short_td(arn: str) -> str:
-    """arn:aws:ecs:...:task-definition/family:3 -> family:3"""
-    return arn.rsplit("/", 1)[-1]
-
-
-def _status(svc: dict[str, Any], deployments: list[Deployment]) -> str:
-    if svc.get("status") != "ACTIVE":
-        return svc.get("status", "INACTIVE")
-    primary = next((d for d in deployments if d.status == "PRIMARY"), None)
-    if primary and primary.rollout_state == "FAILED":
-        return "FAILED"
+def _health(svc: ServiceTypeDef, deployments: list[Deployment]) -> ServiceHealth:
+    if svc.get("status") != ServiceStatus.ACTIVE:
+        return ServiceHealth.DRAINING if svc.get("status") == ServiceStatus.DRAINING else ServiceHealth.INACTIVE
+    primary = next((d for d in deployments if d.status == DeploymentStatus.PRIMARY), None)
+    if primary and primary.rollout_state == RolloutState.FAILED:
+        return ServiceHealth.FAILED
     desired, running = svc.get("desiredCount", 0), svc.get("runningCount", 0)
     if desired == 0 and running == 0:
-        return "STOPPED"
-    if len(deployments) > 1 or (primary and primary.rollout_state == "IN_PROGRESS"):
-        return "DEPLOYING"
+        return ServiceHealth.STOPPED
+    if len(deployments) > 1 or (primary and primary.rollout_state == RolloutState.IN_PROGRESS):
+        return ServiceHealth.DEPLOYING
     if running < desired:
-        return "DEGRADED"
-    return "HEALTHY"
+        return ServiceHealth.DEGRADED
+    return ServiceHealth.HEALTHY
+
+
+def active(services: list[ServiceTypeDef]) -> list[ServiceTypeDef]:
+    """The services (DescribeServices dicts) that are ACTIVE: draining and deleted ones are not there for us."""
+    return [s for s in services if s.get("status") == ServiceStatus.ACTIVE]
 
 
 class EcsReader:
     """Reads service state through a given ECS client; caches immutable task definitions."""
 
-    _td_cache: dict[str, dict[str, Any]] = {}
+    _td_cache: dict[str, TaskDefinitionTypeDef] = {}
     _td_lock = threading.Lock()
 
-    def __init__(self, ecs: Any, cluster: str) -> None:
+    def __init__(self, ecs: ECSClient, cluster: str) -> None:
         self.ecs, self.cluster = ecs, cluster
 
     def service_names(self) -> list[str]:
@@ -114,28 +116,28 @@ class EcsReader:
         try:
             for page in self.ecs.get_paginator("list_services").paginate(cluster=self.cluster):
                 names += [a.rsplit("/", 1)[-1] for a in page.get("serviceArns", [])]
-        except (ClientError, BotoCoreError) as e:
+        except AWS_ERRORS as e:
             raise aws_error(e, f"listing the services of cluster {self.cluster}") from e
         return sorted(names)
 
-    def describe(self, names: list[str]) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
+    def describe(self, names: list[str]) -> list[ServiceTypeDef]:
+        out: list[ServiceTypeDef] = []
         try:
             for i in range(0, len(names), 10):  # DescribeServices takes at most 10
                 resp = self.ecs.describe_services(cluster=self.cluster, services=names[i:i + 10])
                 out += resp.get("services", [])
-        except (ClientError, BotoCoreError) as e:
+        except AWS_ERRORS as e:
             raise aws_error(e, f"describing services in cluster {self.cluster}") from e
         return out
 
-    def task_definition(self, arn: str) -> dict[str, Any]:
+    def task_definition(self, arn: str) -> TaskDefinitionTypeDef:
         # Task definition revisions are immutable, so caching them for the
         # process lifetime is always correct.
         td = self._td_cache.get(arn)
         if td is None:
             try:
                 td = self.ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"]
-            except (ClientError, BotoCoreError) as e:
+            except AWS_ERRORS as e:
                 raise aws_error(e, f"reading task definition {short_td(arn)}") from e
             with self._td_lock:
                 self._td_cache[arn] = td
@@ -144,11 +146,10 @@ class EcsReader:
     def image_of(self, td_arn: str) -> str:
         if not td_arn:
             return ""
-        containers = self.task_definition(td_arn).get("containerDefinitions", [])
-        main = next((c for c in containers if c.get("essential", True)), containers[0] if containers else {})
-        return str(main.get("image", ""))
+        main = main_container(self.task_definition(td_arn))
+        return str(main.get("image", "")) if main else ""
 
-    def state_from(self, svc: dict[str, Any], with_digests: bool = False) -> ServiceState:
+    def state_from(self, svc: ServiceTypeDef, with_digests: bool = False) -> ServiceState:
         deployments = [Deployment(
             id=d.get("id", ""), status=d.get("status", ""), rollout_state=d.get("rolloutState", ""),
             task_definition=short_td(d.get("taskDefinition", "")), desired=d.get("desiredCount", 0),
@@ -157,9 +158,9 @@ class EcsReader:
             for d in svc.get("deployments", [])]
         td = svc.get("taskDefinition", "")
         dc = svc.get("deploymentConfiguration", {})
-        created = [d.get("createdAt") for d in svc.get("deployments", []) if d.get("createdAt")]
+        created = [at for d in svc.get("deployments", []) if (at := d.get("createdAt"))]
         state = ServiceState(
-            name=svc["serviceName"], status=_status(svc, deployments),
+            name=svc["serviceName"], status=_health(svc, deployments),
             desired=svc.get("desiredCount", 0), running=svc.get("runningCount", 0),
             pending=svc.get("pendingCount", 0), task_definition=short_td(td), image=self.image_of(td),
             deployments=deployments, min_healthy_percent=dc.get("minimumHealthyPercent", 100),
@@ -170,39 +171,39 @@ class EcsReader:
         return state
 
     def services(self) -> list[ServiceState]:
-        return [self.state_from(s) for s in self.describe(self.service_names()) if s.get("status") == "ACTIVE"]
+        return [self.state_from(s) for s in active(self.describe(self.service_names()))]
 
     def service(self, name: str, with_digests: bool = False) -> ServiceState:
         """The state of one service; NotFound when it is not an active service of this cluster."""
-        found = [s for s in self.describe([name]) if s.get("status") == "ACTIVE"]
+        found = active(self.describe([name]))
         if not found:
             raise NotFound(f"No service named {name!r} in this environment.")
         return self.state_from(found[0], with_digests)
 
-    def running_tasks(self, service: str) -> list[dict[str, Any]]:
+    def running_tasks(self, service: str) -> list[TaskTypeDef]:
         """The service's tasks that are RUNNING, found by their group (``service:NAME``)."""
         arns: list[str] = []
         try:
             # A plain nextToken loop: a paginator object costs more than the call it makes,
             # and a service rarely has more than one page (100) of tasks.
-            kw: dict[str, Any] = {"cluster": self.cluster, "serviceName": service, "desiredStatus": "RUNNING"}
+            kw: ListTasksRequestTypeDef = {"cluster": self.cluster, "serviceName": service, "desiredStatus": TaskStatus.RUNNING.value}
             while True:
                 page = self.ecs.list_tasks(**kw)
                 arns += page.get("taskArns", [])
                 if not page.get("nextToken"):
                     break
                 kw["nextToken"] = page["nextToken"]
-            tasks: list[dict[str, Any]] = []
+            tasks: list[TaskTypeDef] = []
             for i in range(0, len(arns), 100):
                 tasks += self.ecs.describe_tasks(cluster=self.cluster, tasks=arns[i:i + 100]).get("tasks", [])
-        except (ClientError, BotoCoreError) as e:
+        except AWS_ERRORS as e:
             raise aws_error(e, f"listing the tasks of {service}") from e
         # Filter by group too: some ECS implementations ignore serviceName.
-        return [t for t in tasks if t.get("group") == f"service:{service}" and t.get("lastStatus") == "RUNNING"]
+        return [t for t in tasks if t.get("group") == f"service:{service}" and t.get("lastStatus") == TaskStatus.RUNNING]
 
     def image_digests(self, service: str) -> list[str]:
         return self.digests_of(self.running_tasks(service))
 
     @staticmethod
-    def digests_of(tasks: list[dict[str, Any]]) -> list[str]:
+    def digests_of(tasks: list[TaskTypeDef]) -> list[str]:
         return sorted({c["imageDigest"] for t in tasks for c in t.get("containers", []) if c.get("imageDigest")})

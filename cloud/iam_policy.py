@@ -34,11 +34,16 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Sequence
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
+from cloud.errors import AWS_ERRORS, error_code
+from cloud.task_definitions import container_logs
 from scope.catalog import Catalog, Environment
+
+if TYPE_CHECKING:
+    from mypy_boto3_ecs import ECSClient
 
 VERSION = "2012-10-17"
 ECS_TASKS_SERVICE = "ecs-tasks.amazonaws.com"
@@ -216,29 +221,23 @@ class Discovery(NamedTuple):
 
 
 def _reason(e: Exception) -> str:
+    """For the operator running the CLI: AWS' code and message (their own account's words, not a user's)."""
     if isinstance(e, ClientError):
-        err = e.response.get("Error", {})
-        return f"{err.get('Code', 'error')}: {err.get('Message', '')}".rstrip(": ")
+        return f"{error_code(e)}: {e.response.get('Error', {}).get('Message', '')}".rstrip(": ")
     return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}".rstrip(": ")
 
 
 def _awslogs_groups(td: Mapping[str, Any], env: Environment, warnings: list[str]) -> list[str]:
     groups: list[str] = []
-    for c in td.get("containerDefinitions", []):
-        lc = c.get("logConfiguration") or {}
-        if lc.get("logDriver") != "awslogs":
+    for c in container_logs(td):
+        if not c.awslogs or not c.group:
             continue
-        opts = lc.get("options") or {}
-        group = opts.get("awslogs-group")
-        if not group:
-            continue
-        region = opts.get("awslogs-region")
-        if region and region != env.region:
-            warnings.append(f"{env.name}: log group {group} is in {region}, not {env.region}: "
+        if c.region and c.region != env.region:
+            warnings.append(f"{env.name}: log group {c.group} is in {c.region}, not {env.region}: "
                             f"not covered (Valet Key reads logs in the environment's region)")
             continue
-        if group not in groups:
-            groups.append(group)
+        if c.group not in groups:
+            groups.append(c.group)
     return groups
 
 
@@ -249,7 +248,7 @@ def _roles(td: Mapping[str, Any]) -> list[str]:
 class _TaskDefinitions:
     """describe_task_definition for one environment, each reference asked once; failures become warnings."""
 
-    def __init__(self, ecs: Any, env: Environment, warnings: list[str]) -> None:
+    def __init__(self, ecs: ECSClient, env: Environment, warnings: list[str]) -> None:
         self.ecs, self.env, self.warnings = ecs, env, warnings
         self.cache: dict[str, Mapping[str, Any] | None] = {}
         self.complete = True
@@ -258,14 +257,14 @@ class _TaskDefinitions:
         if ref not in self.cache:
             try:
                 self.cache[ref] = self.ecs.describe_task_definition(taskDefinition=ref)["taskDefinition"]
-            except (ClientError, BotoCoreError) as e:
+            except AWS_ERRORS as e:
                 self.warnings.append(f"{self.env.name}: task definition {ref}: {_reason(e)}")
                 self.cache[ref] = None
                 self.complete = False
         return self.cache[ref]
 
 
-def _services(ecs: Any, cluster: str) -> list[Mapping[str, Any]]:
+def _services(ecs: ECSClient, cluster: str) -> list[Mapping[str, Any]]:
     arns: list[str] = []
     for page in ecs.get_paginator("list_services").paginate(cluster=cluster):
         arns += page.get("serviceArns", [])
@@ -296,7 +295,7 @@ def discover(catalog: Catalog, aws_clients: Any) -> Discovery:
     for env in catalog:
         try:
             ecs = aws_clients.ecs(env)
-        except (ClientError, BotoCoreError) as e:
+        except AWS_ERRORS as e:
             warnings.append(f"{env.name}: no AWS client: {_reason(e)}")
             continue
         tds = _TaskDefinitions(ecs, env, warnings)
@@ -308,7 +307,7 @@ def discover(catalog: Catalog, aws_clients: Any) -> Discovery:
                 groups += [g for g in _awslogs_groups(td, env, warnings) if g not in groups]
         try:
             services = _services(ecs, env.cluster)
-        except (ClientError, BotoCoreError) as e:
+        except AWS_ERRORS as e:
             warnings.append(f"{env.name}: services of cluster {env.cluster}: {_reason(e)}")
             warnings.append(f"{env.name}: log groups unknown: logs access falls back to "
                             f"log-group:{FALLBACK_LOG_GROUP}")

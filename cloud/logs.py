@@ -31,13 +31,15 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import redis
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 from itsdangerous import BadData, URLSafeSerializer
 
-from cloud.ecs import EcsReader, aws_error, short_td
+from cloud.ecs import EcsReader, active
+from cloud.errors import AWS_ERRORS, AwsError, aws_error
+from cloud.task_definitions import main_container_logs, short_td
 from scope.errors import (
     NotFound,
     Unavailable,
@@ -45,6 +47,9 @@ from scope.errors import (
     ValetKeyError,
     ValidationFailed,
 )
+
+if TYPE_CHECKING:
+    from mypy_boto3_logs import CloudWatchLogsClient
 
 log = logging.getLogger("valetkey.logs")
 
@@ -63,8 +68,6 @@ QUANTUM_MS = 2_000
 AWS_PAGE = 2_500  # events per FilterLogEvents call; fixed so identical calls stay identical
 MAX_CALLS = 4  # FilterLogEvents calls per request; beyond, the cursor continues the scan
 MAX_MARKS = 48  # streams remembered in a cursor (keeps it well under URL limits)
-THROTTLE_CODES = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsException",
-                            "RequestLimitExceeded", "LimitExceededException"})
 CACHE_PREFIX = "valetkey:logs:"
 
 
@@ -95,33 +98,27 @@ class LogSource:
 
 def log_source(service: str, task_definition: Mapping[str, Any], region: str) -> LogSource:
     """The awslogs location of the service's main container (the one whose image the UI shows)."""
-    containers = list(task_definition.get("containerDefinitions", []))
-    main = next((c for c in containers if c.get("essential", True)), containers[0] if containers else None)
+    main = main_container_logs(task_definition)
     td = short_td(str(task_definition.get("taskDefinitionArn", ""))) or "its task definition"
     if main is None:
         raise LogsNotReadable(f"{service}: {td} has no containers, so it has no logs.")
-    conf = main.get("logConfiguration") or {}
-    driver = conf.get("logDriver")
-    if not driver:
+    if not main.driver:
         raise LogsNotReadable(f"{service} has no log configuration in {td}; Valet Key can only read awslogs.")
-    if driver != "awslogs":
-        raise LogsNotReadable(f"{service} logs with the {driver!r} driver; Valet Key can only read awslogs.")
-    opts = conf.get("options") or {}
-    group, prefix = opts.get("awslogs-group"), opts.get("awslogs-stream-prefix")
-    if not group:
+    if not main.awslogs:
+        raise LogsNotReadable(f"{service} logs with the {main.driver!r} driver; Valet Key can only read awslogs.")
+    if not main.group:
         raise LogsNotReadable(f"{service}: {td} sets no awslogs-group.")
-    if not prefix:
+    if not main.prefix:
         # Without a prefix, streams are named by container id and cannot be told
         # apart from other services' streams in a shared group: refuse rather than
         # risk showing someone else's logs.
         raise LogsNotReadable(f"{service}: {td} sets no awslogs-stream-prefix, so its streams cannot be told "
                               "apart from other services'; add one to read its logs here.")
-    log_region = opts.get("awslogs-region") or region
+    log_region = main.region or region
     if log_region != region:
         raise LogsNotReadable(f"{service} logs to region {log_region}, this environment is in {region}; "
                               "Valet Key reads logs in the environment's region only.")
-    name = str(main.get("name", ""))
-    return LogSource(group=str(group), stream_prefix=f"{prefix}/{name}/", container=name)
+    return LogSource(group=main.group, stream_prefix=main.stream_prefix, container=main.container)
 
 
 # ---- query parameters -----------------------------------------------------------
@@ -333,7 +330,7 @@ def _now_ms() -> int:
 class LogReader:
     """FilterLogEvents through a given CloudWatch Logs client, from a Position, without duplicates."""
 
-    def __init__(self, client: Any, cache: SharedCache | None = None, *, attempts: int = 3,
+    def __init__(self, client: CloudWatchLogsClient, cache: SharedCache | None = None, *, attempts: int = 3,
                  base_delay: float = 0.25, budget: float = 8.0, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], int] = _now_ms, cache_ttl_ms: int = QUANTUM_MS) -> None:
         self.client, self.cache = client, cache
@@ -349,22 +346,21 @@ class LogReader:
             try:
                 resp = self.client.filter_log_events(**params)
             except ClientError as e:
-                code = e.response.get("Error", {}).get("Code", "")
-                status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-                transient = code in THROTTLE_CODES or status >= 500 or code == "ServiceUnavailableException"
-                if not transient:
-                    if code == "ResourceNotFoundException":
+                err = aws_error(e, "reading the service's logs")
+                if not err.transient:
+                    if err.code == "ResourceNotFoundException":
                         return {"events": [], "missing": True, "at": self.clock()}
-                    if code == "InvalidParameterException":
+                    if err.code == "InvalidParameterException":
                         return {"invalid": True}
-                    raise aws_error(e, "reading the service's logs") from e
+                    raise err from e
                 if attempt == self.attempts or time.monotonic() - started + delay > self.budget:
-                    if code in THROTTLE_CODES:
+                    if err.throttled:
                         return {"throttled": True}
-                    raise UpstreamError("CloudWatch Logs did not answer; try again shortly.", code=code) from e
+                    raise AwsError("CloudWatch Logs did not answer; try again shortly.", err.code,
+                                   transient=True) from e
                 self.sleep(random.uniform(delay / 2, delay))  # jitter: many callers must not retry in step
                 delay *= 2
-            except BotoCoreError as e:
+            except AWS_ERRORS as e:
                 raise aws_error(e, "reading the service's logs") from e
             else:
                 return {"events": [{"timestamp": ev["timestamp"], "message": ev.get("message", ""),
@@ -525,7 +521,7 @@ class ServiceLogs:
 
     def _source_record(self, service: str) -> dict[str, Any]:
         try:
-            found = [s for s in self.ecs.describe([service]) if s.get("status") == "ACTIVE"]
+            found = active(self.ecs.describe([service]))
             if not found:
                 raise NotFound(f"No service named {service!r} in this environment.")
             td = self.ecs.task_definition(found[0]["taskDefinition"])

@@ -14,12 +14,13 @@ from typing import Any, Iterator, Mapping
 
 import redis
 from redis.cluster import RedisCluster
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
 
+from cloud.errors import REDIS_ERRORS, RedisTargetError
 from scope.catalog import RedisTarget
-from scope.errors import UpstreamError, ValidationFailed
+from scope.errors import ValidationFailed
+
+__all__ = ["RedisTargetError", "TargetClient", "dry_run", "literal_prefix", "pattern_problem", "validate_pattern"]
 
 GLOB_CHARS = "*?["
 # Key namespaces Valet Key itself writes (job events, audit stream, locks; the
@@ -82,16 +83,6 @@ def validate_pattern(pattern: Any) -> str:
     return str(pattern)
 
 
-class RedisTargetError(UpstreamError):
-    """A target Redis failed; the detail names the target only (never its URL or redis-py's text)."""
-
-    def __init__(self, target: str, doing: str, cause: BaseException) -> None:
-        # Connection trouble may pass; a refused password or command will not.
-        self.transient = isinstance(cause, (RedisConnectionError, RedisTimeoutError)) \
-            and not isinstance(cause, redis.exceptions.AuthenticationError)
-        super().__init__(f"Redis target {target!r} failed while {doing} ({type(cause).__name__}).")
-
-
 class TargetClient:
     """A connection to one flushable target; cluster mode is detected on connect."""
 
@@ -126,7 +117,7 @@ class TargetClient:
     def _safe(name: str, doing: str) -> Iterator[None]:
         try:
             yield
-        except (RedisError, RedisClusterException, OSError, ValueError) as e:
+        except REDIS_ERRORS as e:
             # ``from None``: redis-py messages carry host, port or URL parts;
             # no traceback of this error may end up in a log or a response.
             raise RedisTargetError(name, doing, e) from None

@@ -70,6 +70,28 @@ class Unavailable(ValetKeyError):
 
 
 class UpstreamError(ValetKeyError):
-    """AWS (or a target Redis) refused or failed; the detail is safe to show."""
+    """AWS (or a target Redis) refused or failed; the detail is safe to show.
+
+    ``transient``: the same call may succeed later (throttling, 5xx, a timeout);
+    set by the classifier in ``cloud.errors``, which raises these at the edge.
+    """
 
     status, title = 502, "Bad Gateway"
+    transient: bool = False
+
+
+class OperationFailed(ValetKeyError):
+    """A job's operation ran and did not reach its goal; ``detail`` is the human reason."""
+
+    status, title = 502, "Operation failed"
+
+
+class TransientError(ValetKeyError):
+    """Throttling, 5xx or a timeout that outlasted botocore's own retries: retry the job later."""
+
+    status, title = 503, "Temporarily unavailable"
+
+
+def job_error(e: UpstreamError, suffix: str = "") -> OperationFailed | TransientError:
+    """How an upstream failure ends a job: retried later when transient, failed otherwise."""
+    return (TransientError if e.transient else OperationFailed)(e.detail + suffix)

@@ -8,8 +8,8 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
+from scope.errors import OperationFailed, TransientError
 from workers.ecs import EcsOperations
-from workers.errors import OperationFailed, TransientError
 
 CLUSTER = "stg"
 

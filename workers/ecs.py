@@ -15,11 +15,18 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable
 
 from cloud.ecs import EcsReader, ServiceState
+from cloud.ecs_types import TASK_ENDING, DeploymentStatus, RolloutState, TaskStatus
+from scope.errors import OperationFailed
 from workers.context import JobContext, Outcome
-from workers.errors import OperationFailed, aws_call
+from workers.errors import aws_call
+
+if TYPE_CHECKING:
+    from mypy_boto3_ecs import ECSClient
+    from mypy_boto3_ecs.type_defs import TaskTypeDef
 
 Progress = Callable[[str, str], None]  # (type, message)
 Checkpoint = Callable[[dict[str, Any]], None]
@@ -31,7 +38,7 @@ def short_digest(d: str) -> str:
 
 @dataclass
 class EcsOperations:
-    ecs: Any
+    ecs: ECSClient
     cluster: str
     progress: Progress
     checkpoint: Checkpoint
@@ -108,19 +115,18 @@ class EcsOperations:
 
     def _stop(self, service: str, arns: list[str]) -> None:
         for arn in arns:
-            self._call(f"stopping a task of {service}", lambda arn=arn: self.ecs.stop_task(
-                cluster=self.cluster, task=arn, reason=self.reason[:255]))
+            self._call(f"stopping a task of {service}", partial(
+                self.ecs.stop_task, cluster=self.cluster, task=arn, reason=self.reason[:255]))
 
     def _still_running(self, arns: list[str]) -> list[str]:
         if not arns:
             return []
-        got: list[dict[str, Any]] = []
+        got: list[TaskTypeDef] = []
         for i in range(0, len(arns), 100):  # DescribeTasks takes at most 100
-            chunk = arns[i:i + 100]
-            got += self._call("describing tasks", lambda chunk=chunk: self.ecs.describe_tasks(
-                cluster=self.cluster, tasks=chunk)).get("tasks", [])
-        alive = {t["taskArn"] for t in got if t.get("lastStatus") not in ("STOPPED", "DEPROVISIONING", "STOPPING")
-                 and t.get("desiredStatus") != "STOPPED"}
+            got += self._call("describing tasks", partial(
+                self.ecs.describe_tasks, cluster=self.cluster, tasks=arns[i:i + 100])).get("tasks", [])
+        alive = {t["taskArn"] for t in got if t.get("lastStatus") not in TASK_ENDING
+                 and t.get("desiredStatus") != TaskStatus.STOPPED}
         return [a for a in arns if a in alive]
 
     def _wait_gone(self, stopped: list[str], remaining: list[str], started: float) -> list[str]:
@@ -144,8 +150,9 @@ class EcsOperations:
             params["before"] = before.record()
             resp = self._call(f"starting a deployment of {service}", lambda: self.ecs.update_service(
                 cluster=self.cluster, service=service, forceNewDeployment=True))
-            primary = next((d for d in resp["service"].get("deployments", []) if d.get("status") == "PRIMARY"), {})
-            params["deployment_id"] = primary.get("id", "")
+            primary = next((d for d in resp["service"].get("deployments", [])
+                            if d.get("status") == DeploymentStatus.PRIMARY), None)
+            params["deployment_id"] = primary.get("id", "") if primary else ""
             self.checkpoint(params)
             self.progress("deployment", f"Started deployment {params['deployment_id']} of {before.task_definition}")
         else:
@@ -175,7 +182,7 @@ class EcsOperations:
         while True:
             st = self.state(service)
             p = st.primary
-            if p and p.rollout_state == "FAILED":
+            if p and p.rollout_state == RolloutState.FAILED:
                 why = p.reason or "the deployment circuit breaker stopped it"
                 raise OperationFailed(f"Rollout FAILED: {why}")
             if deployment_id and p and p.id != deployment_id:

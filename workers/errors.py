@@ -1,54 +1,30 @@
-"""How an operation ends badly: a verified failure, or a transient error worth a retry."""
+"""The worker's edge to AWS: one call, its failure turned into how the job ends.
+
+The errors themselves live in the one hierarchy (``scope.errors``); the
+classification of boto3 errors in ``cloud.errors``.
+"""
 from __future__ import annotations
 
 from typing import Callable, TypeVar
 
-from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+from cloud.errors import AWS_ERRORS, aws_error
+from scope.errors import OperationFailed, TransientError, UpstreamError, job_error
 
-from scope.errors import UpstreamError, ValetKeyError
+__all__ = ["OperationFailed", "TransientError", "aws_call"]  # re-exported for workers.runner
 
 T = TypeVar("T")
 
-TRANSIENT_CODES = {"Throttling", "ThrottlingException", "TooManyRequestsException", "RequestLimitExceeded",
-                   "ServiceUnavailable", "ServiceUnavailableException", "InternalFailure", "InternalError",
-                   "ServerException", "RequestTimeout", "RequestTimeoutException"}
-
-
-class OperationFailed(ValetKeyError):
-    """The operation ran and did not reach its goal; ``detail`` is the human reason."""
-
-    status, title = 502, "Operation failed"
-
-
-class TransientError(ValetKeyError):
-    """Throttling, 5xx or a timeout that outlasted botocore's own retries: retry the job later."""
-
-    status, title = 503, "Temporarily unavailable"
-
-
-def classify(e: Exception, doing: str) -> ValetKeyError:
-    """Wrap a boto3 error: transient ones are retried, the rest fail the job with a clear reason."""
-    if isinstance(e, ClientError):
-        err = e.response.get("Error", {})
-        code = err.get("Code", "Error")
-        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        if code in TRANSIENT_CODES or status >= 500:
-            return TransientError(f"AWS was unavailable while {doing} ({code}).")
-        if code in ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation"):
-            return OperationFailed(f"AccessDenied while {doing}: Valet Key's AWS role lacks a permission.")
-        return OperationFailed(f"AWS refused {doing}: {code}.")
-    if isinstance(e, (ConnectTimeoutError, ReadTimeoutError, EndpointConnectionError)):
-        return TransientError(f"AWS did not answer while {doing} ({type(e).__name__}).")
-    if isinstance(e, BotoCoreError):
-        return OperationFailed(f"AWS call failed while {doing} ({type(e).__name__}).")
-    return OperationFailed(f"Unexpected error while {doing}.")
-
 
 def aws_call(doing: str, fn: Callable[[], T]) -> T:
-    """Run one AWS call (or an EcsReader read); a failure becomes a TransientError or an OperationFailed."""
+    """Run one AWS call (or an EcsReader read); a failure becomes a TransientError or an OperationFailed.
+
+    An EcsReader read has already wrapped its boto3 error; it is classified
+    again from its cause so that the message says what this operation was doing.
+    """
     try:
         return fn()
     except UpstreamError as e:
-        raise classify(e.__cause__ or e, doing) from e
-    except (ClientError, BotoCoreError) as e:
-        raise classify(e, doing) from e
+        cause = e.__cause__
+        raise job_error(aws_error(cause, doing) if isinstance(cause, AWS_ERRORS) else e) from e
+    except AWS_ERRORS as e:
+        raise job_error(aws_error(e, doing)) from e

@@ -9,16 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from cloud.redis_targets import (
-    SCAN_COUNT,
-    RedisTargetError,
-    TargetClient,
-    validate_pattern,
-)
+from cloud.errors import RedisTargetError
+from cloud.redis_targets import SCAN_COUNT, TargetClient, validate_pattern
 from scope.catalog import RedisTarget
-from scope.errors import Forbidden, ValidationFailed
+from scope.errors import Forbidden, OperationFailed, ValidationFailed, job_error
 from workers.context import JobContext, Outcome
-from workers.errors import OperationFailed, TransientError
 
 
 def keys_phrase(n: int) -> str:
@@ -47,9 +42,7 @@ def flush(ctx: JobContext) -> Outcome:
     except RedisTargetError as e:
         done = int(ctx.params.get("deleted", 0))
         so_far = f" {keys_phrase(done)} had been deleted." if done else " Nothing was deleted."
-        if e.transient:
-            raise TransientError(e.detail + so_far) from None
-        raise OperationFailed(e.detail + so_far) from None
+        raise job_error(e, so_far) from None
 
 
 def _flush(ctx: JobContext, client: TargetClient, target: RedisTarget, pattern: str) -> Outcome:

@@ -40,14 +40,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import redis
-from botocore.exceptions import BotoCoreError, ClientError
 from redis.exceptions import LockError
 from redis.lock import Lock
 
-from cloud.ecs import EcsReader, aws_error
+from cloud.ecs import EcsReader, active
+from cloud.errors import AWS_ERRORS, aws_error
 from jobs.audit_stream import AuditEvent, AuditLog
 from jobs.schedule_nudge import PAUSE, RESUME, take_nudge
 from scope.catalog import Catalog, Environment
@@ -64,6 +64,9 @@ from scope.schedule_store import (
 )
 from scope.times import iso, iso_or_none
 from wiring.runtime import Runtime
+
+if TYPE_CHECKING:
+    from mypy_boto3_ecs import ECSClient
 
 log = logging.getLogger("valetkey.scheduler")
 
@@ -97,7 +100,7 @@ class Reconciler:
     """Brings scheduled environments to the state their schedule asks for; safe to run anywhere, any number of times."""
 
     def __init__(self, catalog: Catalog, store: ScheduleStore, audit: AuditLog, r: redis.Redis,
-                 ecs_client: Callable[[Environment], Any], *, clock: Callable[[], dt.datetime] = utcnow,
+                 ecs_client: Callable[[Environment], ECSClient], *, clock: Callable[[], dt.datetime] = utcnow,
                  lock_ttl: float = LOCK_TTL) -> None:
         self.catalog, self.store, self.audit, self.redis = catalog, store, audit, r
         self.ecs_client, self.clock, self.lock_ttl = ecs_client, clock, lock_ttl
@@ -171,7 +174,7 @@ class Reconciler:
         # Scale down once per down period (named by when it ends): later ticks only finish
         # interrupted steps, so a service scaled up by hand or created at night is left alone.
         nxt = env.schedule.next_transition(now)
-        period = iso(nxt) if nxt else "never"
+        period = iso(nxt) or "never"
         first = self.store.handled_period(env.name) != period
         complete = True
         for name in sorted(services):
@@ -181,16 +184,16 @@ class Reconciler:
         if first and complete:
             self.store.mark_period(env.name, period)
 
-    def _desired_counts(self, ecs: Any, env: Environment) -> dict[str, int] | None:
+    def _desired_counts(self, ecs: ECSClient, env: Environment) -> dict[str, int] | None:
         reader = EcsReader(ecs, env.cluster)
         try:
             described = reader.describe(reader.service_names())
         except ValetKeyError as e:
             log.error("%s: cannot read services: %s", env.name, e.detail)
             return None
-        return {s["serviceName"]: int(s.get("desiredCount", 0)) for s in described if s.get("status") == "ACTIVE"}
+        return {s["serviceName"]: int(s.get("desiredCount", 0)) for s in active(described)}
 
-    def _scale_down(self, env: Environment, ecs: Any, name: str, desired: int, row: Remembered | None,
+    def _scale_down(self, env: Environment, ecs: ECSClient, name: str, desired: int, row: Remembered | None,
                     now: dt.datetime, lock: Lock, changes: list[Change]) -> bool:
         """Scale one service to 0, remembering its count; False when it could not be done now."""
         if desired > 0:
@@ -211,7 +214,7 @@ class Reconciler:
             self.store.remember(env.name, name, row.desired, DOWN)
         return True
 
-    def _restore(self, env: Environment, ecs: Any, row: Remembered, desired: int, now: dt.datetime,
+    def _restore(self, env: Environment, ecs: ECSClient, row: Remembered, desired: int, now: dt.datetime,
                  lock: Lock, changes: list[Change]) -> None:
         if desired == 0:
             if not self._still_free(env, now, lock):
@@ -245,10 +248,10 @@ class Reconciler:
             return False
         return True
 
-    def _set_desired(self, env: Environment, ecs: Any, service: str, count: int) -> bool:
+    def _set_desired(self, env: Environment, ecs: ECSClient, service: str, count: int) -> bool:
         try:
             ecs.update_service(cluster=env.cluster, service=service, desiredCount=count)
-        except (ClientError, BotoCoreError) as e:
+        except AWS_ERRORS as e:
             # Left in its intermediate state: the next tick tries again.
             log.error("%s: %s", env.name, aws_error(e, f"setting the desired count of {service} to {count}").detail)
             return False

@@ -16,21 +16,23 @@ from __future__ import annotations
 import datetime as dt
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from cloud.ecs import EcsReader, short_td
+from cloud.ecs import EcsReader, active
+from cloud.ecs_types import AssignPublicIp, LaunchType, TaskStatus
+from cloud.task_definitions import container_logs, short_td, task_id
 from scope.catalog import Environment
-from scope.errors import Forbidden
+from scope.errors import Forbidden, OperationFailed
 from workers.context import JobContext, Outcome
-from workers.errors import OperationFailed, aws_call
+from workers.errors import aws_call
+
+if TYPE_CHECKING:
+    from mypy_boto3_ecs import ECSClient
+    from mypy_boto3_ecs.type_defs import ServiceTypeDef, TaskDefinitionTypeDef, TaskTypeDef
 
 Progress = Callable[[str, str], None]
 Checkpoint = Callable[[dict[str, Any]], None]
 MAX_REASON = 300
-
-
-def task_id(arn: str) -> str:
-    return arn.rsplit("/", 1)[-1]
 
 
 @dataclass(frozen=True)
@@ -44,23 +46,15 @@ class LogLocation:
         return f"Logs of {self.container}: CloudWatch log group {self.group}, {where}"
 
 
-def log_locations(td: dict[str, Any], arn: str) -> list[LogLocation]:
+def log_locations(td: Mapping[str, Any], arn: str) -> list[LogLocation]:
     """Where the essential containers of the task write their awslogs output."""
-    out = []
-    for c in td.get("containerDefinitions", []):
-        lc = c.get("logConfiguration") or {}
-        if not c.get("essential", True) or lc.get("logDriver") != "awslogs":
-            continue
-        opts = lc.get("options", {})
-        prefix = opts.get("awslogs-stream-prefix", "")
-        stream = f"{prefix}/{c.get('name', '')}/{task_id(arn)}" if prefix else ""
-        out.append(LogLocation(c.get("name", ""), opts.get("awslogs-group", ""), stream))
-    return out
+    return [LogLocation(c.container, c.group, c.stream_of(arn))
+            for c in container_logs(td) if c.essential and c.awslogs]
 
 
 @dataclass
 class OneOffTask:
-    ecs: Any
+    ecs: ECSClient
     env: Environment
     progress: Progress
     checkpoint: Checkpoint
@@ -77,20 +71,20 @@ class OneOffTask:
     _call = staticmethod(aws_call)
 
     # ---- starting ---------------------------------------------------------
-    def task_definition(self, family_or_arn: str) -> dict[str, Any]:
+    def task_definition(self, family_or_arn: str) -> TaskDefinitionTypeDef:
         return self._call(f"reading task definition {short_td(family_or_arn)}", lambda: self.ecs.describe_task_definition(
             taskDefinition=family_or_arn)["taskDefinition"])
 
-    def _source_service(self) -> dict[str, Any] | None:
+    def _source_service(self) -> ServiceTypeDef | None:
         """The first ACTIVE service (by name) running in awsvpc mode: its network and launch settings are copied."""
         reader = EcsReader(self.ecs, self.cluster)
         names = self._call("listing services", reader.service_names)
-        for svc in self._call("describing services", lambda: reader.describe(names)):
-            if svc.get("status") == "ACTIVE" and (svc.get("networkConfiguration") or {}).get("awsvpcConfiguration"):
+        for svc in active(self._call("describing services", lambda: reader.describe(names))):
+            if (svc.get("networkConfiguration") or {}).get("awsvpcConfiguration"):
                 return svc
         return None
 
-    def launch_settings(self, td: dict[str, Any]) -> dict[str, Any]:
+    def launch_settings(self, td: TaskDefinitionTypeDef) -> dict[str, Any]:
         """RunTask arguments for where and how the task runs (never what it runs)."""
         awsvpc = td.get("networkMode") == "awsvpc"
         svc = None
@@ -100,7 +94,7 @@ class OneOffTask:
         if self.env.network is not None:
             n = self.env.network
             vpc: dict[str, Any] = {"subnets": list(n.subnets),
-                                   "assignPublicIp": "ENABLED" if n.assign_public_ip else "DISABLED"}
+                                   "assignPublicIp": AssignPublicIp.ENABLED if n.assign_public_ip else AssignPublicIp.DISABLED}
             if n.security_groups:
                 vpc["securityGroups"] = list(n.security_groups)
             if awsvpc:
@@ -115,9 +109,9 @@ class OneOffTask:
         elif svc is not None and svc.get("launchType"):
             args["launchType"] = svc["launchType"]
         else:
-            compat = td.get("requiresCompatibilities") or ["FARGATE"]
-            args["launchType"] = "FARGATE" if "FARGATE" in compat else compat[0]
-        if svc is not None and svc.get("platformVersion") and args.get("launchType") == "FARGATE":
+            compat = td.get("requiresCompatibilities") or [LaunchType.FARGATE.value]
+            args["launchType"] = LaunchType.FARGATE if LaunchType.FARGATE in compat else compat[0]
+        if svc is not None and svc.get("platformVersion") and args.get("launchType") == LaunchType.FARGATE:
             args["platformVersion"] = svc["platformVersion"]
         return args
 
@@ -153,7 +147,7 @@ class OneOffTask:
         task = self.wait_stopped(arn, started)
         return self.outcome(task, params, started)
 
-    def describe(self, arn: str) -> dict[str, Any]:
+    def describe(self, arn: str) -> TaskTypeDef:
         resp = self._call("describing the task", lambda: self.ecs.describe_tasks(cluster=self.cluster, tasks=[arn]))
         tasks = resp.get("tasks") or []
         if not tasks:
@@ -161,7 +155,7 @@ class OneOffTask:
                                   f"(ECS forgets stopped tasks after about an hour).")
         return tasks[0]
 
-    def wait_stopped(self, arn: str, started: float) -> dict[str, Any]:
+    def wait_stopped(self, arn: str, started: float) -> TaskTypeDef:
         last = ""
         while True:
             task = self.describe(arn)
@@ -169,7 +163,7 @@ class OneOffTask:
             if status != last:
                 self.progress("state", f"Task {task_id(arn)}: {status}")
                 last = status
-            if status == "STOPPED":
+            if status == TaskStatus.STOPPED:
                 return task
             elapsed = self.clock() - started
             if elapsed > self.timeout:
@@ -178,14 +172,14 @@ class OneOffTask:
                 raise OperationFailed(f"Timed out after {round(elapsed)}s ({status}); the task was stopped.")
             self.sleep(self.poll_interval)
 
-    def outcome(self, task: dict[str, Any], params: dict[str, Any], started: float) -> Outcome:
+    def outcome(self, task: TaskTypeDef, params: dict[str, Any], started: float) -> Outcome:
         td_arn = str(params.get("task_definition") or task.get("taskDefinitionArn", ""))
         secs = _runtime_seconds(task, self.clock() - started)
         essential = set(params.get("essential") or [])
         containers = [c for c in task.get("containers", []) if not essential or c.get("name") in essential]
         codes = [c.get("exitCode") for c in containers]
         reason = (task.get("stoppedReason") or "").strip()
-        after = {"task": task_id(str(task.get("taskArn", ""))), "task_definition": short_td(td_arn),
+        after: dict[str, Any] = {"task": task_id(str(task.get("taskArn", ""))), "task_definition": short_td(td_arn),
                  "exit_code": None, "stopped_reason": reason[:MAX_REASON]}
         failing = next((c for c in containers if c.get("exitCode") not in (0, None)), None)
         if containers and failing is None and None not in codes:
@@ -195,12 +189,12 @@ class OneOffTask:
             after["exit_code"] = failing["exitCode"]
             why = reason or failing.get("reason") or "the essential container failed"
             raise OperationFailed(f"exit {failing['exitCode']} after {secs}s: {why[:MAX_REASON]}")
-        missing = next((c for c in containers if c.get("exitCode") is None), {})
-        why = reason or missing.get("reason") or "the essential container reported no exit code"
+        missing = next((c for c in containers if c.get("exitCode") is None), None)
+        why = reason or (missing or {}).get("reason") or "the essential container reported no exit code"
         raise OperationFailed(f"no exit code after {secs}s: {why[:MAX_REASON]}")
 
 
-def _runtime_seconds(task: dict[str, Any], fallback: float) -> int:
+def _runtime_seconds(task: TaskTypeDef, fallback: float) -> int:
     """The task's own run time when ECS reports it, else the time since we started it."""
     end, begin = task.get("stoppedAt"), task.get("startedAt") or task.get("createdAt")
     if isinstance(end, dt.datetime) and isinstance(begin, dt.datetime):
