@@ -47,6 +47,7 @@ from scope.errors import (
     ValetKeyError,
     ValidationFailed,
 )
+from scope.times import iso, parse_instant
 
 if TYPE_CHECKING:
     from mypy_boto3_logs import CloudWatchLogsClient
@@ -122,25 +123,12 @@ def log_source(service: str, task_definition: Mapping[str, Any], region: str) ->
 
 
 # ---- query parameters -----------------------------------------------------------
-_RELATIVE = re.compile(r"^(\d{1,6})([smhdw])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def parse_time(value: str, now: dt.datetime) -> int:
-    """ISO 8601 (naive means UTC), ``now``, or relative to now (``30s``, ``15m``, ``2h``, ``1d``, ``1w``); ms."""
-    v = value.strip()
-    try:
-        if v == "now":
-            t = now
-        elif m := _RELATIVE.match(v):
-            t = now - dt.timedelta(**{_UNITS[m[2]]: int(m[1])})
-        else:
-            t = dt.datetime.fromisoformat(v.replace("Z", "+00:00").replace("z", "+00:00"))
-            t = t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
-        ms = int(t.timestamp() * 1000)
-    except (ValueError, OverflowError):
-        raise ValueError("not a time: use ISO 8601 like 2026-11-24T18:00:00Z, or 15m / 2h / 1d before now") from None
+    """ISO 8601 (naive means UTC), ``now``, or an age before now (scope/times.py's grammar); ms."""
+    ms = int(parse_instant(value, now).timestamp() * 1000)
     if ms < 0:
         raise ValueError("before 1970")
     return ms
@@ -503,7 +491,7 @@ class LogReader:
 # ---- the service the web calls ----------------------------------------------------
 def event_dict(ev: Mapping[str, Any]) -> dict[str, Any]:
     ts = dt.datetime.fromtimestamp(int(ev["timestamp"]) / 1000, dt.timezone.utc)
-    return {"timestamp": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    return {"timestamp": iso(ts, "milliseconds"),
             "message": ev.get("message", ""), "stream": ev.get("logStreamName", "")}
 
 

@@ -44,6 +44,7 @@ from scope.errors import (
 )
 from scope.models import Job
 from scope.settings import Settings
+from scope.text import as_text
 
 if TYPE_CHECKING:
     from wiring.runtime import Runtime
@@ -240,10 +241,6 @@ return 0
 """
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class DeliveryLedger:
     """Redis keys that make a token single-use and a delivery id enqueue at most one job."""
 
@@ -266,7 +263,7 @@ class DeliveryLedger:
             raise Unavailable("Webhook replay protection is unavailable; nothing was done.") from e
         # A curl --retry of the same delivery is not a replay: the delivery
         # ledger below still guarantees at most one job for it.
-        if bound_to and previous is not None and _text(previous) == bound_to:
+        if bound_to and previous is not None and as_text(previous) == bound_to:
             return
         raise Unauthorized("This OIDC token was already used; request a fresh one for each call.")
 
@@ -283,7 +280,7 @@ class DeliveryLedger:
                 existing = self.r.get(key)
                 if existing is None:
                     continue
-                value = _text(existing)
+                value = as_text(existing)
                 if value.startswith("pending:"):
                     break
                 return value, ""

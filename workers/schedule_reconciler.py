@@ -174,7 +174,7 @@ class Reconciler:
         # Scale down once per down period (named by when it ends): later ticks only finish
         # interrupted steps, so a service scaled up by hand or created at night is left alone.
         nxt = env.schedule.next_transition(now)
-        period = iso(nxt) or "never"
+        period = iso(nxt) if nxt else "never"
         first = self.store.handled_period(env.name) != period
         complete = True
         for name in sorted(services):
