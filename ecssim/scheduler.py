@@ -37,11 +37,8 @@ class ServiceScheduler:
             return
         tasks = rs.tasks_of(svc)
         settle = self.sim.timings.no_health_check_settle
-        by_dep: dict[str, list[SimTask]] = {d.id: [] for d in svc.deployments}
-        for t in tasks:
-            if t.deployment_id in by_dep:
-                by_dep[t.deployment_id].append(t)
-        self._circuit_breaker(rs, svc, by_dep, now)
+        self._circuit_breaker(rs, svc, self._by_deployment(svc, tasks), now)
+        by_dep = self._by_deployment(svc, tasks)  # the breaker may have added a rollback deployment
 
         def live(d: SimDeployment) -> list[SimTask]:
             return [t for t in by_dep.get(d.id, []) if t.desired_status == TaskStatus.RUNNING]
@@ -75,16 +72,29 @@ class ServiceScheduler:
                 self.sim.stop_task(rs, t, now, StopCode.SERVICE_SCHEDULER_INITIATED,
                                    f"Scaling activity initiated by (deployment {d.id})")
                 may_stop -= 1 if counts else 0
-        # 4. Old deployments whose tasks are all STOPPED disappear.
+        # 4. Old deployments whose tasks are all STOPPED disappear; a FAILED one stays listed while
+        # the rollback that replaces it is in progress, so readers can see what happened.
+        rolling_back = primary.is_rollback and primary.rollout_state == RolloutState.IN_PROGRESS
         for d in list(svc.deployments[1:]):
-            if slots(d) == 0:
+            if slots(d) == 0 and not (rolling_back and d.rollout_state == RolloutState.FAILED):
                 d.status = DeploymentStatus.INACTIVE
                 svc.deployments.remove(d)
         # 5. The primary completes when it alone runs every desired task, all healthy.
-        if primary.rollout_state == RolloutState.IN_PROGRESS and len(svc.deployments) == 1:
+        if primary.rollout_state == RolloutState.IN_PROGRESS and all(slots(d) == 0 for d in svc.deployments[1:]):
             mine = live(primary)
             if len(mine) == desired and all(t.counted_healthy(now, settle) for t in mine):
                 self._complete(svc, primary, now)
+                for d in svc.deployments[1:]:
+                    d.status = DeploymentStatus.INACTIVE
+                del svc.deployments[1:]
+
+    @staticmethod
+    def _by_deployment(svc: SimService, tasks: list[SimTask]) -> dict[str, list[SimTask]]:
+        by_dep: dict[str, list[SimTask]] = {d.id: [] for d in svc.deployments}
+        for t in tasks:
+            if t.deployment_id in by_dep:
+                by_dep[t.deployment_id].append(t)
+        return by_dep
 
     def _complete(self, svc: SimService, d: SimDeployment, now: float) -> None:
         d.rollout_state = RolloutState.COMPLETED
