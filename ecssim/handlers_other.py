@@ -106,7 +106,7 @@ def describe_target_health(sim: Simulator, resp: Any, original: Original) -> Act
     for svc in services:
         for task in rs.tasks_of(svc):
             for reg in task.targets:
-                if reg.target_group_arn != tg:
+                if reg.target_group_arn != tg or not reg.registered:
                     continue
                 if wanted and (reg.ip, reg.port) not in wanted and (reg.ip, None) not in wanted:
                     continue

@@ -91,6 +91,7 @@ def _wrap_call_action(service: str, original: Callable[[Any], Any]) -> Callable[
                 headers, body = self._enrich_response(headers, body)
                 return status, headers, body
             status, headers, body = original(self)
+            sim.touch()
             if int(status) >= 400:
                 sim.calls.mark_error(call, _error_code(body))
             return status, headers, body

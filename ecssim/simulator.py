@@ -53,6 +53,7 @@ class Simulator:
         self.lock = threading.RLock()
         self._regions: dict[tuple[str, str], RegionState] = {}
         self._last_tick = self.clock.now()
+        self._mutations = 0  # bumped by every state change; a tick without any lets advance() skip ahead
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -143,11 +144,29 @@ class Simulator:
             raise TypeError("advance() needs a FakeClock; with real time run the ticker")
         end = clock.now() + seconds
         while True:
-            left = end - clock.now()
+            now = clock.now()
+            left = end - now
             if left <= 1e-9:
                 break
-            clock.advance(min(self.timings.step, left))
+            step = min(self.timings.step, left)
+            if self._quiet and self._mutations == self._after_tick:
+                # Nothing changed in the last tick: jump to the next scheduled change (long waits,
+                # e.g. the 24 h of a clientToken, cost a handful of ticks instead of 170 000).
+                wake = self._next_wakeup()
+                step = min(left, max(step, (wake if wake is not None else end) - now))
+            clock.advance(step)
             self.tick()
+
+    _quiet = False  # the last tick changed nothing
+    _after_tick = -1  # the mutation count when it ended (API calls since then bump it)
+
+    def _next_wakeup(self) -> float | None:
+        times: list[float] = []
+        for rs in self._regions.values():
+            times += [at for t in rs.tasks.values() if (at := t.next_event_at()) is not None]
+            times += [s.below_min_since + self.timings.autoscaling_delay for s in rs.services.values()
+                      if s.below_min_since is not None]
+        return min(times) if times else None
 
     def catch_up(self) -> None:
         """Bring state up to the clock (API calls do this first, so real time needs no ticker)."""
@@ -156,12 +175,23 @@ class Simulator:
 
     def tick(self) -> None:
         with self.lock:
+            before = self._mutations
+            self._tick()
+            self._quiet, self._after_tick = self._mutations == before, self._mutations
+
+    def touch(self) -> None:
+        """Something changed outside a tick (an API call): the next advance() must not skip ahead."""
+        self._mutations += 1
+
+    def _tick(self) -> None:
+        with self.lock:
             now = self.clock.now()
             self._last_tick = now
             for rs in self._live_regions():
                 self._adopt_services(rs)
                 for t in list(rs.tasks.values()):
                     if self.agent.run_until(t, now):
+                        self._mutations += 1
                         self._sync_moto_task(t)
                 for svc in list(rs.services.values()):
                     self.scheduler.step(rs, svc, now)
@@ -250,6 +280,7 @@ class Simulator:
             return
         if svc.below_min_since is None:
             svc.below_min_since = now
+            self._mutations += 1
         elif now - svc.below_min_since >= self.timings.autoscaling_delay:
             self.service_event(svc, now, f"(service {svc.name}) desired count changed from {svc.desired} to "
                                          f"{want} by Application Auto Scaling.")
@@ -263,6 +294,7 @@ class Simulator:
         return "".join(self.rng.choice(string.ascii_letters + string.digits) for _ in range(n))
 
     def service_event(self, svc: SimService, now: float, message: str) -> None:
+        self._mutations += 1
         svc.add_event(now, message, str(self.rng.getrandbits(64)))
 
     def resolve_image(self, image: str) -> str | None:
@@ -303,6 +335,7 @@ class Simulator:
                 started_at=now, updated_at=now, breaker_enabled=svc.breaker_enable,
                 threshold=circuit_breaker_threshold(svc.desired))
             svc.records.append(record)
+        self._mutations += 1
         dep = SimDeployment(dep_id, revision, now, record, rollout_state_reason=f"ECS deployment {dep_id} in progress.",
                             updated_at=now, is_rollback=rollback_record is not None)
         svc.deployments.insert(0, dep)
@@ -437,6 +470,7 @@ class Simulator:
     def stop_task(self, rs: RegionState, t: SimTask, now: float, code: StopCode, reason: str) -> bool:
         done = self.agent.request_stop(t, now, code, reason)
         if done:
+            self._mutations += 1
             self._sync_moto_task(t)
             if t.service is not None:
                 svc = rs.services.get((t.cluster_name, t.service))

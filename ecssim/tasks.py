@@ -59,6 +59,7 @@ class TargetRegistration:
     ip: str
     port: int
     state: TargetState = TargetState.INITIAL
+    registered: bool = False  # ECS registers the target once the task is RUNNING
 
 
 @dataclass
@@ -247,8 +248,13 @@ class Agent:
             c.last_status = "RUNNING"
         if any(c.has_health_check for c in task.containers):
             task.schedule(at + self.t.health_grace.draw(self.rng), "healthy")
+        for t in task.targets:
+            t.registered = True
         if task.targets:
             task.schedule(at + self.t.target_healthy_after.draw(self.rng), "target_healthy")
+        if not task.targets and not any(c.has_health_check for c in task.containers):
+            # No event changes such a task when ECS starts counting it healthy; wake the scheduler.
+            task.schedule(at + self.t.no_health_check_settle, "settled")
         if task.fate in (Fate.CRASH, Fate.EXIT) and task.run_for is not None:
             task.schedule(at + task.run_for, "exit")
 
@@ -256,6 +262,9 @@ class Agent:
         for c in task.containers:
             if c.has_health_check:
                 c.health = HealthStatus.HEALTHY
+
+    def _on_settled(self, task: SimTask, at: float) -> None:
+        pass
 
     def _on_target_healthy(self, task: SimTask, at: float) -> None:
         for t in task.targets:
