@@ -14,7 +14,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .enums import CircuitBreakerStatus, DeploymentStatus, RolloutState, ServiceDeploymentStatus
+from .enums import (
+    CircuitBreakerStatus,
+    DeploymentStatus,
+    RolloutState,
+    ServiceDeploymentStatus,
+)
 from .tasks import ts
 
 CIRCUIT_BREAKER_REASON = "ECS deployment circuit breaker: tasks failed to start."

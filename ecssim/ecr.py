@@ -87,8 +87,8 @@ class Registry:
         r = self.repository(repo)
         self._pushes += 1
         digest = digest or synthetic_digest(f"{self.account}/{self.region}/{repo}:{tag}#{self._pushes}")
-        for img in r.images.values():
-            img.tags.discard(tag)
+        for other in r.images.values():
+            other.tags.discard(tag)
         img = r.images.get(digest)
         if img is None:
             img = r.images[digest] = Image(digest, set(), now, 30_000_000 + self._pushes)

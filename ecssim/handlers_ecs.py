@@ -8,23 +8,32 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from moto.core.responses import ActionResult
 
 from .enums import ControllerType, StopCode, TaskStatus
-from .errors import ConflictException, InvalidParameterException, ServiceNotFoundException
+from .errors import (
+    ConflictException,
+    InvalidParameterException,
+    ServiceNotFoundException,
+)
 from .region import ClientTokenEntry, RegionState
 from .services import SimService
 from .simulator import Simulator, _ecs_backend
 from .tasks import USER_STOP_REASON, SimTask
 
-Original = Callable[[Any], Any]
+Original = Callable[[Any], ActionResult]  # moto's own handler
 
 _RUN_TASK_PARAMS = ("taskDefinition", "count", "startedBy", "group", "launchType", "networkConfiguration",
                     "overrides", "platformVersion", "capacityProviderStrategy", "tags", "propagateTags",
                     "enableExecuteCommand", "enableECSManagedTags", "placementConstraints", "placementStrategy",
                     "referenceId", "volumeConfigurations")
+
+
+def _body(result: ActionResult) -> dict[str, Any]:
+    return cast(dict[str, Any], result.result)
 
 
 def _rs(sim: Simulator, resp: Any) -> RegionState:
@@ -96,7 +105,7 @@ def run_task(sim: Simulator, resp: Any, original: Original) -> ActionResult:
             tasks = [rs.tasks[a] for a in entry.task_arns if a in rs.tasks]
             return ActionResult({"tasks": [t.render() for t in tasks], "failures": []})
     result = original(resp)
-    made = [sim.adopt_task(rs, mt, now) for mt in result.result["tasks"]]
+    made = [sim.adopt_task(rs, mt, now) for mt in _body(result)["tasks"]]
     if token:
         rs.client_tokens[(cluster, token)] = ClientTokenEntry(fingerprint, [t.arn for t in made], now)
     sim.observe_now(rs)
@@ -168,7 +177,7 @@ def list_tasks(sim: Simulator, resp: Any, original: Original) -> ActionResult:
 def create_service(sim: Simulator, resp: Any, original: Original) -> ActionResult:
     rs = _rs(sim, resp)
     result = original(resp)
-    ms = result.result["service"]
+    ms = _body(result)["service"]
     svc = sim.adopt_service(rs, ms, {
         "deploymentConfiguration": resp._get_param("deploymentConfiguration"),
         "healthCheckGracePeriodSeconds": resp._get_param("healthCheckGracePeriodSeconds")})
@@ -180,7 +189,7 @@ def create_service(sim: Simulator, resp: Any, original: Original) -> ActionResul
 def describe_services(sim: Simulator, resp: Any, original: Original) -> ActionResult:
     rs = _rs(sim, resp)
     result = original(resp)
-    for ms in result.result["services"]:
+    for ms in _body(result)["services"]:
         svc = rs.services.get((ms.cluster_name, ms.name))
         if svc is None and ms.status == "ACTIVE":
             svc = sim.adopt_service(rs, ms, {})

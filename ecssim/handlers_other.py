@@ -1,7 +1,8 @@
 """ECR and elbv2 calls the simulator answers for the repositories and target groups it models."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from moto.core.responses import ActionResult
 
@@ -10,7 +11,7 @@ from .errors import ImageNotFoundException
 from .simulator import Simulator
 from .tasks import ts
 
-Original = Callable[[Any], Any]
+Original = Callable[[Any], ActionResult]  # moto's own handler
 
 
 def _registry(sim: Simulator, resp: Any) -> Registry:

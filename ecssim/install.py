@@ -11,9 +11,9 @@ same endpoint and cannot tell. Process-wide: one simulator at a time.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from moto.core.exceptions import ServiceException
 from moto.core.responses import ActionResult
 
 from .calllog import Call
@@ -105,10 +105,8 @@ def _wrap_handler(handler: Callable[[Simulator, Any, Any], Any], original: Any) 
             if original is None:
                 raise NotImplementedError("ecssim is not installed")
             return original(self)
-        try:
-            return handler(sim, self, original)
-        except ServiceException:
-            raise
+        # ServiceExceptions raised here reach moto's call_action, which serializes them.
+        return handler(sim, self, original)
     return method
 
 

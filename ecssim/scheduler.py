@@ -10,9 +10,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .deployments import CIRCUIT_BREAKER_REASON, SimDeployment, circuit_breaker_threshold
-from .enums import STARTING, ControllerType, DeploymentStatus, RolloutState, ServiceDeploymentStatus, StopCode
-from .enums import TaskStatus
+from .deployments import (
+    CIRCUIT_BREAKER_REASON,
+    SimDeployment,
+    circuit_breaker_threshold,
+)
+from .enums import (
+    STARTING,
+    ControllerType,
+    DeploymentStatus,
+    RolloutState,
+    ServiceDeploymentStatus,
+    StopCode,
+    TaskStatus,
+)
 from .region import RegionState
 from .services import SimService
 from .tasks import SimTask, ts

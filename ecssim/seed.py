@@ -8,11 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
-from moto.core import DEFAULT_ACCOUNT_ID
+import boto3  # type: ignore[import-untyped]
 
 from .enums import RolloutState, TaskStatus
-from .simulator import Simulator
+from .simulator import ACCOUNT, Simulator
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,7 @@ def container_definition(family: str, image: str, spec: ServiceSpec, region: str
 
 
 def seed(sim: Simulator, cluster: str = "stg", services: tuple[ServiceSpec, ...] | list[ServiceSpec] = (),
-         region: str = "us-east-1", account: str = DEFAULT_ACCOUNT_ID, cidr: str = "10.9",
+         region: str = "us-east-1", account: str = ACCOUNT, cidr: str = "10.9",
          settle: bool = True, clear_calls: bool = True) -> Seeded:
     """A cluster with ``services`` (default: one "web" of 2 tasks); with ``settle``, the clock is
     advanced until every ECS-controlled service runs its desired tasks, healthy, rollout COMPLETED."""

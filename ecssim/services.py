@@ -105,7 +105,7 @@ class SimService:
     def add_event(self, now: float, message: str, event_id: str) -> None:
         import datetime as dt
 
-        self.events.insert(0, {"id": event_id, "createdAt": dt.datetime.fromtimestamp(now, dt.timezone.utc),
+        self.events.insert(0, {"id": event_id, "createdAt": dt.datetime.fromtimestamp(now, dt.UTC),
                                "message": message})
         del self.events[100:]
 

@@ -8,19 +8,26 @@ leaves everything else to moto.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import string
 import threading
 from typing import Any
 
-from moto.core import DEFAULT_ACCOUNT_ID
-
 from .calllog import CallLog
 from .clock import Clock, FakeClock
-from .deployments import ServiceDeploymentRecord, ServiceRevision, SimDeployment, circuit_breaker_threshold
+from .deployments import (
+    ServiceDeploymentRecord,
+    ServiceRevision,
+    SimDeployment,
+    circuit_breaker_threshold,
+)
 from .ecr import Behaviour, Registry, parse_uri, synthetic_digest
-from .enums import DeploymentStatus, RolloutState, ServiceDeploymentStatus, StopCode, TaskStatus
+from .enums import (
+    DeploymentStatus,
+    ServiceDeploymentStatus,
+    StopCode,
+    TaskStatus,
+)
 from .recorder import TruthPoint, TruthRecorder
 from .region import RegionState
 from .scheduler import ServiceScheduler
@@ -30,6 +37,7 @@ from .throttle import Throttler
 from .timings import Timings
 
 log = logging.getLogger("ecssim")
+ACCOUNT = "123456789012"  # moto's default account (moto.core.DEFAULT_ACCOUNT_ID)
 _TOKEN_ATTR = "_ecssim_generation"
 
 
@@ -58,7 +66,7 @@ class Simulator:
         self._thread: threading.Thread | None = None
 
     # ---- state per account/Region ---------------------------------------------------
-    def region(self, region: str = "us-east-1", account: str = DEFAULT_ACCOUNT_ID) -> RegionState:
+    def region(self, region: str = "us-east-1", account: str = ACCOUNT) -> RegionState:
         """This account/Region's state; fresh whenever moto's ECS backend was reset underneath."""
         with self.lock:
             backend = _ecs_backend(account, region)
@@ -83,17 +91,17 @@ class Simulator:
             self.throttle.reset()
 
     # ---- knobs: ECR and image behaviour -------------------------------------------------
-    def ecr(self, region: str = "us-east-1", account: str = DEFAULT_ACCOUNT_ID) -> Registry:
+    def ecr(self, region: str = "us-east-1", account: str = ACCOUNT) -> Registry:
         return self.region(region, account).registry
 
     def push_image(self, repo: str, tag: str = "latest", region: str = "us-east-1",
-                   account: str = DEFAULT_ACCOUNT_ID, digest: str | None = None) -> str:
+                   account: str = ACCOUNT, digest: str | None = None) -> str:
         """Push (or move ``tag`` to) a new image; returns its digest. Creates the repository."""
         with self.lock:
             return self.ecr(region, account).push(repo, tag, self.clock.now(), digest)
 
     def delete_image(self, repo: str, digest: str, region: str = "us-east-1",
-                     account: str = DEFAULT_ACCOUNT_ID) -> bool:
+                     account: str = ACCOUNT) -> bool:
         with self.lock:
             return self.ecr(region, account).delete_digest(repo, digest)
 
@@ -110,14 +118,14 @@ class Simulator:
             raise KeyError(f"no image {ref!r} in the simulator's ECR")
         return reg, digest
 
-    def break_image(self, ref: str, region: str = "us-east-1", account: str = DEFAULT_ACCOUNT_ID) -> None:
+    def break_image(self, ref: str, region: str = "us-east-1", account: str = ACCOUNT) -> None:
         """Tasks using this image fail to start: CannotPullContainerError, TaskFailedToStart."""
         with self.lock:
             reg, digest = self._behaviour_key(ref, region, account)
             reg.behaviours.setdefault(digest, Behaviour()).broken = True
 
     def crash_image(self, ref: str, after: float | None = None, exit_code: int = 137, region: str = "us-east-1",
-                    account: str = DEFAULT_ACCOUNT_ID) -> None:
+                    account: str = ACCOUNT) -> None:
         """Tasks using this image reach RUNNING, then their essential container exits after ``after`` s."""
         with self.lock:
             reg, digest = self._behaviour_key(ref, region, account)
@@ -125,13 +133,13 @@ class Simulator:
             b.crash_after = after if after is not None else self.timings.crash_after.draw(self.rng)
             b.exit_code = exit_code
 
-    def heal_image(self, ref: str, region: str = "us-east-1", account: str = DEFAULT_ACCOUNT_ID) -> None:
+    def heal_image(self, ref: str, region: str = "us-east-1", account: str = ACCOUNT) -> None:
         with self.lock:
             reg, digest = self._behaviour_key(ref, region, account)
             reg.behaviours.pop(digest, None)
 
     def set_one_off(self, family: str, duration: float | None = None, exit_code: int = 0,
-                    region: str = "us-east-1", account: str = DEFAULT_ACCOUNT_ID) -> None:
+                    region: str = "us-east-1", account: str = ACCOUNT) -> None:
         """Standalone tasks of ``family`` run ``duration`` s (None: until stopped), then exit ``exit_code``."""
         with self.lock:
             self.region(region, account).one_off[family] = (duration, exit_code)
@@ -209,7 +217,7 @@ class Simulator:
             while not self._stop.wait(interval):
                 try:
                     self.tick()
-                except Exception:  # noqa: BLE001 - the demo's stand-in must keep ticking
+                except Exception:
                     log.exception("ecssim tick failed")
 
         self._thread = threading.Thread(target=run, name="ecssim-ticker", daemon=True)
@@ -260,7 +268,9 @@ class Simulator:
         """Application Auto Scaling keeps desiredCount within [MinCapacity, MaxCapacity]:
         a scale to zero under MinCapacity >= 1 is undone (aws-facts A6)."""
         try:
-            from moto.applicationautoscaling.models import applicationautoscaling_backends
+            from moto.applicationautoscaling.models import (
+                applicationautoscaling_backends,
+            )
 
             targets = applicationautoscaling_backends[rs.account][rs.region].targets
         except Exception:  # noqa: BLE001 - no autoscaling backend: nothing to enforce
@@ -490,11 +500,11 @@ class Simulator:
 
     # ---- helpers for tests ----------------------------------------------------------------------
     def service(self, cluster: str, name: str, region: str = "us-east-1",
-                account: str = DEFAULT_ACCOUNT_ID) -> SimService:
+                account: str = ACCOUNT) -> SimService:
         return self.region(region, account).services[(cluster, name)]
 
     def tasks(self, cluster: str, service: str | None = None, region: str = "us-east-1",
-              account: str = DEFAULT_ACCOUNT_ID) -> list[SimTask]:
+              account: str = ACCOUNT) -> list[SimTask]:
         rs = self.region(region, account)
         return sorted((t for t in rs.tasks.values() if t.cluster_name == cluster
                        and (service is None or t.service == service)), key=lambda t: t.created_at)
@@ -507,7 +517,3 @@ class Simulator:
                 raise TimeoutError(f"condition not met within {timeout} simulated seconds")
             self.advance(self.timings.step)
         return self.clock.now() - start
-
-
-def ceil_div(a: int, b: int) -> int:
-    return math.ceil(a / b)

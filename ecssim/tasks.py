@@ -23,7 +23,7 @@ ESSENTIAL_EXITED = "Essential container in task exited"
 
 
 def ts(t: float | None) -> dt.datetime | None:
-    return None if t is None else dt.datetime.fromtimestamp(t, dt.timezone.utc)
+    return None if t is None else dt.datetime.fromtimestamp(t, dt.UTC)
 
 
 class Fate(StrEnum):

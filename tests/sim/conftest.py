@@ -5,7 +5,8 @@ installed fresh, so no state or call log leaks between tests.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import pytest

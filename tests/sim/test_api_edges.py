@@ -39,8 +39,8 @@ def test_run_task_client_token_is_idempotent_and_conflicts(sim: Simulator) -> No
                                  containerDefinitions=[{"name": "app", "image": s.services["web"].image,
                                                         "essential": True, "memory": 512}])
     sim.set_one_off("stg-migrate", duration=4, exit_code=3)
-    args = dict(cluster="stg", taskDefinition="stg-migrate", launchType="FARGATE", networkConfiguration=s.network,
-                clientToken="job-1234", startedBy="valetkey/job-1234")
+    args = {"cluster": "stg", "taskDefinition": "stg-migrate", "launchType": "FARGATE",
+            "networkConfiguration": s.network, "clientToken": "job-1234", "startedBy": "valetkey/job-1234"}
     [first] = ecs.run_task(**args)["tasks"]
     [again] = ecs.run_task(**args)["tasks"]
     assert again["taskArn"] == first["taskArn"]

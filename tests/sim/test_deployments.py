@@ -68,7 +68,7 @@ def test_circuit_breaker_rolls_back_and_service_deployments_say_so(sim: Simulato
         containerDefinitions=[cdef])["taskDefinition"]["taskDefinitionArn"]
     ecs.update_service(cluster="stg", service="web", taskDefinition=bad_td)
     failed_id = _svc(ecs, "web")["deployments"][0]["id"]
-    sim.run_until(lambda: sim.service("stg", "web").primary.is_rollback, timeout=120)
+    sim.run_until(lambda: sim.service("stg", "web").deployments[0].is_rollback, timeout=120)
     svc = _svc(ecs, "web")
     primary = next(d for d in svc["deployments"] if d["status"] == "PRIMARY")
     failed = next(d for d in svc["deployments"] if d["id"] == failed_id)
@@ -77,7 +77,7 @@ def test_circuit_breaker_rolls_back_and_service_deployments_say_so(sim: Simulato
     assert failed["rolloutState"] == "FAILED"
     assert failed["rolloutStateReason"] == "ECS deployment circuit breaker: tasks failed to start."
     assert failed["failedTasks"] >= 3
-    sim.run_until(lambda: sim.service("stg", "web").primary.rollout_state == "COMPLETED", timeout=120)
+    sim.run_until(lambda: sim.service("stg", "web").deployments[0].rollout_state == "COMPLETED", timeout=120)
     listed = ecs.list_service_deployments(cluster="stg", service="web")["serviceDeployments"]
     assert [d["status"] for d in listed] == ["ROLLBACK_SUCCESSFUL", "SUCCESSFUL"]
     [sd] = ecs.describe_service_deployments(serviceDeploymentArns=[listed[0]["serviceDeploymentArn"]])[
@@ -164,7 +164,7 @@ def test_replacements_reuse_the_pinned_digest_new_deployment_resolves_the_tag(si
     sim.advance(20)
     assert _digests(ecs, "web") == {old}  # restart: same image (version consistency)
     ecs.update_service(cluster="stg", service="web", forceNewDeployment=True)
-    sim.run_until(lambda: sim.service("stg", "web").primary.rollout_state == "COMPLETED")
+    sim.run_until(lambda: sim.service("stg", "web").deployments[0].rollout_state == "COMPLETED")
     sim.advance(10)
     assert _digests(ecs, "web") == {new}  # redeploy: the tag re-resolved
     rev = ecs.describe_service_revisions(serviceRevisionArns=[

@@ -59,7 +59,7 @@ def test_replacement_starts_only_after_stopped(sim: Simulator) -> None:
     seed(sim, "stg", [ServiceSpec("web", desired=2)])
     ecs = client("ecs")
     before = {t["taskArn"] for t in _running(ecs, "stg", "web")}
-    victim = sorted(before)[0]
+    victim = min(before)
     dep_id = _service(ecs, "stg", "web")["deployments"][0]["id"]
     ecs.stop_task(cluster="stg", task=victim)
     sim.advance(4.5)  # still DEPROVISIONING: no replacement yet
@@ -100,4 +100,4 @@ def test_running_count_lags_the_tasks(sim: Simulator) -> None:
     assert counts == [2, 2, 2, 1]
     # The truth recorder saw the wanted-and-running count drop at the StopTask instant.
     assert sim.truth.min_running_wanted("web", since=t0) == 1
-    assert [p.time - t0 for p in sim.truth.series("web") if p.time >= t0][0] == 0.0
+    assert next(p.time - t0 for p in sim.truth.series("web") if p.time >= t0) == 0.0
