@@ -101,3 +101,19 @@ def test_running_count_lags_the_tasks(sim: Simulator) -> None:
     # The truth recorder saw the wanted-and-running count drop at the StopTask instant.
     assert sim.truth.min_running_wanted("web", since=t0) == 1
     assert next(p.time - t0 for p in sim.truth.series("web") if p.time >= t0) == 0.0
+
+
+def test_list_tasks_filters_by_service_and_delete_drains(sim: Simulator) -> None:
+    seed(sim, "stg", [ServiceSpec("web", desired=2), ServiceSpec("api", desired=1)])
+    ecs = client("ecs")
+    web = ecs.list_tasks(cluster="stg", serviceName="web")["taskArns"]
+    api = ecs.list_tasks(cluster="stg", serviceName="api")["taskArns"]
+    assert len(web) == 2 and len(api) == 1 and not set(web) & set(api)
+    ecs.update_service(cluster="stg", service="api", desiredCount=0)
+    ecs.delete_service(cluster="stg", service="api")
+    sim.advance(10)
+    assert ecs.list_tasks(cluster="stg", serviceName="api")["taskArns"] == []
+    [t] = ecs.describe_tasks(cluster="stg", tasks=api)["tasks"]
+    assert t["lastStatus"] == "STOPPED" and t["stopCode"] == "ServiceSchedulerInitiated"
+    assert ecs.describe_services(cluster="stg", services=["api"])["services"][0]["status"] == "INACTIVE"
+    assert len(ecs.list_tasks(cluster="stg", serviceName="web")["taskArns"]) == 2
