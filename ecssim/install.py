@@ -11,6 +11,7 @@ same endpoint and cannot tell. Process-wide: one simulator at a time.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -87,7 +88,10 @@ def _wrap_call_action(service: str, original: Callable[[Any], Any]) -> Callable[
             sim.calls.add(call)
             if not sim.throttle.allow(account, region, action, now):
                 sim.calls.mark_error(call, ThrottlingException.code)
-                status, headers, body = self.serialized(ActionResult(ThrottlingException()))
+                with warnings.catch_warnings():
+                    # ECS's model has no ThrottlingException shape (AWS sends it anyway); moto warns.
+                    warnings.simplefilter("ignore", UserWarning)
+                    status, headers, body = self.serialized(ActionResult(ThrottlingException()))
                 headers, body = self._enrich_response(headers, body)
                 return status, headers, body
             status, headers, body = original(self)

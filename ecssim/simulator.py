@@ -256,9 +256,12 @@ class Simulator:
 
     def _expire(self, rs: RegionState, now: float) -> None:
         keep = self.timings.stopped_task_retention
+        moto_tasks = _ecs_backend(rs.account, rs.region).tasks
         for arn, t in list(rs.tasks.items()):
             if t.gone and t.stopped_at is not None and now - t.stopped_at > keep:
                 del rs.tasks[arn]
+                # moto's copy goes too, or it would be adopted again as a running task.
+                moto_tasks.get(t.cluster_name, {}).pop(arn, None)
         ttl = self.timings.client_token_ttl
         for k, e in list(rs.client_tokens.items()):
             if now - e.at > ttl:

@@ -117,3 +117,14 @@ def test_list_tasks_filters_by_service_and_delete_drains(sim: Simulator) -> None
     assert t["lastStatus"] == "STOPPED" and t["stopCode"] == "ServiceSchedulerInitiated"
     assert ecs.describe_services(cluster="stg", services=["api"])["services"][0]["status"] == "INACTIVE"
     assert len(ecs.list_tasks(cluster="stg", serviceName="web")["taskArns"]) == 2
+
+
+def test_stopped_tasks_vanish_after_an_hour(sim: Simulator) -> None:
+    seed(sim, "stg", [ServiceSpec("web", desired=1)])
+    ecs = client("ecs")
+    [arn] = ecs.list_tasks(cluster="stg", serviceName="web")["taskArns"]
+    ecs.stop_task(cluster="stg", task=arn)
+    sim.advance(3600 + 10)
+    assert ecs.describe_tasks(cluster="stg", tasks=[arn])["failures"][0]["reason"] == "MISSING"
+    assert arn not in ecs.list_tasks(cluster="stg", desiredStatus="STOPPED")["taskArns"]
+    assert len(ecs.list_tasks(cluster="stg", serviceName="web")["taskArns"]) == 1
