@@ -41,18 +41,23 @@ class TruthRecorder:
         with self._lock:
             return [p for p in self.points if p.service == service and (cluster is None or p.cluster == cluster)]
 
+    def window(self, service: str, cluster: str | None = None, since: float | None = None) -> list[TruthPoint]:
+        """The points from ``since`` on, led by the state in force at ``since`` (the last earlier point)."""
+        pts = self.series(service, cluster)
+        if since is None:
+            return pts
+        before = [p for p in pts if p.time < since]
+        return before[-1:] + [p for p in pts if p.time >= since]
+
     def min_running_wanted(self, service: str, cluster: str | None = None, since: float | None = None) -> int:
-        pts = [p for p in self.series(service, cluster) if since is None or p.time >= since]
-        return min((p.running_wanted for p in pts), default=0)
+        return min((p.running_wanted for p in self.window(service, cluster, since)), default=0)
 
     def min_healthy_wanted(self, service: str, cluster: str | None = None, since: float | None = None) -> int:
-        pts = [p for p in self.series(service, cluster) if since is None or p.time >= since]
-        return min((p.healthy_wanted for p in pts), default=0)
+        return min((p.healthy_wanted for p in self.window(service, cluster, since)), default=0)
 
     def violations(self, service: str, cluster: str | None = None, since: float | None = None) -> list[TruthPoint]:
         """Instants where healthy-and-wanted tasks were fewer than minimumHealthyPercent allows."""
-        return [p for p in self.series(service, cluster)
-                if (since is None or p.time >= since) and p.healthy_wanted < p.min_allowed]
+        return [p for p in self.window(service, cluster, since) if p.healthy_wanted < p.min_allowed]
 
     def clear(self) -> None:
         with self._lock:

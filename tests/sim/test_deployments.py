@@ -198,3 +198,20 @@ def test_deleted_pinned_digest_makes_replacements_fail_to_pull(sim: Simulator) -
     assert all(old in t["stoppedReason"] and t["stoppedReason"].startswith("CannotPullContainerError") for t in failed)
     # The deployment is COMPLETED: the circuit breaker does not watch it, nothing rolls back.
     assert _svc(ecs, "web")["deployments"][0]["rolloutState"] == "COMPLETED"
+
+
+def test_circuit_breaker_without_rollback_fails_and_stops_the_service_deployment(sim: Simulator) -> None:
+    s = seed(sim, "stg", [ServiceSpec("web", desired=2, circuit_breaker=True, rollback=False)])
+    ecs = client("ecs")
+    sim.break_image(sim.push_image(s.services["web"].repository, "latest"))
+    ecs.update_service(cluster="stg", service="web", forceNewDeployment=True)
+    sim.advance(30)
+    svc = _svc(ecs, "web")
+    primary = svc["deployments"][0]
+    assert primary["status"] == "PRIMARY" and primary["rolloutState"] == "FAILED"
+    assert primary["rolloutStateReason"] == "ECS deployment circuit breaker: tasks failed to start."
+    [sd] = ecs.describe_service_deployments(serviceDeploymentArns=[svc["currentServiceDeployment"]])[
+        "serviceDeployments"]
+    assert sd["status"] == "STOPPED" and "rollback" not in sd and sd["stoppedAt"]
+    cb = sd["deploymentCircuitBreaker"]
+    assert cb["status"] == "TRIGGERED" and cb["threshold"] == 3 and cb["failureCount"] >= 3
