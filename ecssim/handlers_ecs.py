@@ -205,7 +205,8 @@ def update_service(sim: Simulator, resp: Any, original: Original) -> ActionResul
     td_ref = resp._get_param("taskDefinition")
     if svc.controller != ControllerType.ECS:
         ctl = str(svc.controller)
-        hint = " Use AWS CodeDeploy to trigger a new deployment." if svc.controller == ControllerType.CODE_DEPLOY else ""
+        code_deploy = svc.controller == ControllerType.CODE_DEPLOY
+        hint = " Use AWS CodeDeploy to trigger a new deployment." if code_deploy else ""
         if td_ref:
             # Wording as AWS returns it (boto/boto3#1936).
             raise InvalidParameterException(

@@ -114,7 +114,8 @@ class ServiceScheduler:
         svc.last_completed = d
         rec = d.record
         if rec is not None:
-            rec.status = ServiceDeploymentStatus.ROLLBACK_SUCCESSFUL if d.is_rollback else ServiceDeploymentStatus.SUCCESSFUL
+            rec.status = (ServiceDeploymentStatus.ROLLBACK_SUCCESSFUL if d.is_rollback
+                          else ServiceDeploymentStatus.SUCCESSFUL)
             rec.finished_at = rec.updated_at = now
         self.sim.service_event(svc, now, f"(service {svc.name}) has reached a steady state.")
 

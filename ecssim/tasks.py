@@ -273,7 +273,8 @@ class Agent:
     def _on_exit(self, task: SimTask, at: float) -> None:
         # The essential container exits on its own: ECS stops the task (EssentialContainerExited).
         task.desired_status = TaskStatus.STOPPED
-        task.stop_code, task.stopped_reason, task.stopping_at = StopCode.ESSENTIAL_CONTAINER_EXITED, ESSENTIAL_EXITED, at
+        task.stop_code, task.stopped_reason = StopCode.ESSENTIAL_CONTAINER_EXITED, ESSENTIAL_EXITED
+        task.stopping_at = at
         ess = next((c for c in task.containers if c.essential), task.containers[0])
         ess.exit_code, ess.last_status = task.exit_code, "STOPPED"
         task.cancel("healthy", "target_healthy")

@@ -72,5 +72,6 @@ class Timings:
             provisioning=_s(3, 8), pulling=_s(5, 15), activating=_s(2, 7),
             stop_signal=_s(2, 6), deactivating=_s(1, 4), stopping=_s(1, 3), deprovisioning=_s(1, 2),
             health_grace=_s(10, 30), no_health_check_settle=40.0, target_healthy_after=_s(10, 30),
-            count_lag_seconds=3.0, count_lag_reads=1, count_lag_max_seconds=30.0, crash_after=_s(5, 20), one_off_duration=_s(8, 20),
+            count_lag_seconds=3.0, count_lag_reads=1, count_lag_max_seconds=30.0,
+            crash_after=_s(5, 20), one_off_duration=_s(8, 20),
             autoscaling_delay=60.0, step=1.0)
