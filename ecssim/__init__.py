@@ -1,0 +1,11 @@
+"""ecssim: ECS as it really behaves, layered over moto, on an injectable clock. See README.md."""
+from __future__ import annotations
+
+from .clock import Clock, FakeClock, RealClock
+from .install import active, install, uninstall
+from .simulator import Simulator
+from .throttle import Throttler
+from .timings import Span, Timings
+
+__all__ = ["Clock", "FakeClock", "RealClock", "Simulator", "Span", "Throttler", "Timings", "active", "install",
+           "uninstall"]
