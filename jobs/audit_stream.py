@@ -33,6 +33,7 @@ class AuditEvent:
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
     request_id: str = ""
+    reason: str = ""
     time: str = field(default_factory=lambda: iso(utcnow(), "microseconds"))
 
     def encode(self) -> dict[FieldT, EncodableT]:
