@@ -80,10 +80,12 @@ def pending_for_me() -> list[dict[str, Any]]:
 
 
 def _decidable(request_no: int, action: str) -> AccessRequest:
-    rt = runtime()
+    rt, p = runtime(), principal()
     try:
         r = store().get(request_no)
-        check_approver(principal(), rt.catalog, r.environment, r.requester)
+        if r.requester == p.actor:  # their own request is theirs to see, whether or not they see the environment
+            raise Forbidden("You made this request yourself: a second person must decide on it.")
+        check_approver(p, rt.catalog, r.environment, r.requester)
     except NotFound:
         raise NotFound(f"No access request {request_no}.") from None
     except Forbidden as e:
