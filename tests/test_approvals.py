@@ -1,10 +1,15 @@
 """Two-person approval, time-boxed grants, access requests and the access review (docs/approvals.md)."""
 from __future__ import annotations
 
+import base64
 import csv
 import datetime as dt
 import io
+import re
+import time
+import zlib
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import boto3
 import pytest
@@ -14,6 +19,7 @@ from audit.queries import verify_chain
 from scope.models import Grant, utcnow
 from tests.conftest import BASE_TOML, REGION, audit_events, seed_cluster
 from tests.test_audit_exporter import export_all
+from tests.test_saml import keys, sso  # noqa: F401 - fixtures
 from wiring.access_changes import add_grant, record_grant_expiries, remove_grant
 from workers.process import sweep
 from workers.runner import JobRunner
@@ -332,3 +338,91 @@ def test_openapi_documents_the_new_routes(client):
     for p in ("/api/v1/jobs/{job_id}/approve", "/api/v1/jobs/{job_id}/reject", "/api/v1/access-requests",
               "/api/v1/access-requests/{request_no}/approve", "/api/v1/access-review", "/api/v1/access-review.csv"):
         assert p in paths
+
+
+# ---- pages --------------------------------------------------------------------------------
+def _csrf(client: Any, path: str) -> str:
+    page = client.get(path).get_data(as_text=True)
+    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+
+
+def test_the_job_page_shows_who_and_lets_an_approver_decide(app, rt, people, staging):
+    from tests.test_admin_and_login import login
+
+    job = request_restart(app.test_client(), people["dev"])
+    browser = app.test_client()
+    assert login(browser, "op@acme.test").status_code == 302
+    index = browser.get("/").get_data(as_text=True)
+    assert "Waiting for your approval" in index and job["id"] in index
+    page = browser.get(f"/jobs/{job['id']}").get_data(as_text=True)
+    assert "Requested by dev@acme.test" in page and "stuck consumers" in page and "Approve" in page
+    mine = app.test_client()  # the requester sees no buttons on their own job
+    login(mine, "dev@acme.test")
+    assert "formaction" not in mine.get(f"/jobs/{job['id']}").get_data(as_text=True)
+    r = browser.post(f"/jobs/{job['id']}/approve", data={"csrf_token": _csrf(browser, f"/jobs/{job['id']}")})
+    assert r.status_code == 302 and r.headers["Location"] == f"/jobs/{job['id']}"
+    page = browser.get(f"/jobs/{job['id']}").get_data(as_text=True)
+    assert "Approved by op@acme.test" in page and rt.jobs.get(job["id"]).status == "queued"
+
+
+def test_access_request_page(app, rt, people):
+    from tests.test_admin_and_login import login
+
+    browser = app.test_client()
+    login(browser, "nobody@acme.test")
+    token = _csrf(browser, "/access-requests")
+    r = browser.post("/access-requests", data={"csrf_token": token, "environment": "nope", "role": "viewer",
+                                               "duration": "1h", "reason": "r"})
+    assert r.status_code == 404 and "takes access requests" in r.get_data(as_text=True)
+    r = browser.post("/access-requests", data={"csrf_token": token, "environment": "qa", "role": "viewer",
+                                               "duration": "1h", "reason": "INC-9"})
+    assert r.status_code == 302
+    assert "INC-9" in browser.get("/access-requests").get_data(as_text=True)
+    approver = app.test_client()
+    login(approver, "opqa@acme.test")
+    assert "Access requests waiting for you" in approver.get("/").get_data(as_text=True)
+
+
+def test_admin_grant_form_has_expiry_and_no_preselected_environment(app, rt, people):
+    from tests.test_admin_and_login import login
+
+    browser = app.test_client()
+    login(browser, "admin@acme.test")
+    page = browser.get("/admin/").get_data(as_text=True)
+    assert '<option value="" selected disabled>' in page and 'name="duration"' in page
+    r = browser.post("/admin/grants", data={"csrf_token": _csrf(browser, "/admin/"), "subject": "x@acme.test",
+                                            "environment": "qa", "role": "viewer", "duration": "2h",
+                                            "reason": "pairing"})
+    assert r.status_code == 302
+    [g] = rt.users.grants_for(["x@acme.test"])
+    assert g.expires_at is not None and g.reason == "pairing"
+    assert g.expires_at.strftime("%Y-%m-%d %H:%M UTC") in browser.get("/admin/").get_data(as_text=True)
+
+
+def test_with_sso_a_browser_approval_needs_a_recent_sign_in(sso, keys, people, staging):
+    from tests.test_saml import good, post, start_login
+
+    app, rt = sso
+    rt.users.grant("sam@acme.test", "staging", "operator", rt.catalog)
+    job = request_restart(app.test_client(), people["dev"])
+    browser = app.test_client()
+    assert post(browser, good(keys, start_login(browser))).status_code == 302
+    with browser.session_transaction() as s:
+        s["auth_at"] = time.time() - 301
+    r = browser.post(f"/jobs/{job['id']}/approve", data={"csrf_token": _csrf(browser, f"/jobs/{job['id']}")})
+    assert r.status_code == 302 and r.headers["Location"] == f"/saml/login?force=1&next=/jobs/{job['id']}"
+    assert rt.jobs.get(job["id"]).status == "awaiting_approval"
+    idp_url = browser.get(r.headers["Location"]).headers["Location"]
+    xml = zlib.decompress(base64.b64decode(parse_qs(urlsplit(idp_url).query)["SAMLRequest"][0]), -15)
+    assert b'ForceAuthn="true"' in xml
+    # A fresh sign-in approves.
+    assert post(browser, good(keys, start_login(browser))).status_code == 302
+    r = browser.post(f"/jobs/{job['id']}/approve", data={"csrf_token": _csrf(browser, f"/jobs/{job['id']}")})
+    assert r.status_code == 302 and rt.jobs.get(job["id"]).approved_by == "sam@acme.test"
+
+
+def test_with_sso_an_api_token_approval_is_allowed(sso, people, staging):
+    app, rt = sso
+    job = request_restart(app.test_client(), people["dev"])
+    r = app.test_client().post(f"/api/v1/jobs/{job['id']}/approve", headers=people["op"], json={})
+    assert r.status_code == 200 and r.get_json()["status"] == "queued"

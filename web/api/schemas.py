@@ -79,6 +79,8 @@ class EnvironmentDetailSchema(ma.Schema):
     schedule = ma.fields.Nested(ScheduleSchema, allow_none=True)
     permissions = ma.fields.List(ma.fields.String(), metadata={
         "description": "actions the caller may start here (the server checks again on each)"})
+    approval = ma.fields.String(metadata={"description": "none, or two-person: mutating jobs wait for approval"})
+    require_reason = ma.fields.Boolean(metadata={"description": "mutating requests must carry a reason"})
 
 
 class JobSchema(ma.Schema):

@@ -107,15 +107,17 @@ def fresh(job: Job) -> Job:
     return job
 
 
+def may_decide(job: Job) -> bool:
+    """Whether the caller may approve or reject ``job`` now (the page shows the buttons)."""
+    if job.status != AWAITING_APPROVAL:
+        return False
+    try:
+        check_approver(principal(), runtime().catalog, job.environment, job.actor)
+    except (NotFound, Forbidden):
+        return False
+    return True
+
+
 def awaiting_my_decision() -> list[Job]:
     """Jobs awaiting approval that the caller may decide on (not their own)."""
-    rt = runtime()
-    p = principal()
-    out = []
-    for job in rt.jobs.awaiting():
-        try:
-            check_approver(p, rt.catalog, job.environment, job.actor)
-        except (NotFound, Forbidden):
-            continue
-        out.append(job)
-    return out
+    return [job for job in runtime().jobs.awaiting() if may_decide(job)]

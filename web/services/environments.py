@@ -37,7 +37,8 @@ def environment_detail(env: Environment, role: Role) -> dict[str, Any]:
                                               "rollout_state")})
     return {"name": env.name, "cls": env.cls, "enabled": env.enabled, "role": role.value,
             "services": services, "redis": sorted(env.redis), "run_tasks": list(env.run_tasks),
-            "schedule": schedule_state(env), "permissions": permissions(env, role)}
+            "schedule": schedule_state(env), "permissions": permissions(env, role),
+            "approval": env.approval, "require_reason": env.require_reason}
 
 
 def start_service_job(env: str, svc: str, action: str, permission: Permission,
