@@ -17,13 +17,14 @@ from sqlalchemy import update
 
 from audit.queries import verify_chain
 from scope.models import Grant, utcnow
+from tests import test_saml
 from tests.conftest import BASE_TOML, REGION, audit_events, seed_cluster
 from tests.test_audit_exporter import export_all
-from tests.test_saml import keys, sso  # noqa: F401 - fixtures
 from wiring.access_changes import add_grant, record_grant_expiries, remove_grant
 from workers.process import sweep
 from workers.runner import JobRunner
 
+keys, sso = test_saml.keys, test_saml.sso  # the SSO fixtures, shared
 TOML = BASE_TOML.replace('''webhook_secret_env = "STAGING_WEBHOOK_SECRET"''', '''webhook_secret_env = "STAGING_WEBHOOK_SECRET"
 approval = "two-person"''').replace('''[environments.qa]''', '''[environments.qa]
 require_reason = true''')
@@ -400,8 +401,7 @@ def test_admin_grant_form_has_expiry_and_no_preselected_environment(app, rt, peo
 
 
 def test_with_sso_a_browser_approval_needs_a_recent_sign_in(sso, keys, people, staging):
-    from tests.test_saml import good, post, start_login
-
+    good, post, start_login = test_saml.good, test_saml.post, test_saml.start_login
     app, rt = sso
     rt.users.grant("sam@acme.test", "staging", "operator", rt.catalog)
     job = request_restart(app.test_client(), people["dev"])
