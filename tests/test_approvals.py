@@ -27,7 +27,8 @@ from workers.runner import JobRunner
 keys, sso = test_saml.keys, test_saml.sso  # the SSO fixtures, shared
 TOML = BASE_TOML.replace('''webhook_secret_env = "STAGING_WEBHOOK_SECRET"''', '''webhook_secret_env = "STAGING_WEBHOOK_SECRET"
 approval = "two-person"''').replace('''[environments.qa]''', '''[environments.qa]
-require_reason = true''')
+require_reason = true
+schedule = { timezone = "UTC", up = "Mon-Fri 07:00-20:00" }''')
 RESTART = "/api/v1/environments/staging/services/orders-api/restart"
 MSGS = "dramatiq:valetkey.msgs"
 
@@ -183,6 +184,15 @@ def test_require_reason_refuses_without_one(client, rt, people, staging):
     assert r.status_code == 202 and r.get_json()["status"] == "queued"  # qa needs no approval
     assert r.get_json()["reason"] == "cache warm-up"
     assert [e["outcome"] for e in audit_events(rt) if e["environment"] == "qa"] == ["denied", "requested"]
+
+
+def test_schedule_pause_needs_a_reason_where_required(client, rt, people):
+    url = "/api/v1/environments/qa/schedule/pause"
+    r = client.post(url, headers=people["op_qa"], json={})
+    assert r.status_code == 400 and "reason" in r.get_json()["errors"]
+    assert client.post(url, headers=people["op_qa"], json={"reason": "demo tonight"}).status_code == 200
+    [ev] = events_of(rt, "schedule.pause")
+    assert ev["reason"] == "demo tonight" and ev["actor"] == "opqa@acme.test"
 
 
 def test_flush_and_tasks_wait_for_approval_too(client, rt, people, staging, target_redis):

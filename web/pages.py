@@ -119,9 +119,10 @@ def run_task(env: str) -> WResponse:
 def schedule_pause(env: str) -> Any:
     """The Pause button; an optional ``until`` (datetime-local) is wall-clock time in the environment's zone."""
     try:
-        pause_schedule(env, request.form.get("until", ""))
+        pause_schedule(env, request.form.get("until", ""), request.form.get("reason"))
     except (ValidationFailed, Conflict) as e:
-        message = e.fields.get("until", [e.detail])[0] if isinstance(e, ValidationFailed) else e.detail
+        fields = e.fields if isinstance(e, ValidationFailed) else {}
+        message = (fields.get("until") or fields.get("reason") or [e.detail])[0]
         return _environment_page(env, schedule_error=f"Not paused: {message}"), e.status
     return redirect(url_for("pages.environment", env=env) + "#schedule")
 
