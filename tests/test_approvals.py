@@ -436,3 +436,18 @@ def test_with_sso_an_api_token_approval_is_allowed(sso, people, staging):
     job = request_restart(app.test_client(), people["dev"])
     r = app.test_client().post(f"/api/v1/jobs/{job['id']}/approve", headers=people["op"], json={})
     assert r.status_code == 200 and r.get_json()["status"] == "queued"
+
+
+@pytest.mark.parametrize("line,key", [('approval = "three-person"', "approval"), ('require_reason = "yes"', "require_reason")])
+def test_catalog_validates_approval_keys(tmp_path, line, key):
+    from scope.catalog import load_catalog
+    from scope.errors import ConfigError
+
+    p = tmp_path / "e.toml"
+    p.write_text(f'[environments.x]\ncluster = "x"\n{line}\n')
+    with pytest.raises(ConfigError) as e:
+        load_catalog(str(p), {})
+    assert e.value.key == f"environments.x.{key}"
+    p.write_text('[environments.x]\ncluster = "x"\n')
+    env = load_catalog(str(p), {}).get("x")
+    assert (env.approval, env.require_reason, env.two_person) == ("none", False, False)
