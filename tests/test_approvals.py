@@ -5,7 +5,6 @@ import base64
 import csv
 import datetime as dt
 import io
-import re
 import time
 import zlib
 from typing import Any
@@ -19,6 +18,7 @@ from audit.queries import verify_chain
 from scope.models import Grant, utcnow
 from tests import test_saml
 from tests.conftest import BASE_TOML, REGION, audit_events, seed_cluster
+from tests.test_admin_and_login import csrf, login
 from tests.test_audit_exporter import export_all
 from wiring.access_changes import add_grant, record_grant_expiries, remove_grant
 from workers.process import sweep
@@ -352,14 +352,7 @@ def test_openapi_documents_the_new_routes(client):
 
 
 # ---- pages --------------------------------------------------------------------------------
-def _csrf(client: Any, path: str) -> str:
-    page = client.get(path).get_data(as_text=True)
-    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-
-
 def test_the_job_page_shows_who_and_lets_an_approver_decide(app, rt, people, staging):
-    from tests.test_admin_and_login import login
-
     job = request_restart(app.test_client(), people["dev"])
     browser = app.test_client()
     assert login(browser, "op@acme.test").status_code == 302
@@ -370,18 +363,16 @@ def test_the_job_page_shows_who_and_lets_an_approver_decide(app, rt, people, sta
     mine = app.test_client()  # the requester sees no buttons on their own job
     login(mine, "dev@acme.test")
     assert "formaction" not in mine.get(f"/jobs/{job['id']}").get_data(as_text=True)
-    r = browser.post(f"/jobs/{job['id']}/approve", data={"csrf_token": _csrf(browser, f"/jobs/{job['id']}")})
+    r = browser.post(f"/jobs/{job['id']}/approve", data={"csrf_token": csrf(browser, f"/jobs/{job['id']}")})
     assert r.status_code == 302 and r.headers["Location"] == f"/jobs/{job['id']}"
     page = browser.get(f"/jobs/{job['id']}").get_data(as_text=True)
     assert "Approved by op@acme.test" in page and rt.jobs.get(job["id"]).status == "queued"
 
 
 def test_access_request_page(app, rt, people):
-    from tests.test_admin_and_login import login
-
     browser = app.test_client()
     login(browser, "nobody@acme.test")
-    token = _csrf(browser, "/access-requests")
+    token = csrf(browser, "/access-requests")
     r = browser.post("/access-requests", data={"csrf_token": token, "environment": "nope", "role": "viewer",
                                                "duration": "1h", "reason": "r"})
     assert r.status_code == 404 and "takes access requests" in r.get_data(as_text=True)
@@ -395,13 +386,11 @@ def test_access_request_page(app, rt, people):
 
 
 def test_admin_grant_form_has_expiry_and_no_preselected_environment(app, rt, people):
-    from tests.test_admin_and_login import login
-
     browser = app.test_client()
     login(browser, "admin@acme.test")
     page = browser.get("/admin/").get_data(as_text=True)
     assert '<option value="" selected disabled>' in page and 'name="duration"' in page
-    r = browser.post("/admin/grants", data={"csrf_token": _csrf(browser, "/admin/"), "subject": "x@acme.test",
+    r = browser.post("/admin/grants", data={"csrf_token": csrf(browser, "/admin/"), "subject": "x@acme.test",
                                             "environment": "qa", "role": "viewer", "duration": "2h",
                                             "reason": "pairing"})
     assert r.status_code == 302
@@ -419,7 +408,7 @@ def test_with_sso_a_browser_approval_needs_a_recent_sign_in(sso, keys, people, s
     assert post(browser, good(keys, start_login(browser))).status_code == 302
     with browser.session_transaction() as s:
         s["auth_at"] = time.time() - 301
-    r = browser.post(f"/jobs/{job['id']}/approve", data={"csrf_token": _csrf(browser, f"/jobs/{job['id']}")})
+    r = browser.post(f"/jobs/{job['id']}/approve", data={"csrf_token": csrf(browser, f"/jobs/{job['id']}")})
     assert r.status_code == 302 and r.headers["Location"] == f"/saml/login?force=1&next=/jobs/{job['id']}"
     assert rt.jobs.get(job["id"]).status == "awaiting_approval"
     idp_url = browser.get(r.headers["Location"]).headers["Location"]
@@ -427,7 +416,7 @@ def test_with_sso_a_browser_approval_needs_a_recent_sign_in(sso, keys, people, s
     assert b'ForceAuthn="true"' in xml
     # A fresh sign-in approves.
     assert post(browser, good(keys, start_login(browser))).status_code == 302
-    r = browser.post(f"/jobs/{job['id']}/approve", data={"csrf_token": _csrf(browser, f"/jobs/{job['id']}")})
+    r = browser.post(f"/jobs/{job['id']}/approve", data={"csrf_token": csrf(browser, f"/jobs/{job['id']}")})
     assert r.status_code == 302 and rt.jobs.get(job["id"]).approved_by == "sam@acme.test"
 
 
