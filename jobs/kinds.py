@@ -12,9 +12,13 @@ RUN_JOB_ACTOR = "run_job"
 QUEUE = "valetkey"
 
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
-TERMINAL = frozenset({SUCCEEDED, FAILED})
+# Two-person approval: a job waits (never enqueued) until approved, or ends rejected.
+AWAITING_APPROVAL, REJECTED = "awaiting_approval", "rejected"
+TERMINAL = frozenset({SUCCEEDED, FAILED, REJECTED})
+JOB_STATUSES = (AWAITING_APPROVAL, QUEUED, RUNNING, SUCCEEDED, FAILED, REJECTED)
 
 AUDIT_ACTIONS = ("service.restart", "service.redeploy", "logs.view", "redis.flush", "task.run",
-                 "schedule.pause", "schedule.resume", "grant.add", "grant.remove", "token.create", "login")
+                 "schedule.pause", "schedule.resume", "grant.add", "grant.remove", "token.create", "login",
+                 "grant.expire", "approval.approve", "approval.reject", "access.request")
 AUDIT_OUTCOMES = ("requested", "succeeded", "failed", "denied")
 AUDIT_SOURCES = ("web", "api", "webhook", "scheduler", "cli")

@@ -20,16 +20,19 @@ from sqlalchemy.orm import Session, sessionmaker
 from jobs.audit_stream import AuditEvent, AuditLog
 from jobs.broker import send_run_job
 from jobs.events import JobEvents
-from jobs.kinds import FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL
+from jobs.kinds import AWAITING_APPROVAL, FAILED, QUEUED, REJECTED, RUNNING, SUCCEEDED, TERMINAL
 from scope.errors import Conflict, NotFound, Unavailable, ValetKeyError
 from scope.models import Job, utcnow
-from scope.times import iso_or_none
+from scope.times import iso, iso_or_none
 
 log = logging.getLogger(__name__)
 
 # A running job whose worker has not touched it for this long is presumed
 # orphaned (worker killed): a redelivered message may take it over.
 DEFAULT_LEASE = dt.timedelta(seconds=60)
+# A job awaiting a second person's approval is rejected ("approval expired") after this long.
+APPROVAL_WINDOW = dt.timedelta(minutes=30)
+APPROVAL_EXPIRED = "Rejected: approval expired (no second person approved it within 30 minutes); nothing was done."
 
 
 def job_dict(job: Job) -> dict[str, Any]:
@@ -37,7 +40,10 @@ def job_dict(job: Job) -> dict[str, Any]:
     return {"id": job.id, "action": job.action, "environment": job.environment, "target": job.target,
             "status": job.status, "detail": job.detail, "actor": job.actor, "source": job.source,
             "created_at": iso_or_none(job.created_at), "started_at": iso_or_none(job.started_at),
-            "finished_at": iso_or_none(job.finished_at), "url": f"/api/v1/jobs/{job.id}"}
+            "finished_at": iso_or_none(job.finished_at), "url": f"/api/v1/jobs/{job.id}",
+            "reason": job.reason or "", "approved_by": job.approved_by, "approved_at": iso_or_none(job.approved_at),
+            "approval_expires_at": iso(job.created_at + APPROVAL_WINDOW) if job.status == AWAITING_APPROVAL else None,
+            "plan": job.plan}
 
 
 _JOBS = cast(Table, Job.__table__)
@@ -52,7 +58,7 @@ def outcome_event(job: Any) -> AuditEvent:
     return AuditEvent(actor=job.actor, source=job.source, action=job.action,
                       outcome=SUCCEEDED if job.status == SUCCEEDED else FAILED,
                       environment=job.environment, target=job.target, detail=job.detail, job_id=job.id,
-                      before=job.before, after=job.after, request_id=job.request_id)
+                      before=job.before, after=job.after, request_id=job.request_id, reason=job.reason or "")
 
 
 class _Statements:
@@ -104,17 +110,21 @@ class JobService:
     # ---- web side ---------------------------------------------------------
     def create(self, *, action: str, environment: str, target: str, actor: str, source: str,
                request_id: str = "", params: dict[str, Any] | None = None, exclusive: bool = True,
-               detail: str = "") -> Job:
+               detail: str = "", reason: str = "", approval: bool = False) -> Job:
         """Commit the job row, append its ``requested`` audit event, then enqueue.
 
         Any failure before the enqueue refuses the action (Unavailable) and leaves
         the row failed, so what the database says always matches what happened.
+        With ``approval`` the job waits in ``awaiting_approval`` (holding the
+        target's lock) and is enqueued only by ``approve``.
         """
         job = Job(id=uuid.uuid4().hex, action=action, environment=environment, target=target,
-                  status=QUEUED, actor=actor, source=source, request_id=request_id, params=params or {},
+                  status=AWAITING_APPROVAL if approval else QUEUED, actor=actor, source=source,
+                  request_id=request_id, params=params or {},
                   active_key=f"{environment}/{target}" if exclusive else None, detail=detail,
                   created_at=self.clock(), attempts=0, before=None, after=None, heartbeat_at=None,
-                  started_at=None, finished_at=None)
+                  started_at=None, finished_at=None, reason=reason, approved_by=None, approved_at=None,
+                  plan=None)
         try:
             with self.engine.begin() as c:
                 c.execute(self._sql.insert, _columns(job))
@@ -123,14 +133,14 @@ class JobService:
             if running is None:  # finished in between: one retry is enough
                 return self.create(action=action, environment=environment, target=target, actor=actor,
                                    source=source, request_id=request_id, params=params, exclusive=exclusive,
-                                   detail=detail)
+                                   detail=detail, reason=reason, approval=approval)
             conflict = Conflict(f"{target} in {environment} already has a job in progress: {running.id} "
                                 f"({running.action}, {running.status}, by {running.actor}).",
                                 job_id=running.id, job_url=f"/api/v1/jobs/{running.id}")
             # A refusal like any other: it goes to the audit trail as denied.
             self.audit.record(AuditEvent(actor=actor, source=source, action=action, outcome="denied",
                                          environment=environment, target=target, request_id=request_id,
-                                         detail=conflict.detail))
+                                         detail=conflict.detail, reason=reason))
             raise conflict from None
         except SQLAlchemyError as e:
             raise Unavailable("The job database cannot be written right now; nothing was done.") from e
@@ -139,7 +149,12 @@ class JobService:
             pipe = self.events.r.pipeline(transaction=False)
             self.audit.queue(pipe, AuditEvent(actor=actor, source=source, action=action, outcome="requested",
                                               environment=environment, target=target, job_id=job.id,
-                                              request_id=request_id, detail=detail))
+                                              request_id=request_id, detail=detail, reason=reason))
+            if approval:
+                self.events.queue(pipe, job.id, AWAITING_APPROVAL, f"{action} of {target} requested by {actor}; "
+                                  "waiting for a second person's approval")
+                pipe.execute()
+                return job
             self.events.queue(pipe, job.id, "queued", f"{action} of {target} requested by {actor}")
             pipe.execute()
             if self.broker is None:
@@ -155,7 +170,7 @@ class JobService:
     def _abandon(self, job_id: str, detail: str) -> None:
         try:
             with self.sessions.begin() as s:
-                s.execute(update(Job).where(Job.id == job_id, Job.status == QUEUED)
+                s.execute(update(Job).where(Job.id == job_id, Job.status.in_([QUEUED, AWAITING_APPROVAL]))
                           .values(status=FAILED, detail=detail, finished_at=self.clock(), active_key=None))
         except SQLAlchemyError:
             log.exception("could not mark job %s failed after enqueue failure", job_id)
@@ -166,6 +181,112 @@ class JobService:
             if job is None:
                 raise NotFound(f"No job {job_id!r}.")
             return job
+
+    # ---- two-person approval ------------------------------------------------
+    def approve(self, job_id: str, *, approver: str, source: str, request_id: str = "",
+                reason: str = "") -> Job:
+        """Approve a job awaiting approval: row (compare-and-set) → audit ``approval.approve`` → enqueue.
+
+        Conflict if the job is not awaiting approval (or its window has passed);
+        Unavailable (and the job failed) if the audit entry or the enqueue fails.
+        """
+        now = self.clock()
+        with self.engine.begin() as c:
+            n = c.execute(update(Job).where(Job.id == job_id, Job.status == AWAITING_APPROVAL,
+                                            Job.created_at > now - APPROVAL_WINDOW)
+                          .values(status=QUEUED, approved_by=approver, approved_at=now)).rowcount
+        if n != 1:
+            raise self._not_awaiting(job_id)
+        job = self.get(job_id)
+        try:
+            self.audit.record(AuditEvent(actor=approver, source=source, action="approval.approve",
+                                         outcome="succeeded", environment=job.environment, target=job.target,
+                                         job_id=job.id, request_id=request_id, reason=reason,
+                                         detail=f"Approved {job.action} of {job.target} requested by {job.actor}"))
+            self.events.append(job.id, "approved", f"Approved by {approver}; queued")
+            if self.broker is None:
+                raise Unavailable("No job queue is configured.")
+            send_run_job(self.broker, job.id)
+        except Exception as e:  # noqa: BLE001 - an approval that is not on record (or not queued) never runs
+            self._abandon(job.id, "Refused: the approval could not be recorded or queued; nothing was done.")
+            if isinstance(e, ValetKeyError):
+                raise
+            raise Unavailable("The job queue is unavailable right now; nothing was done.") from e
+        return self.get(job_id)
+
+    def reject(self, job_id: str, *, approver: str, source: str, request_id: str = "",
+               reason: str = "") -> Job:
+        """Reject a job awaiting approval; it ends ``rejected`` and frees its target."""
+        now = self.clock()
+        detail = f"Rejected by {approver}" + (f": {reason}" if reason else "") + "; nothing was done."
+        if not self._end_awaiting(job_id, detail, now, now - APPROVAL_WINDOW):
+            raise self._not_awaiting(job_id)
+        job = self.get(job_id)
+        # After the row, unlike approve: a rejection makes nothing happen, so the safe
+        # direction is to let it stand even if its entry cannot be written now.
+        self._record_quietly(AuditEvent(actor=approver, source=source, action="approval.reject",
+                                        outcome="succeeded", environment=job.environment, target=job.target,
+                                        job_id=job.id, request_id=request_id, reason=reason, detail=detail))
+        return job
+
+    def _record_quietly(self, event: AuditEvent) -> None:
+        try:
+            self.audit.record(event)
+        except Unavailable:
+            log.error("job %s: %s could not be audited (audit stream unavailable)", event.job_id, event.action)
+
+    def _end_awaiting(self, job_id: str, detail: str, now: dt.datetime, created_after: dt.datetime | None) -> bool:
+        q = update(Job).where(Job.id == job_id, Job.status == AWAITING_APPROVAL)
+        if created_after is not None:
+            q = q.where(Job.created_at > created_after)
+        with self.engine.begin() as c:
+            n = c.execute(q.values(status=REJECTED, detail=detail, finished_at=now, active_key=None)).rowcount
+        if n == 1:
+            try:
+                self.events.append(job_id, REJECTED, detail)
+            except Exception:  # noqa: BLE001 - progress events are a courtesy; the row holds the outcome
+                log.warning("job %s: its rejection event could not be written", job_id)
+        return n == 1
+
+    def _not_awaiting(self, job_id: str) -> Conflict:
+        self.expire_approvals(only=job_id)
+        job = self.get(job_id)
+        if job.status == REJECTED:
+            return Conflict(f"Job {job_id} is not awaiting approval: {job.detail}", job_id=job_id)
+        return Conflict(f"Job {job_id} is not awaiting approval (it is {job.status}).", job_id=job_id)
+
+    def expire_approvals(self, only: str | None = None) -> int:
+        """End every job whose approval window has passed as ``rejected`` (once, with its audit entry).
+
+        Run lazily on read and approve, and by the worker's sweeper; the
+        compare-and-set makes concurrent runs record each expiry once.
+        """
+        now = self.clock()
+        cutoff = now - APPROVAL_WINDOW
+        q = select(Job.id).where(Job.status == AWAITING_APPROVAL, Job.created_at <= cutoff)
+        if only is not None:
+            q = q.where(Job.id == only)
+        with self.sessions() as s:
+            ids = list(s.scalars(q))
+        n = 0
+        for job_id in ids:
+            if self._end_awaiting(job_id, APPROVAL_EXPIRED, now, None):
+                job = self.get(job_id)
+                n += 1
+                # After the row, as for reject: an expiry makes nothing happen.
+                self._record_quietly(AuditEvent(actor="valetkey", source="scheduler", action="approval.reject",
+                                                outcome="succeeded", environment=job.environment,
+                                                target=job.target, job_id=job.id, detail=APPROVAL_EXPIRED))
+        return n
+
+    def awaiting(self, environments: list[str] | None = None) -> list[Job]:
+        """Jobs awaiting approval (in ``environments``, or all), oldest first."""
+        self.expire_approvals()
+        q = select(Job).where(Job.status == AWAITING_APPROVAL).order_by(Job.created_at)
+        if environments is not None:
+            q = q.where(Job.environment.in_(environments))
+        with self.sessions() as s:
+            return list(s.scalars(q))
 
     def active_job(self, environment: str, target: str) -> Job | None:
         with self.sessions() as s:
@@ -243,5 +364,5 @@ class JobService:
         cutoff = self.clock() - older_than
         with self.sessions() as s:
             return list(s.scalars(select(Job).where(
-                or_((Job.status == QUEUED) & (Job.created_at < cutoff),
+                or_((Job.status == QUEUED) & (func.coalesce(Job.approved_at, Job.created_at) < cutoff),
                     (Job.status == RUNNING) & (Job.heartbeat_at < cutoff)))))

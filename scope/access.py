@@ -78,6 +78,24 @@ def check(principal: Principal, env: Environment, permission: Permission) -> Rol
     return role
 
 
+# Who may approve a two-person job or an access request in an environment: operators and admins.
+APPROVER_ROLES = frozenset({Role.OPERATOR, Role.ADMIN})
+
+
+def check_approver(principal: Principal, catalog: Catalog, environment: str, requester: str) -> Environment:
+    """The environment if ``principal`` may decide on ``requester``'s request there.
+
+    NotFound when they hold no role there (names do not leak); Forbidden for the
+    requester themself and for roles below operator.
+    """
+    env, role = environment_for(principal, catalog, environment)
+    if principal.actor == requester:
+        raise Forbidden("You made this request yourself: a second person must decide on it.")
+    if role not in APPROVER_ROLES:
+        raise Forbidden(f"Your role in {env.name} ({role.value}) cannot approve: operators and admins can.")
+    return env
+
+
 def authorize(principal: Principal, catalog: Catalog, name: str, permission: Permission) -> tuple[Environment, Role]:
     env, _ = environment_for(principal, catalog, name)
     return env, check(principal, env, permission)

@@ -18,7 +18,9 @@ from scope.schedule_windows import Schedule, ScheduleSyntaxError, parse_schedule
 
 CLASSES = ("staging", "prod")
 ENV_KEYS = {"class", "enabled", "region", "cluster", "role_arn", "external_id", "run_tasks",
-            "webhook_secret_env", "schedule", "redis", "github", "network", "description"}
+            "webhook_secret_env", "schedule", "redis", "github", "network", "description",
+            "approval", "require_reason"}
+APPROVALS = ("none", "two-person")
 REDIS_KEYS = {"url_env", "max_keys"}
 GITHUB_KEYS = {"repository", "repository_owner_id", "ref", "environment", "job_workflow_ref"}
 NETWORK_KEYS = {"subnets", "security_groups", "assign_public_ip"}
@@ -59,6 +61,12 @@ class Environment:
     github: Mapping[str, str] = field(default_factory=dict)
     network: NetworkConfig | None = None
     description: str = ""
+    approval: str = "none"  # "two-person": mutating jobs wait for a second person (docs/approvals.md)
+    require_reason: bool = False
+
+    @property
+    def two_person(self) -> bool:
+        return self.approval == "two-person"
 
     @property
     def is_prod(self) -> bool:
@@ -189,7 +197,14 @@ class _Loader:
         description = body.get("description", "")
         if not isinstance(description, str):
             raise self.fail(f"{k}.description", "must be a string")
+        approval = body.get("approval", "none")
+        if approval not in APPROVALS:
+            raise self.fail(f"{k}.approval", f"unknown approval {approval!r} (expected 'none' or 'two-person')")
+        require_reason = body.get("require_reason", False)
+        if not isinstance(require_reason, bool):
+            raise self.fail(f"{k}.require_reason", "must be true or false")
         return Environment(
+            approval=approval, require_reason=require_reason,
             name=name, cls=cls, enabled=enabled, region=region, cluster=cluster,
             role_arn=role_arn, external_id=external_id, run_tasks=tuple(run_tasks),
             webhook_secret_env=secret_env, schedule=schedule, redis=redis,

@@ -68,6 +68,12 @@ class Grant(Base):
     role: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     created_by: Mapped[str] = mapped_column(String(320), default="")
+    # Time-boxed grants stop counting at this instant (None: until revoked).
+    expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    reason: Mapped[str] = mapped_column(String(500), default="")
+    # Set by the scheduler that records this grant's grant.expire: the mark makes
+    # the entry once-only across scheduler instances (see wiring/access_changes.py).
+    expiry_recorded_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
 
 class ApiToken(Base):
@@ -110,6 +116,31 @@ class Job(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # Two-person approval (docs/approvals.md) and the requester's reason.
+    reason: Mapped[str] = mapped_column(Text, default="")
+    approved_by: Mapped[str | None] = mapped_column(String(320), default=None)
+    approved_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    plan: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), default=None)
+
+
+class AccessRequest(Base):
+    """A person's request for a time-boxed role in an environment, decided by its approvers."""
+
+    __tablename__ = "access_requests"
+    __table_args__ = (Index("ix_access_requests_status", "status", "environment"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    requester: Mapped[str] = mapped_column(String(320), index=True)
+    environment: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(20))
+    duration_seconds: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(500))
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending, approved, rejected
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    decided_by: Mapped[str | None] = mapped_column(String(320), default=None)
+    decided_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    decision_reason: Mapped[str] = mapped_column(String(500), default="")
+    grant_expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
 
 class AuditEntry(Base):

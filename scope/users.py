@@ -5,10 +5,11 @@ import datetime as dt
 import hashlib
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import Engine, bindparam, delete, select
+from sqlalchemy import Engine, bindparam, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -46,6 +47,10 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _in_force(now: dt.datetime) -> Any:
+    return or_(Grant.expires_at.is_(None), Grant.expires_at > now)
+
+
 @dataclass(frozen=True)
 class Standing:
     """What a worker needs to re-check a job's actor: who, whether enabled, and the grants."""
@@ -69,7 +74,8 @@ class UserService:
         self._standing_user = select(users.id, users.email, users.name, users.disabled, users.groups).where(
             users.email == bindparam("email"))
         self._standing_grants = select(grants.environment, grants.role).where(
-            grants.subject.in_(bindparam("subjects", expanding=True)))
+            grants.subject.in_(bindparam("subjects", expanding=True)),
+            or_(grants.expires_at.is_(None), grants.expires_at > bindparam("now", type_=grants.expires_at.type)))
 
     # ---- users ------------------------------------------------------------
     def add_user(self, email: str, name: str = "", password: str | None = None) -> User:
@@ -125,19 +131,23 @@ class UserService:
         return user
 
     # ---- grants -----------------------------------------------------------
-    def standing(self, email: str) -> Standing | None:
-        """The user's current standing (None if unknown), read fresh for a run-time re-check."""
+    def standing(self, email: str, now: dt.datetime | None = None) -> Standing | None:
+        """The user's current standing (None if unknown), read fresh for a run-time re-check.
+
+        Grants whose ``expires_at`` has passed (at ``now``) no longer count."""
         with self.engine.connect() as c:
             u = c.execute(self._standing_user, {"email": email.strip().lower()}).one_or_none()
             if u is None:
                 return None
-            rows = c.execute(self._standing_grants, {"subjects": grant_subjects(u.email, u.groups)}).all()
+            rows = c.execute(self._standing_grants, {"subjects": grant_subjects(u.email, u.groups),
+                                                     "now": now or utcnow()}).all()
         return Standing(id=u.id, email=u.email, name=u.name, disabled=bool(u.disabled),
                         grants=[(r.environment, r.role) for r in rows])
 
-    def grants_for(self, subjects: list[str]) -> list[Grant]:
+    def grants_for(self, subjects: list[str], now: dt.datetime | None = None) -> list[Grant]:
+        """The grants in force at ``now`` (a time-boxed grant stops counting at its expires_at)."""
         with self.sessions() as s:
-            return list(s.scalars(select(Grant).where(Grant.subject.in_(subjects))
+            return list(s.scalars(select(Grant).where(Grant.subject.in_(subjects), _in_force(now or utcnow()))
                                   .order_by(Grant.environment, Grant.role)))
 
     def all_grants(self) -> list[Grant]:
@@ -145,8 +155,12 @@ class UserService:
             return list(s.scalars(select(Grant).order_by(Grant.environment, Grant.subject)))
 
     def grant(self, subject: str, environment: str, role: str, catalog: Catalog,
-              by: str = "") -> tuple[Grant, bool]:
-        """Add a grant; returns (grant, created). Validates environment and role."""
+              by: str = "", expires_at: dt.datetime | None = None, reason: str = "") -> tuple[Grant, bool]:
+        """Add a grant; returns (grant, created). Validates environment and role.
+
+        ``expires_at`` makes it time-boxed. Granting again what is already held
+        with another expiry (or lapsed) replaces that grant: the latest decision
+        counts, and the return says created."""
         subject = normalize_subject(subject)
         if environment != GLOBAL and catalog.get(environment) is None:
             raise NotFound(f"unknown environment {environment!r}")
@@ -157,9 +171,17 @@ class UserService:
         with self.sessions() as s:
             existing = s.scalar(select(Grant).where(Grant.subject == subject, Grant.environment == environment,
                                                     Grant.role == r.value))
-            if existing:
+            now = utcnow()
+            lapsed = existing is not None and existing.expires_at is not None and existing.expires_at <= now
+            if existing and not lapsed and existing.expires_at == expires_at:
                 return existing, False
-            g = Grant(subject=subject, environment=environment, role=r.value, created_by=by)
+            if existing:
+                existing.expires_at, existing.created_by, existing.created_at = expires_at, by, now
+                existing.reason, existing.expiry_recorded_at = reason, None
+                s.commit()
+                return existing, True
+            g = Grant(subject=subject, environment=environment, role=r.value, created_by=by,
+                      expires_at=expires_at, reason=reason, created_at=now)
             s.add(g)
             try:
                 s.commit()
@@ -187,6 +209,31 @@ class UserService:
             if gone:
                 s.execute(delete(Grant).where(Grant.id.in_([g.id for g in gone])))
             return gone
+
+    def lapsed_grants(self, now: dt.datetime, stale_mark: dt.timedelta) -> list[Grant]:
+        """Grants past their expiry whose grant.expire is not recorded (or whose recorder died)."""
+        with self.sessions() as s:
+            return list(s.scalars(select(Grant).where(
+                Grant.expires_at <= now,
+                or_(Grant.expiry_recorded_at.is_(None), Grant.expiry_recorded_at < now - stale_mark))))
+
+    def mark_expiry(self, grant: Grant, now: dt.datetime) -> bool:
+        """Claim the recording of one lapse (compare-and-set on the mark); True for exactly one caller."""
+        with self.engine.begin() as c:
+            q = update(Grant).where(Grant.id == grant.id, Grant.expires_at == grant.expires_at)
+            q = q.where(Grant.expiry_recorded_at.is_(None) if grant.expiry_recorded_at is None
+                        else Grant.expiry_recorded_at == grant.expiry_recorded_at)
+            return bool(c.execute(q.values(expiry_recorded_at=now)).rowcount == 1)
+
+    def unmark_expiry(self, grant_id: int) -> None:
+        with self.sessions.begin() as s:
+            s.execute(update(Grant).where(Grant.id == grant_id).values(expiry_recorded_at=None))
+
+    def drop_expired(self, grant_id: int, now: dt.datetime) -> None:
+        """Delete a lapsed grant whose expiry is recorded (a re-grant in between is left alone)."""
+        with self.sessions.begin() as s:
+            s.execute(delete(Grant).where(Grant.id == grant_id, Grant.expires_at <= now,
+                                          Grant.expiry_recorded_at.is_not(None)))
 
     # ---- tokens -----------------------------------------------------------
     def create_token(self, email: str, name: str = "") -> tuple[ApiToken, str]:

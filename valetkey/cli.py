@@ -67,12 +67,22 @@ def cmd_user_add(a: argparse.Namespace) -> int:
 
 
 def cmd_grant(a: argparse.Namespace) -> int:
+    from scope.models import utcnow
+    from scope.times import iso, parse_duration
     from wiring.access_changes import add_grant
 
+    expires_at = None
+    if a.duration:
+        try:
+            expires_at = utcnow() + parse_duration(a.duration)
+        except ValueError as e:
+            raise ValetKeyError(f"--for: {e}") from None
     rt = _runtime()
-    grant, created = add_grant(rt, a.subject, a.environment, a.role, actor=_cli_actor(), source="cli")
+    grant, created = add_grant(rt, a.subject, a.environment, a.role, actor=_cli_actor(), source="cli",
+                               expires_at=expires_at, reason=a.reason)
     if created:
-        print(f"granted {grant.role} in {grant.environment} to {grant.subject}")
+        until = f" until {iso(grant.expires_at)}" if grant.expires_at else ""
+        print(f"granted {grant.role} in {grant.environment} to {grant.subject}{until}")
     else:
         print(f"{grant.subject} already holds {grant.role} in {grant.environment}")
     return 0
@@ -277,6 +287,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("subject")
     g.add_argument("environment")
     g.add_argument("role")
+    g.add_argument("--for", dest="duration", metavar="DURATION",
+                   help="time-boxed: the grant stops counting after this long (e.g. 8h, 2d)")
+    g.add_argument("--reason", default="", help="why (kept with the grant and its audit entry)")
     r = add("revoke", cmd_revoke, "take SUBJECT's role (or all roles) in ENV away")
     r.add_argument("subject")
     r.add_argument("environment")

@@ -17,9 +17,10 @@ from flask import (
 from sqlalchemy import select
 from werkzeug.wrappers import Response as WResponse  # what redirect() returns; flask's Response is one
 
-from scope.errors import Forbidden, ValetKeyError
-from scope.models import ApiToken, User
+from scope.errors import BadRequest, Forbidden, ValetKeyError
+from scope.models import ApiToken, User, utcnow
 from scope.roles import GLOBAL, Permission, Role
+from scope.times import iso, parse_duration
 from web.context import principal, runtime
 from web.pages import page
 from wiring.access_changes import add_grant, create_token, remove_grant
@@ -64,9 +65,16 @@ def grant() -> WResponse:
     actor = require_admin()
     f = request.form
     try:
+        expires_at = None
+        if f.get("duration"):
+            try:
+                expires_at = utcnow() + parse_duration(f["duration"])
+            except ValueError as e:
+                raise BadRequest(f"For: {e}") from None
         g, created = add_grant(runtime(), f.get("subject", ""), f.get("environment", ""), f.get("role", ""),
-                               actor=actor, source="web")
-        flash(f"Granted {g.role} in {g.environment} to {g.subject}." if created
+                               actor=actor, source="web", expires_at=expires_at, reason=f.get("reason", "")[:500])
+        until = f" until {iso(g.expires_at)}" if g.expires_at else ""
+        flash(f"Granted {g.role} in {g.environment} to {g.subject}{until}." if created
               else f"{g.subject} already holds {g.role} in {g.environment}.", "ok")
     except ValetKeyError as e:
         flash(e.detail, "error")

@@ -98,6 +98,7 @@ def start_session(user: User, via: str = "password") -> None:
     runtime().redis.set(SESSION_KEY + nonce, f"{user.id}|{deadline}", ex=SESSION_IDLE)
     session["login_nonce"] = nonce
     session["login_via"] = via
+    session["auth_at"] = int(time.time())  # approvals with SSO on need a recent sign-in (web/services/approvals.py)
     session.permanent = True
     login_user(SessionUser(user, "session"))
 

@@ -22,6 +22,8 @@ from scope.roles import Permission
 from web.context import principal, runtime
 from web.guard import allow
 from web.page_base import bp, page
+from web.services.access import pending_for_me
+from web.services.approvals import awaiting_my_decision, may_decide
 from web.services.audit import audit_page_context, recent_entries
 from web.services.environments import environment_detail, start_service_job
 from web.services.flush import preview_flush, start_flush_job
@@ -35,7 +37,8 @@ from web.services.tasks import start_task_job
 def index() -> str:
     """The environments you may operate."""
     envs = visible_environments(principal(), runtime().catalog)
-    return render_template("environments.html", environments=envs)
+    return render_template("environments.html", environments=envs, awaiting=[job_dict(j) for j in awaiting_my_decision()],
+                           access_requests=pending_for_me())
 
 
 @bp.get("/environments/<env>")
@@ -52,7 +55,7 @@ def service_action(env: str, svc: str, action: str) -> WResponse:
     kinds = {"restart": (RESTART, Permission.RESTART), "redeploy": (REDEPLOY, Permission.REDEPLOY)}
     if action not in kinds:
         abort(404)
-    body, _, _ = start_service_job(env, svc, *kinds[action])
+    body, _, _ = start_service_job(env, svc, *kinds[action], request.form.get("reason"))
     return redirect(url_for("pages.job", job_id=body["id"]))
 
 
@@ -60,7 +63,8 @@ def service_action(env: str, svc: str, action: str) -> WResponse:
 @page
 def job(job_id: str) -> str:
     """A job's live progress and its verified outcome."""
-    return render_template("job.html", job=job_dict(visible_job(job_id)))
+    job = visible_job(job_id)
+    return render_template("job.html", job=job_dict(job), may_decide=may_decide(job))
 
 
 # ---- Redis flush and one-off tasks (same service functions as the API) --------------
@@ -73,7 +77,8 @@ def _environment_page(env: str, **extra: Any) -> str:
     except UpstreamError as e:
         detail = {"name": env, "cls": environment.cls, "enabled": environment.enabled, "role": role.value,
                   "services": [], "redis": sorted(environment.redis), "run_tasks": list(environment.run_tasks),
-                  "schedule": None, "permissions": []}
+                  "schedule": None, "permissions": [], "approval": environment.approval,
+                  "require_reason": environment.require_reason}
         error = e.detail
     return render_template("environment.html", env=detail, error=error, history=recent_entries(env), **extra)
 
@@ -96,7 +101,7 @@ def redis_flush_preview(env: str, target: str) -> str:
 @page
 def redis_flush(env: str, target: str) -> WResponse:
     """Step 2 of a flush: the explicit confirm starts the job (which counts again and respects the cap)."""
-    body = start_flush_job(env, target, request.form.get("pattern", ""))
+    body = start_flush_job(env, target, request.form.get("pattern", ""), request.form.get("reason"))
     return redirect(url_for("pages.job", job_id=body["id"]))
 
 
@@ -104,7 +109,7 @@ def redis_flush(env: str, target: str) -> WResponse:
 @page
 def run_task(env: str) -> WResponse:
     """The Run button of an allow-listed one-off task."""
-    body = start_task_job(env, request.form.get("task_definition", ""))
+    body = start_task_job(env, request.form.get("task_definition", ""), request.form.get("reason"))
     return redirect(url_for("pages.job", job_id=body["id"]))
 
 
@@ -114,9 +119,10 @@ def run_task(env: str) -> WResponse:
 def schedule_pause(env: str) -> Any:
     """The Pause button; an optional ``until`` (datetime-local) is wall-clock time in the environment's zone."""
     try:
-        pause_schedule(env, request.form.get("until", ""))
+        pause_schedule(env, request.form.get("until", ""), request.form.get("reason"))
     except (ValidationFailed, Conflict) as e:
-        message = e.fields.get("until", [e.detail])[0] if isinstance(e, ValidationFailed) else e.detail
+        fields = e.fields if isinstance(e, ValidationFailed) else {}
+        message = (fields.get("until") or fields.get("reason") or [e.detail])[0]
         return _environment_page(env, schedule_error=f"Not paused: {message}"), e.status
     return redirect(url_for("pages.environment", env=env) + "#schedule")
 
@@ -133,7 +139,7 @@ def schedule_resume(env: str) -> Any:
 
 
 def init_app(app: Flask) -> None:
-    from web import pages_logs  # noqa: F401 - adds the logs page route to bp before it is registered
+    from web import pages_access, pages_logs  # noqa: F401 - add their routes to bp before it is registered
 
     app.register_blueprint(bp)
 

@@ -115,7 +115,8 @@ def login() -> WResponse:
     """Start an SP-initiated login; the request id is remembered for the response."""
     nxt = safe_next(request.args.get("next"))
     auth = _auth()
-    url = auth.login(return_to=nxt)
+    # force=1: the IdP must authenticate the person again (ForceAuthn), e.g. before an approval.
+    url = auth.login(return_to=nxt, force_authn=request.args.get("force") == "1")
     rid = auth.get_last_request_id()
     session["saml_request_id"] = rid
     session["saml_next"] = nxt

@@ -442,7 +442,7 @@ class RedeployWebhook:
                 raise deny(e) from None
             detail = caller.detail + (f"; delivery {delivery}" if delivery else "")
             job = self.jobs.create(action=REDEPLOY, environment=env.name, target=service, actor=actor,
-                                   source=SOURCE, request_id=request_id, detail=detail,
+                                   source=SOURCE, request_id=request_id, detail=detail, approval=env.two_person,
                                    params={"requested_task_definition": td, "delivery": delivery or ""})
         except ValetKeyError:
             if key:  # nothing was started: a redelivery may try again

@@ -21,17 +21,18 @@ MAX_TAKEOVERS = 3
 def sweep(rt: Runtime) -> int:
     """Re-send or fail jobs whose worker vanished; returns how many were touched.
 
+    Jobs whose approval window passed end ``rejected`` ("approval expired").
     A running job whose heartbeat is older than the lease lost its worker: the
     message is sent again (claim() lets exactly one worker take it over) until
     it has been attempted MAX_TAKEOVERS times, then it is failed. A queued job
     past the age limit is failed, never run. A finished job whose outcome
     never reached the audit trail gets it appended (jobs/outcomes.py).
     """
-    touched = 0
+    touched = rt.jobs.expire_approvals()
     max_age = dt.timedelta(seconds=rt.settings.job_max_age_seconds)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = rt.jobs.clock()
     for job in rt.jobs.stale(rt.jobs.lease * 2):
-        if job.status == QUEUED and now - job.created_at > max_age:
+        if job.status == QUEUED and now - (job.approved_at or job.created_at) > max_age:
             rt.jobs.finish(job.id, "failed", "Expired: never picked up within the age limit; not run.")
         elif job.status == RUNNING and job.attempts >= MAX_TAKEOVERS:
             rt.jobs.finish(job.id, "failed", f"The worker was lost {job.attempts} times; gave up. "

@@ -7,7 +7,7 @@ import time
 from typing import Any, Callable
 
 from jobs.kinds import FAILED, FLUSH, REDEPLOY, RESTART, RUN_TASK, SUCCEEDED
-from scope.access import check, principal_from_grants
+from scope.access import APPROVER_ROLES, check, principal_from_grants
 from scope.catalog import Environment
 from scope.errors import Forbidden, NotFound, ValetKeyError
 from scope.models import Job
@@ -50,7 +50,8 @@ class JobRunner:
             log.info("job %s: already finished or held by a live worker; skipping", job_id)
             return None
         events = self.rt.events
-        age = dt.datetime.now(dt.timezone.utc) - job.created_at
+        # An approved job's age counts from its approval: it waited for a person, not for a worker.
+        age = dt.datetime.now(dt.timezone.utc) - (job.approved_at or job.created_at)
         if age.total_seconds() > self.rt.settings.job_max_age_seconds:
             self._finish(job, FAILED, f"Expired: queued for {int(age.total_seconds())}s, longer than the "
                                       f"{self.rt.settings.job_max_age_seconds}s age limit; not run.")
@@ -107,7 +108,24 @@ class JobRunner:
                 raise Forbidden(f"Refused at run time: {e.detail} Nothing was done.") from e
         elif not env.actions_allowed:
             raise Forbidden(f"Refused at run time: {env.name} is disabled; nothing was done.")
+        if job.approved_by:
+            self._recheck_approver(job, env)
+        elif env.two_person:
+            raise Forbidden(f"Refused at run time: {env.name} requires a second person's approval and this job "
+                            "has none; nothing was done.")
         return env
+
+    def _recheck_approver(self, job: Job, env: Environment) -> None:
+        """The approver must still be someone else, active, and an operator there (or an admin)."""
+        approver = job.approved_by or ""
+        who = self.rt.users.standing(approver)
+        if who is None or who.disabled or who.email == job.actor:
+            raise Forbidden(f"Refused at run time: the approver {approver} is no longer an active user; "
+                            "nothing was done.")
+        role = principal_from_grants(who.email, who.name, who.id, who.grants).role_in(env.name)
+        if role not in APPROVER_ROLES:
+            raise Forbidden(f"Refused at run time: the approver {approver} no longer holds operator or admin in "
+                            f"{env.name}; nothing was done.")
 
     def _dispatch(self, job: Job, env: Environment) -> Outcome:
         params = dict(job.params or {})

@@ -63,6 +63,7 @@ from scope.schedule_store import (
     ScheduleStore,
 )
 from scope.times import iso, iso_or_none
+from wiring.access_changes import record_grant_expiries
 from wiring.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -284,6 +285,16 @@ def _seconds_to_next_tick(every: float) -> float:
     return every - (time.time() % every) + 0.5
 
 
+def expire_grants(rt: Runtime) -> None:
+    """The scheduler's other periodic step: record ``grant.expire`` for lapsed time-boxed grants."""
+    try:
+        n = record_grant_expiries(rt)
+        if n:
+            log.info("recorded %d lapsed grant(s)", n)
+    except Exception:  # noqa: BLE001 - a database hiccup here must not stop the schedules
+        log.exception("recording lapsed grants failed; will retry next tick")
+
+
 def run_scheduler(rt: Runtime, stop: threading.Event, every: float = 60.0,
                   reconciler: Reconciler | None = None) -> None:
     rec = reconciler or Reconciler.from_runtime(rt)
@@ -293,11 +304,13 @@ def run_scheduler(rt: Runtime, stop: threading.Event, every: float = 60.0,
              f" (never touched, prod or disabled: {', '.join(skipped)})" if skipped else "")
     try:
         if not stop.is_set():
+            expire_grants(rt)
             rec.reconcile_all()  # at once: a scheduler (re)started at night scales down now, not in a minute
         deadline = time.monotonic() + _seconds_to_next_tick(every)
         while not stop.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                expire_grants(rt)
                 rec.reconcile_all()
                 deadline = time.monotonic() + _seconds_to_next_tick(every)
                 continue

@@ -29,8 +29,8 @@ def init_app(app: Flask) -> None:
             "session": {"type": "apiKey", "in": "cookie", "name": "session"}}},
         "security": [{"bearer": []}, {"session": []}],
     })
-    from web.api import audit, environments, flush, hooks, jobs, logs, me, schedule, tasks
+    from web.api import access, audit, environments, flush, hooks, jobs, logs, me, schedule, tasks
 
-    for module in (me, environments, jobs, logs, flush, tasks, schedule, hooks, audit):
+    for module in (me, environments, jobs, logs, flush, tasks, schedule, hooks, audit, access):
         api.register_blueprint(module.blp)
     app.extensions["valetkey_api"] = api

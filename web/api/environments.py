@@ -8,7 +8,7 @@ from flask_smorest import Blueprint
 from jobs.kinds import REDEPLOY, RESTART
 from scope.access import visible_environments
 from scope.roles import Permission
-from web.api.schemas import EnvironmentDetailSchema, EnvironmentListSchema, JobSchema
+from web.api.schemas import EnvironmentDetailSchema, EnvironmentListSchema, JobSchema, ReasonSchema
 from web.context import principal, runtime
 from web.guard import allow
 from web.services.environments import environment_detail, start_service_job
@@ -34,14 +34,16 @@ def get_environment(env: str) -> dict[str, Any]:
 
 
 @blp.post("/environments/<env>/services/<svc>/restart")
+@blp.arguments(ReasonSchema, error_status_code=400)
 @blp.response(202, JobSchema)
-def restart(env: str, svc: str) -> tuple[dict[str, Any], int, dict[str, str]]:
+def restart(args: dict[str, Any], env: str, svc: str) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Replace the service's tasks with fresh ones of the same version, then wait until healthy."""
-    return start_service_job(env, svc, RESTART, Permission.RESTART)
+    return start_service_job(env, svc, RESTART, Permission.RESTART, args.get("reason"))
 
 
 @blp.post("/environments/<env>/services/<svc>/redeploy")
+@blp.arguments(ReasonSchema, error_status_code=400)
 @blp.response(202, JobSchema)
-def redeploy(env: str, svc: str) -> tuple[dict[str, Any], int, dict[str, str]]:
+def redeploy(args: dict[str, Any], env: str, svc: str) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Start a new deployment of the service's task definition so its image tag is resolved anew."""
-    return start_service_job(env, svc, REDEPLOY, Permission.REDEPLOY)
+    return start_service_job(env, svc, REDEPLOY, Permission.REDEPLOY, args.get("reason"))

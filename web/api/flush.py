@@ -22,6 +22,6 @@ def flush(args: dict[str, Any], env: str, target: str) -> Any:
     """Dry run (default): count the keys matching ``pattern``. With ``dry_run: false``: start the flush job."""
     if args["dry_run"]:
         return preview_flush(env, target, args["pattern"])
-    body = start_flush_job(env, target, args["pattern"])
+    body = start_flush_job(env, target, args["pattern"], args.get("reason"))
     resp: Response = jsonify(JobSchema().dump(body))
     return resp, 202, {"Location": body["url"]}

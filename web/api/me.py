@@ -5,6 +5,7 @@ from typing import Any
 
 from flask_smorest import Blueprint
 
+from scope.times import iso_or_none
 from web.api.schemas import MeSchema
 from web.context import principal, runtime
 
@@ -19,4 +20,5 @@ def me() -> dict[str, Any]:
     user = runtime().users.get(p.user_id) if p.user_id else None
     grants = runtime().users.grants_for(user.subjects) if user else []
     return {"email": p.actor, "name": p.name, "groups": list(user.groups or []) if user else [],
-            "grants": [{"environment": g.environment, "role": g.role, "subject": g.subject} for g in grants]}
+            "grants": [{"environment": g.environment, "role": g.role, "subject": g.subject,
+                        "expires_at": iso_or_none(g.expires_at)} for g in grants]}

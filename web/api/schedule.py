@@ -6,7 +6,7 @@ from typing import Any
 import marshmallow as ma
 from flask_smorest import Blueprint
 
-from web.api.schemas import ScheduleSchema
+from web.api.schemas import ScheduleSchema, reason_field
 from web.services.schedule import pause_schedule, resume_schedule
 
 blp = Blueprint("schedule", __name__, url_prefix="/api/v1", description="On/off schedules: pause and resume")
@@ -19,6 +19,7 @@ class PauseRequestSchema(ma.Schema):
     until = ma.fields.String(load_default=None, allow_none=True, metadata={
         "description": "ISO 8601; without an offset, wall-clock time in the environment's time zone. "
                        "In the future and at most 7 days ahead. Omitted: paused until resumed."})
+    reason = reason_field()
 
 
 class ScheduleResponseSchema(ma.Schema):
@@ -30,7 +31,7 @@ class ScheduleResponseSchema(ma.Schema):
 @blp.response(200, ScheduleResponseSchema)
 def pause(args: dict[str, Any], env: str) -> dict[str, Any]:
     """Leave the environment as it is (no scale-down, no restore) until `until` or until resumed."""
-    return {"schedule": pause_schedule(env, args.get("until"))}
+    return {"schedule": pause_schedule(env, args.get("until"), args.get("reason"))}
 
 
 @blp.post("/environments/<env>/schedule/resume")

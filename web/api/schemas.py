@@ -6,7 +6,7 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import validate
 
-from jobs.kinds import AUDIT_ACTIONS, AUDIT_OUTCOMES, AUDIT_SOURCES
+from jobs.kinds import AUDIT_ACTIONS, AUDIT_OUTCOMES, AUDIT_SOURCES, JOB_STATUSES
 
 
 class ProblemSchema(ma.Schema):
@@ -22,6 +22,8 @@ class GrantSchema(ma.Schema):
     environment = ma.fields.String(required=True)
     role = ma.fields.String(required=True)
     subject = ma.fields.String(metadata={"description": "the e-mail or group:NAME the grant is held through"})
+    expires_at = ma.fields.String(allow_none=True, metadata={
+        "description": "when a time-boxed grant stops counting (ISO 8601 UTC); null: until revoked"})
 
 
 class MeSchema(ma.Schema):
@@ -77,6 +79,8 @@ class EnvironmentDetailSchema(ma.Schema):
     schedule = ma.fields.Nested(ScheduleSchema, allow_none=True)
     permissions = ma.fields.List(ma.fields.String(), metadata={
         "description": "actions the caller may start here (the server checks again on each)"})
+    approval = ma.fields.String(metadata={"description": "none, or two-person: mutating jobs wait for approval"})
+    require_reason = ma.fields.Boolean(metadata={"description": "mutating requests must carry a reason"})
 
 
 class JobSchema(ma.Schema):
@@ -84,7 +88,7 @@ class JobSchema(ma.Schema):
     action = ma.fields.String(required=True)
     environment = ma.fields.String(required=True)
     target = ma.fields.String(required=True)
-    status = ma.fields.String(required=True, validate=validate.OneOf(["queued", "running", "succeeded", "failed"]))
+    status = ma.fields.String(required=True, validate=validate.OneOf(JOB_STATUSES))
     detail = ma.fields.String(required=True)
     actor = ma.fields.String(required=True)
     source = ma.fields.String()
@@ -92,6 +96,13 @@ class JobSchema(ma.Schema):
     started_at = ma.fields.String(allow_none=True)
     finished_at = ma.fields.String(allow_none=True)
     url = ma.fields.String(required=True)
+    reason = ma.fields.String(metadata={"description": "the requester's reason (may be empty)"})
+    approved_by = ma.fields.String(allow_none=True, metadata={"description": "who approved it (two-person)"})
+    approved_at = ma.fields.String(allow_none=True)
+    approval_expires_at = ma.fields.String(allow_none=True, metadata={
+        "description": "while awaiting_approval: when the job ends rejected (approval expired)"})
+    plan = ma.fields.Dict(allow_none=True, metadata={
+        "description": "{mechanism, steps, warnings, blocked} when one was made (null otherwise)"})
 
 
 class JobEventSchema(ma.Schema):
@@ -143,6 +154,11 @@ class AuditEntrySchema(ma.Schema):
 
 
 # ---- Redis flush and one-off tasks ------------------------------------------------
+def reason_field() -> ma.fields.String:
+    return ma.fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500), metadata={
+        "description": "why (at most 500 characters); required where the environment sets require_reason"})
+
+
 class FlushRequestSchema(ma.Schema):
     class Meta:
         unknown = ma.RAISE  # an unexpected field is refused, never ignored
@@ -151,6 +167,7 @@ class FlushRequestSchema(ma.Schema):
         "description": "Redis glob with a literal prefix, e.g. session:* (bare wildcards are refused)"})
     dry_run = ma.fields.Boolean(load_default=True, metadata={
         "description": "count only (the default); false starts the flush job"})
+    reason = reason_field()
 
 
 class FlushPreviewSchema(ma.Schema):
@@ -163,6 +180,15 @@ class FlushPreviewSchema(ma.Schema):
     max_keys = ma.fields.Integer(required=True)
 
 
+class ReasonSchema(ma.Schema):
+    """A body that only carries an optional reason (restart, redeploy, approve, reject)."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+    reason = reason_field()
+
+
 class RunTaskRequestSchema(ma.Schema):
     class Meta:
         unknown = ma.RAISE  # no overrides of any kind: role, image, command, environment, count...
@@ -170,3 +196,56 @@ class RunTaskRequestSchema(ma.Schema):
     task_definition = ma.fields.String(required=True, validate=validate.Regexp(
         r"^[A-Za-z0-9_-]{1,255}$", error="Give a task definition family name (no revision, no ARN)."),
         metadata={"description": "a family on the environment's run_tasks allowlist"})
+    reason = reason_field()
+
+
+# ---- access requests and the access review ----------------------------------------
+class AccessRequestCreateSchema(ma.Schema):
+    class Meta:
+        unknown = ma.RAISE
+
+    environment = ma.fields.String(required=True, validate=validate.Length(min=1, max=100))
+    role = ma.fields.String(required=True, validate=validate.OneOf(["viewer", "developer", "operator"]))
+    duration = ma.fields.String(required=True, metadata={
+        "description": "how long the grant lasts once approved: a number with unit s, m, h or d (at most 7d)"})
+    reason = ma.fields.String(required=True, validate=validate.Length(min=1, max=500))
+
+
+class AccessRequestSchema(ma.Schema):
+    id = ma.fields.Integer(required=True)
+    requester = ma.fields.String(required=True)
+    environment = ma.fields.String(required=True)
+    role = ma.fields.String(required=True)
+    duration = ma.fields.String(required=True)
+    reason = ma.fields.String(required=True)
+    status = ma.fields.String(required=True, validate=validate.OneOf(["pending", "approved", "rejected"]))
+    created_at = ma.fields.String(required=True)
+    decided_by = ma.fields.String(allow_none=True)
+    decided_at = ma.fields.String(allow_none=True)
+    decision_reason = ma.fields.String()
+    grant_expires_at = ma.fields.String(allow_none=True)
+    url = ma.fields.String(required=True)
+
+
+class AccessRequestListSchema(ma.Schema):
+    requests = ma.fields.List(ma.fields.Nested(AccessRequestSchema), required=True, metadata={
+        "description": "your own requests, then the pending ones you may decide"})
+
+
+class AccessReviewQuerySchema(QuerySchema):
+    at = ma.fields.String(load_default=None, metadata={
+        "description": "the instant (ISO 8601, or an age like 7d); default now"})
+
+
+class ReviewGrantSchema(ma.Schema):
+    subject = ma.fields.String(required=True)
+    environment = ma.fields.String(required=True)
+    role = ma.fields.String(required=True)
+    granted_by = ma.fields.String(required=True)
+    granted_at = ma.fields.String(allow_none=True)
+    expires_at = ma.fields.String(allow_none=True)
+
+
+class AccessReviewSchema(ma.Schema):
+    at = ma.fields.String(required=True)
+    grants = ma.fields.List(ma.fields.Nested(ReviewGrantSchema), required=True)

@@ -16,5 +16,5 @@ blp = Blueprint("tasks", __name__, url_prefix="/api/v1", description="One-off ta
 @blp.response(202, JobSchema)
 def run_task(args: dict[str, Any], env: str) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Run an allow-listed task definition family once (latest revision, no overrides) and follow it to STOPPED."""
-    body = start_task_job(env, args["task_definition"])
+    body = start_task_job(env, args["task_definition"], args.get("reason"))
     return body, 202, {"Location": body["url"]}

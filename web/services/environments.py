@@ -11,6 +11,7 @@ from scope.roles import MUTATING, Permission, Role, allows
 from scope.schedule_store import ScheduleStore
 from web.context import principal, request_id, runtime, source
 from web.guard import allow, audit_denied
+from web.services.approvals import job_policy
 from web.services.schedule import ScheduleControl
 
 
@@ -36,11 +37,14 @@ def environment_detail(env: Environment, role: Role) -> dict[str, Any]:
                                               "rollout_state")})
     return {"name": env.name, "cls": env.cls, "enabled": env.enabled, "role": role.value,
             "services": services, "redis": sorted(env.redis), "run_tasks": list(env.run_tasks),
-            "schedule": schedule_state(env), "permissions": permissions(env, role)}
+            "schedule": schedule_state(env), "permissions": permissions(env, role),
+            "approval": env.approval, "require_reason": env.require_reason}
 
 
-def start_service_job(env: str, svc: str, action: str, permission: Permission) -> tuple[dict[str, Any], int, dict[str, str]]:
+def start_service_job(env: str, svc: str, action: str, permission: Permission,
+                      reason: str | None = None) -> tuple[dict[str, Any], int, dict[str, str]]:
     environment, _ = allow(env, permission, action=action, target=svc)
+    why, approval = job_policy(environment, action, svc, reason)
     rt = runtime()
     try:
         state = EcsReader(rt.aws.ecs(environment), environment.cluster).service(svc)
@@ -48,7 +52,7 @@ def start_service_job(env: str, svc: str, action: str, permission: Permission) -
         audit_denied(action, env, svc, e.detail)
         raise
     job = rt.jobs.create(action=action, environment=env, target=svc, actor=principal().actor, source=source(),
-                         request_id=request_id(),
+                         request_id=request_id(), reason=why, approval=approval,
                          params={"requested_task_definition": state.task_definition})
     body = job_dict(job)
     return body, 202, {"Location": body["url"]}

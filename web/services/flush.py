@@ -12,6 +12,7 @@ from scope.errors import NotFound, ValidationFailed
 from scope.roles import Permission
 from web.context import principal, request_id, runtime, source
 from web.guard import allow, audit_denied
+from web.services.approvals import job_policy
 
 log = logging.getLogger("valetkey.web")
 
@@ -47,11 +48,12 @@ def preview_flush(env: str, name: str, pattern: str) -> dict[str, Any]:
     return result
 
 
-def start_flush_job(env: str, name: str, pattern: str) -> dict[str, Any]:
+def start_flush_job(env: str, name: str, pattern: str, reason: str | None = None) -> dict[str, Any]:
     """Queue the flush; the job counts again and refuses above the target's max_keys."""
     environment, target, pattern = flush_target(env, name, pattern)
+    why, approval = job_policy(environment, FLUSH, job_target(target.name), reason)
     job = runtime().jobs.create(action=FLUSH, environment=environment.name, target=job_target(target.name),
                                 actor=principal().actor, source=source(), request_id=request_id(),
                                 params={"redis_target": target.name, "pattern": pattern},
-                                detail=f"Pattern: {pattern}")
+                                detail=f"Pattern: {pattern}", reason=why, approval=approval)
     return job_dict(job)

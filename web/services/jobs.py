@@ -5,6 +5,7 @@ from scope.access import environment_for
 from scope.errors import NotFound
 from scope.models import Job
 from web.context import principal, runtime
+from web.services.approvals import fresh
 
 
 def visible_job(job_id: str) -> Job:
@@ -14,4 +15,4 @@ def visible_job(job_id: str) -> Job:
         environment_for(principal(), runtime().catalog, job.environment)
     except NotFound:
         raise NotFound(f"No job {job_id!r}.") from None
-    return job
+    return fresh(job)

@@ -29,6 +29,7 @@ from scope.schedule_store import (
 from scope.times import iso
 from web.context import principal, request_id, runtime, source
 from web.guard import allow, audit_denied
+from web.services.approvals import job_policy
 
 
 class ScheduleControl:
@@ -44,14 +45,15 @@ class ScheduleControl:
         return schedule_view(env, pause, now)
 
     def pause(self, env: Environment, *, until: dt.datetime | None, actor: str, source: str,
-              request_id: str = "") -> dict[str, Any]:
+              request_id: str = "", reason: str = "") -> dict[str, Any]:
         """Leave the environment as it is until ``until`` (None: until resumed)."""
         def audit(old: Pause | None, new: Pause) -> None:
             when = f"until {iso(until)}" if until else "until resumed"
             self.audit.record(AuditEvent(
                 actor=actor, source=source, action=PAUSE, outcome="succeeded", environment=env.name,
                 detail=f"Schedule paused {when}; the scheduler leaves {env.name} as it is.",
-                before=old.record() if old else dict(NOT_PAUSED), after=new.record(), request_id=request_id))
+                before=old.record() if old else dict(NOT_PAUSED), after=new.record(), request_id=request_id,
+                reason=reason))
 
         self.store.set_pause(env.name, until, actor, audit)
         return self._state(env)
@@ -93,13 +95,17 @@ def _schedulable(env: str, action: str) -> Environment:
     return environment
 
 
-def pause_schedule(env: str, until: str | None) -> dict[str, Any]:
-    """Pause the schedule of ``env``, optionally until a time; returns the schedule state."""
+def pause_schedule(env: str, until: str | None, reason: str | None = None) -> dict[str, Any]:
+    """Pause the schedule of ``env``, optionally until a time; returns the schedule state.
+
+    Synchronous in two-person environments too: only operators and admins may
+    pause, and they are the approvers there (docs/approvals.md)."""
     environment = _schedulable(env, PAUSE)
     assert environment.schedule is not None
+    why, _ = job_policy(environment, PAUSE, "", reason)
     when = parse_until(until, environment.schedule, utcnow())
     return control().pause(environment, until=when, actor=principal().actor, source=source(),
-                           request_id=request_id())
+                           request_id=request_id(), reason=why)
 
 
 def resume_schedule(env: str) -> dict[str, Any]:

@@ -10,11 +10,12 @@ from scope.errors import Forbidden, ValidationFailed
 from scope.roles import Permission
 from web.context import principal, request_id, runtime, source
 from web.guard import allow, audit_denied
+from web.services.approvals import job_policy
 
 FAMILY = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 
 
-def start_task_job(env: str, family: str) -> dict[str, Any]:
+def start_task_job(env: str, family: str, reason: str | None = None) -> dict[str, Any]:
     """Queue a one-off run of an allow-listed family; anything off the list is refused and audited."""
     if not FAMILY.match(family or ""):
         # Only a family name: a revision or ARN would let a caller pick an older,
@@ -25,6 +26,8 @@ def start_task_job(env: str, family: str) -> dict[str, Any]:
         detail = f"{family} is not on {env}'s list of task definitions allowed for one-off runs."
         audit_denied(RUN_TASK, env, family, detail)
         raise Forbidden(detail)
+    why, approval = job_policy(environment, RUN_TASK, family, reason)
     job = runtime().jobs.create(action=RUN_TASK, environment=environment.name, target=family,
-                                actor=principal().actor, source=source(), request_id=request_id())
+                                actor=principal().actor, source=source(), request_id=request_id(),
+                                reason=why, approval=approval)
     return job_dict(job)

@@ -1,0 +1,83 @@
+"""Access requests: a person asks for a time-boxed role in an environment; its approvers decide.
+
+The store only keeps the rows and moves them with compare-and-set; who may
+ask and who may decide is web/services/access.py's business, the grant and
+its audit entry wiring/access_changes.py's.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import Engine, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from scope.errors import Conflict, NotFound
+from scope.models import AccessRequest, utcnow
+from scope.times import iso, iso_or_none
+
+PENDING, APPROVED, REJECTED = "pending", "approved", "rejected"
+MAX_DURATION = dt.timedelta(days=7)
+
+
+def _duration_text(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def request_dict(r: AccessRequest) -> dict[str, Any]:
+    return {"id": r.id, "requester": r.requester, "environment": r.environment, "role": r.role,
+            "duration": _duration_text(r.duration_seconds), "reason": r.reason, "status": r.status,
+            "created_at": iso(r.created_at), "decided_by": r.decided_by, "decided_at": iso_or_none(r.decided_at),
+            "decision_reason": r.decision_reason, "grant_expires_at": iso_or_none(r.grant_expires_at),
+            "url": f"/api/v1/access-requests/{r.id}"}
+
+
+class AccessRequestStore:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+        self.engine: Engine = sessions.kw["bind"]
+
+    def create(self, requester: str, environment: str, role: str, duration: dt.timedelta, reason: str) -> AccessRequest:
+        with self.sessions.begin() as s:
+            r = AccessRequest(requester=requester, environment=environment, role=role,
+                              duration_seconds=int(duration.total_seconds()), reason=reason, status=PENDING,
+                              created_at=utcnow(), decision_reason="")
+            s.add(r)
+        return r
+
+    def get(self, request_id: int) -> AccessRequest:
+        with self.sessions() as s:
+            r = s.get(AccessRequest, request_id)
+        if r is None:
+            raise NotFound(f"No access request {request_id}.")
+        return r
+
+    def listed(self, requester: str, pending_in: list[str]) -> list[AccessRequest]:
+        """The requester's own requests and the pending ones in ``pending_in`` (newest first)."""
+        with self.sessions() as s:
+            return list(s.scalars(select(AccessRequest).where(or_(
+                AccessRequest.requester == requester,
+                (AccessRequest.status == PENDING) & AccessRequest.environment.in_(pending_in)))
+                .order_by(AccessRequest.created_at.desc(), AccessRequest.id.desc()).limit(500)))
+
+    def decide(self, request_id: int, status: str, by: str, reason: str,
+               grant_expires_at: dt.datetime | None = None) -> AccessRequest:
+        """Move a pending request to ``status`` once (compare-and-set); Conflict if it was decided already."""
+        with self.engine.begin() as c:
+            n = c.execute(update(AccessRequest).where(AccessRequest.id == request_id,
+                                                      AccessRequest.status == PENDING)
+                          .values(status=status, decided_by=by, decided_at=utcnow(), decision_reason=reason,
+                                  grant_expires_at=grant_expires_at)).rowcount
+        if n != 1:
+            raise Conflict(f"Access request {request_id} is not pending (it is {self.get(request_id).status}).")
+        return self.get(request_id)
+
+    def undo(self, request_id: int) -> None:
+        """Back to pending (the grant that an approval promised could not be made)."""
+        with self.sessions.begin() as s:
+            s.execute(update(AccessRequest).where(AccessRequest.id == request_id)
+                      .values(status=PENDING, decided_by=None, decided_at=None, decision_reason="",
+                              grant_expires_at=None))
