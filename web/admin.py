@@ -14,37 +14,39 @@ from flask import (
     request,
     url_for,
 )
-from sqlalchemy import select
 from werkzeug.wrappers import Response as WResponse  # what redirect() returns; flask's Response is one
 
-from scope.errors import Forbidden, ValetKeyError
-from scope.models import ApiToken, User
+from scope.errors import BadRequest, Forbidden, ValetKeyError
+from scope.models import utcnow
 from scope.roles import GLOBAL, Permission, Role
+from scope.times import parse_duration
 from web.context import principal, runtime
+from web.guard import audit_denied
 from web.pages import page
-from wiring.access_changes import add_grant, create_token, remove_grant
+from wiring.access_changes import add_grant, create_token, disable_user, remove_grant, revoke_token
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 
-def require_admin() -> str:
+def require_admin(action: str | None = None, target: str = "") -> str:
+    """The admin's actor name; anyone else gets 403, audited ``denied`` when trying an ``action``."""
     p = principal()
     if not p.can_global(Permission.GRANTS):
-        raise Forbidden("Only admins can manage access.")
+        detail = "Only admins can manage access."
+        if action is not None:
+            audit_denied(action, "", target, detail)
+        raise Forbidden(detail)
     return p.actor
 
 
 def _overview() -> dict[str, Any]:
     rt = runtime()
-    with rt.sessions() as s:
-        users = list(s.scalars(select(User).order_by(User.email)))
-        tokens = list(s.scalars(select(ApiToken).order_by(ApiToken.created_at.desc())))
-        emails = {u.id: u.email for u in users}
+    users = rt.users.list_users()
     grants = rt.users.all_grants()
     groups = sorted({g for u in users for g in (u.groups or [])} |
                     {gr.subject[len("group:"):] for gr in grants if gr.subject.startswith("group:")})
     return {"environments": list(rt.catalog), "users": users, "groups": groups, "grants": grants,
-            "tokens": [(t, emails.get(t.user_id, "?")) for t in tokens],
+            "tokens": rt.users.list_tokens(), "now": utcnow(), "token_ttl_days": rt.settings.token_ttl_days,
             "roles": [r.value for r in Role], "global_env": GLOBAL}
 
 
@@ -61,8 +63,8 @@ def index() -> str:
 @page
 def grant() -> WResponse:
     """Grant a role (audited as grant.add)."""
-    actor = require_admin()
     f = request.form
+    actor = require_admin("grant.add", f.get("subject", ""))
     try:
         g, created = add_grant(runtime(), f.get("subject", ""), f.get("environment", ""), f.get("role", ""),
                                actor=actor, source="web")
@@ -77,8 +79,8 @@ def grant() -> WResponse:
 @page
 def revoke() -> WResponse:
     """Revoke a role (audited as grant.remove)."""
-    actor = require_admin()
     f = request.form
+    actor = require_admin("grant.remove", f.get("subject", ""))
     try:
         gone = remove_grant(runtime(), f.get("subject", ""), f.get("environment", ""), f.get("role") or None,
                             actor=actor, source="web")
@@ -92,10 +94,15 @@ def revoke() -> WResponse:
 @page
 def token() -> str | WResponse:
     """Create an API token for a user; its value is shown once, on this response only."""
-    actor = require_admin()
+    f = request.form
+    actor = require_admin("token.create", f.get("email", ""))
     try:
-        tok, clear = create_token(runtime(), request.form.get("email", ""), request.form.get("name", ""),
-                                  actor=actor, source="web")
+        try:
+            ttl = parse_duration(f["expires_in"]) if f.get("expires_in", "").strip() else None
+        except ValueError as e:
+            raise BadRequest(f"Expires in: {e}") from None
+        tok, clear = create_token(runtime(), f.get("email", ""), f.get("name", ""), actor=actor, source="web",
+                                  expires_in=ttl)
     except ValetKeyError as e:
         flash(e.detail, "error")
         return redirect(url_for("admin.index"))
@@ -103,14 +110,30 @@ def token() -> str | WResponse:
     return Response(resp, headers={"Cache-Control": "no-store"})
 
 
-@bp.post("/tokens/<int:token_id>/revoke")
+@bp.post("/tokens/<int:token_id>/revoke", endpoint="revoke_token")
 @page
-def revoke_token(token_id: int) -> WResponse:
-    """Revoke an API token at once."""
-    require_admin()
+def revoke_token_view(token_id: int) -> WResponse:
+    """Revoke an API token at once (audited as token.revoke)."""
+    actor = require_admin("token.revoke", f"token {token_id}")
     try:
-        runtime().users.revoke_token(token_id)
-        flash("Token revoked.", "ok")
+        _, email, changed = revoke_token(runtime(), token_id, actor=actor, source="web")
+        flash(f"Token {token_id} of {email} revoked." if changed else f"Token {token_id} was already revoked.",
+              "ok")
+    except ValetKeyError as e:
+        flash(e.detail, "error")
+    return redirect(url_for("admin.index"))
+
+
+@bp.post("/users/disable")
+@page
+def disable_user_view() -> WResponse:
+    """Disable an account: its sessions and tokens stop at once (audited as user.disable)."""
+    email = request.form.get("email", "")
+    actor = require_admin("user.disable", email)
+    try:
+        user, changed = disable_user(runtime(), email, actor=actor, source="web")
+        flash(f"{user.email} disabled: their sessions and API tokens no longer work." if changed
+              else f"{user.email} was already disabled.", "ok")
     except ValetKeyError as e:
         flash(e.detail, "error")
     return redirect(url_for("admin.index"))
