@@ -1,7 +1,7 @@
 """The admin page: environments, users and groups, grants and API tokens."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from flask import (
     Blueprint,
@@ -59,20 +59,28 @@ def index() -> str:
                            messages=get_flashed_messages(with_categories=True))
 
 
+def _change(do: Callable[[], tuple[str, str]]) -> WResponse:
+    """Run an access change, flash its (message, category) or its refusal, back to the page."""
+    try:
+        flash(*do())
+    except ValetKeyError as e:
+        flash(e.detail, "error")
+    return redirect(url_for("admin.index"))
+
+
 @bp.post("/grants")
 @page
 def grant() -> WResponse:
     """Grant a role (audited as grant.add)."""
     f = request.form
     actor = require_admin("grant.add", f.get("subject", ""))
-    try:
+
+    def do() -> tuple[str, str]:
         g, created = add_grant(runtime(), f.get("subject", ""), f.get("environment", ""), f.get("role", ""),
                                actor=actor, source="web")
-        flash(f"Granted {g.role} in {g.environment} to {g.subject}." if created
-              else f"{g.subject} already holds {g.role} in {g.environment}.", "ok")
-    except ValetKeyError as e:
-        flash(e.detail, "error")
-    return redirect(url_for("admin.index"))
+        return (f"Granted {g.role} in {g.environment} to {g.subject}." if created
+                else f"{g.subject} already holds {g.role} in {g.environment}.", "ok")
+    return _change(do)
 
 
 @bp.post("/grants/revoke")
@@ -81,13 +89,12 @@ def revoke() -> WResponse:
     """Revoke a role (audited as grant.remove)."""
     f = request.form
     actor = require_admin("grant.remove", f.get("subject", ""))
-    try:
+
+    def do() -> tuple[str, str]:
         gone = remove_grant(runtime(), f.get("subject", ""), f.get("environment", ""), f.get("role") or None,
                             actor=actor, source="web")
-        flash(f"Revoked {len(gone)} grant(s)." if gone else "No such grant.", "ok" if gone else "error")
-    except ValetKeyError as e:
-        flash(e.detail, "error")
-    return redirect(url_for("admin.index"))
+        return (f"Revoked {len(gone)} grant(s)." if gone else "No such grant.", "ok" if gone else "error")
+    return _change(do)
 
 
 @bp.post("/tokens")
@@ -115,13 +122,12 @@ def token() -> str | WResponse:
 def revoke_token_view(token_id: int) -> WResponse:
     """Revoke an API token at once (audited as token.revoke)."""
     actor = require_admin("token.revoke", f"token {token_id}")
-    try:
+
+    def do() -> tuple[str, str]:
         _, email, changed = revoke_token(runtime(), token_id, actor=actor, source="web")
-        flash(f"Token {token_id} of {email} revoked." if changed else f"Token {token_id} was already revoked.",
-              "ok")
-    except ValetKeyError as e:
-        flash(e.detail, "error")
-    return redirect(url_for("admin.index"))
+        return (f"Token {token_id} of {email} revoked." if changed
+                else f"Token {token_id} was already revoked.", "ok")
+    return _change(do)
 
 
 @bp.post("/users/disable")
@@ -130,13 +136,12 @@ def disable_user_view() -> WResponse:
     """Disable an account: its sessions and tokens stop at once (audited as user.disable)."""
     email = request.form.get("email", "")
     actor = require_admin("user.disable", email)
-    try:
+
+    def do() -> tuple[str, str]:
         user, changed = disable_user(runtime(), email, actor=actor, source="web")
-        flash(f"{user.email} disabled: their sessions and API tokens no longer work." if changed
-              else f"{user.email} was already disabled.", "ok")
-    except ValetKeyError as e:
-        flash(e.detail, "error")
-    return redirect(url_for("admin.index"))
+        return (f"{user.email} disabled: their sessions and API tokens no longer work." if changed
+                else f"{user.email} was already disabled.", "ok")
+    return _change(do)
 
 
 def init_app(app: Flask) -> None:
