@@ -23,6 +23,9 @@ ENV_KEYS = {"class", "enabled", "region", "cluster", "role_arn", "external_id", 
 APPROVALS = ("none", "two-person")
 REDIS_KEYS = {"url_env", "max_keys"}
 GITHUB_KEYS = {"repository", "repository_owner_id", "ref", "environment", "job_workflow_ref"}
+# Any repository on GitHub can mint a token with a given ref or environment:
+# only these claims tie a rule to code the organisation controls.
+GITHUB_PINNING_KEYS = ("repository", "repository_owner_id")
 NETWORK_KEYS = {"subnets", "security_groups", "assign_public_ip"}
 DEFAULT_MAX_KEYS = 10_000
 
@@ -194,6 +197,9 @@ class _Loader:
                 raise self.fail(f"{k}.github.{gk}", "unknown key")
             if not isinstance(gv, (str, int)) or isinstance(gv, bool) or str(gv) == "":
                 raise self.fail(f"{k}.github.{gk}", "must be a non-empty string")
+        if github and not any(pk in github for pk in GITHUB_PINNING_KEYS):
+            raise self.fail(f"{k}.github", "names neither repository nor repository_owner_id: "
+                                           "any repository on GitHub could match it")
         description = body.get("description", "")
         if not isinstance(description, str):
             raise self.fail(f"{k}.description", "must be a string")

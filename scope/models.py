@@ -87,6 +87,7 @@ class ApiToken(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    expires_at: Mapped[dt.datetime] = mapped_column()  # every token expires (SOC 2: no eternal credentials)
 
     user: Mapped[User] = relationship(back_populates="tokens")
 

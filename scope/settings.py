@@ -58,6 +58,7 @@ class Settings:
     audit_retention_days: int = 90
     local_login: bool = True
     saml_groups_attribute: str = "groups"
+    token_ttl_days: int = 90  # lifetime of a new API token unless --expires-in says otherwise
     # GitHub Actions OIDC tokens for /hooks/redeploy (audience defaults to base_url).
     oidc_jwks_url: str = GITHUB_OIDC_JWKS_URL
     oidc_issuer: str = GITHUB_OIDC_ISSUER
@@ -87,6 +88,7 @@ class Settings:
                                       e.get("VALETKEY_AUDIT_RETENTION_DAYS", "90"), minimum=1),
             local_login=_bool("VALETKEY_LOCAL_LOGIN", e.get("VALETKEY_LOCAL_LOGIN", "true")),
             saml_groups_attribute=e.get("VALETKEY_SAML_GROUPS_ATTRIBUTE") or "groups",
+            token_ttl_days=_int("VALETKEY_TOKEN_TTL_DAYS", e.get("VALETKEY_TOKEN_TTL_DAYS", "90"), minimum=1),
             oidc_jwks_url=_http_url("VALETKEY_OIDC_JWKS_URL", e.get("VALETKEY_OIDC_JWKS_URL") or GITHUB_OIDC_JWKS_URL),
             oidc_issuer=e.get("VALETKEY_OIDC_ISSUER") or GITHUB_OIDC_ISSUER,
             oidc_audience=e.get("VALETKEY_OIDC_AUDIENCE")

@@ -19,6 +19,12 @@ from scope.models import ApiToken, Grant, User, grant_subjects, utcnow
 from scope.roles import GLOBAL, Role, parse_role
 
 TOKEN_PREFIX = "vk_"
+DEFAULT_TOKEN_TTL = dt.timedelta(days=90)
+# Past this a lifetime is no longer an expiry (and now + it could overflow a datetime).
+MAX_TOKEN_TTL = dt.timedelta(days=3650)
+# How stale a token's last_used_at may get: at most one write per token per
+# minute, so API traffic does not turn into database writes.
+LAST_USED_GRANULARITY = dt.timedelta(minutes=1)
 _hasher = PasswordHasher()
 # Verified against when the e-mail is unknown, so a login attempt takes the
 # same time whether or not the account exists.
@@ -89,6 +95,26 @@ class UserService:
                         password_hash=_hasher.hash(password) if password else None, groups=[])
             s.add(user)
         return user
+
+    def list_users(self) -> list[User]:
+        with self.sessions() as s:
+            return list(s.scalars(select(User).order_by(User.email)))
+
+    def set_disabled(self, email: str, disabled: bool = True) -> tuple[User, bool]:
+        """Disable (or re-enable) an account; returns (user, changed). Its sessions and tokens
+        stop at once because both are checked against the row on every request."""
+        with self.sessions.begin() as s:
+            user = s.scalar(select(User).where(User.email == email.strip().lower()))
+            if user is None:
+                raise NotFound(f"no user {email}")
+            changed = user.disabled != disabled
+            user.disabled = disabled
+            return user, changed
+
+    def delete_user(self, user_id: int) -> None:
+        """Take back an account that was just added (its audit entry could not be written)."""
+        with self.sessions.begin() as s:
+            s.execute(delete(User).where(User.id == user_id))
 
     def get(self, user_id: int) -> User | None:
         with self.sessions() as s:
@@ -236,38 +262,64 @@ class UserService:
                                           Grant.expiry_recorded_at.is_not(None)))
 
     # ---- tokens -----------------------------------------------------------
-    def create_token(self, email: str, name: str = "") -> tuple[ApiToken, str]:
+    def create_token(self, email: str, name: str = "",
+                     expires_in: dt.timedelta = DEFAULT_TOKEN_TTL) -> tuple[ApiToken, str]:
         """A new token for the user; the clear value is returned once and never stored."""
+        if not dt.timedelta(0) < expires_in <= MAX_TOKEN_TTL:
+            raise BadRequest(f"a token's lifetime must be more than 0 and at most {MAX_TOKEN_TTL.days} days")
         with self.sessions.begin() as s:
             user = s.scalar(select(User).where(User.email == email.strip().lower()))
             if user is None:
                 raise NotFound(f"no user {email}")
             clear = TOKEN_PREFIX + secrets.token_urlsafe(32)
-            tok = ApiToken(user_id=user.id, name=name, token_hash=hash_token(clear), prefix=clear[:10])
+            tok = ApiToken(user_id=user.id, name=name, token_hash=hash_token(clear), prefix=clear[:10],
+                           expires_at=utcnow() + expires_in)
             s.add(tok)
         return tok, clear
 
-    def revoke_token(self, token_id: int) -> ApiToken:
+    def list_tokens(self, email: str | None = None) -> list[tuple[ApiToken, str]]:
+        """Tokens (newest first) with their owner's e-mail; of one user if ``email`` is given."""
+        q = select(ApiToken, User.email).join(User, User.id == ApiToken.user_id) \
+            .order_by(ApiToken.created_at.desc(), ApiToken.id.desc())
+        if email is not None:
+            q = q.where(User.email == email.strip().lower())
+        with self.sessions() as s:
+            return [(t, e) for t, e in s.execute(q).all()]
+
+    def revoke_token(self, token_id: int) -> tuple[ApiToken, bool]:
+        """Revoke at once; returns (token, changed) — revoking a revoked token changes nothing."""
         with self.sessions.begin() as s:
             tok = s.get(ApiToken, token_id)
             if tok is None:
                 raise NotFound(f"no token {token_id}")
+            changed = tok.revoked_at is None
             tok.revoked_at = tok.revoked_at or utcnow()
-            return tok
+            return tok, changed
+
+    def unrevoke_token(self, token_id: int) -> None:
+        """Take back a revocation whose audit entry could not be written."""
+        with self.sessions.begin() as s:
+            s.execute(update(ApiToken).where(ApiToken.id == token_id).values(revoked_at=None))
 
     def user_for_token(self, clear: str) -> User | None:
+        """The owner of a live token (not revoked, not expired, owner enabled), else None."""
         if not clear.startswith(TOKEN_PREFIX):
             return None
+        now = utcnow()
         with self.sessions() as s:
-            tok = s.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(clear)))
-            if tok is None or tok.revoked_at is not None:
+            row = s.execute(select(ApiToken.id, ApiToken.revoked_at, ApiToken.expires_at, ApiToken.last_used_at, User)
+                            .join(User, User.id == ApiToken.user_id)
+                            .where(ApiToken.token_hash == hash_token(clear))).one_or_none()
+            if row is None:
                 return None
-            user = s.get(User, tok.user_id)
-            if user is None or user.disabled:
+            tid, revoked_at, expires_at, last_used_at, user = row
+            if revoked_at is not None or expires_at <= now or user.disabled:
                 return None
-            now = utcnow()
-            # Coarse last-used stamp: one write per token per minute at most.
-            if tok.last_used_at is None or now - tok.last_used_at > dt.timedelta(minutes=1):
-                tok.last_used_at = now
+            if last_used_at is None or now - last_used_at >= LAST_USED_GRANULARITY:
+                # Compare-and-set: of many processes seeing the same stale stamp, one writes.
+                s.execute(update(ApiToken).where(
+                    ApiToken.id == tid,
+                    or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < now - LAST_USED_GRANULARITY))
+                    .values(last_used_at=now))
                 s.commit()
             return user

@@ -148,7 +148,7 @@ def test_cli_user_grant_token_revoke(environ, rt):
     assert token.startswith("vk_") and rt.users.user_for_token(token).email == "cli@acme.test"
     assert cli(environ, "revoke", "cli@acme.test", "staging").returncode == 0
     assert rt.users.grants_for(["cli@acme.test"]) == []
-    assert [e["action"] for e in audit_events(rt)] == ["grant.add", "token.create", "grant.remove"]
+    assert [e["action"] for e in audit_events(rt)] == ["user.add", "grant.add", "token.create", "grant.remove"]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -70,6 +70,8 @@ def test_prod_can_be_enabled_explicitly(tmp_path):
     ("[environments.x]\ncluster = \"c\"\nrun_tasks = \"migrate\"\n", "environments.x.run_tasks", "list"),
     ("[environments.x]\ncluster = \"c\"\n[environments.x.github]\nbranch = \"main\"\n",
      "environments.x.github.branch", "unknown key"),
+    ("[environments.x]\ncluster = \"c\"\n[environments.x.github]\nref = \"refs/heads/main\"\n",
+     "environments.x.github", "neither repository nor repository_owner_id"),
     ("[envs.x]\ncluster = \"c\"\n", "envs", "unknown key"),
 ])
 def test_bad_catalog_names_key_and_reason(tmp_path, body, key, reason):
@@ -129,3 +131,14 @@ def test_web_refuses_to_start_without_secret_key(tmp_path):
                        env={"PATH": "/usr/bin:/bin", "VALETKEY_ENVIRONMENTS": path}, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and "VALETKEY_SECRET_KEY" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_github_rule_without_repository_pin_stops_the_cli_with_exit_2(tmp_path):
+    path = write(tmp_path, "[environments.x]\ncluster = \"c\"\n[environments.x.github]\nref = \"refs/heads/main\"\n")
+    env = {"PATH": "/usr/bin:/bin", "VALETKEY_ENVIRONMENTS": path, "VALETKEY_SECRET_KEY": "k",
+           "VALETKEY_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}"}
+    r = subprocess.run([sys.executable, "-m", "valetkey.cli", "iam-policy", "--offline"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == (f"valetkey: configuration error: {path}: environments.x.github: names neither "
+                                "repository nor repository_owner_id: any repository on GitHub could match it")

@@ -54,15 +54,46 @@ def cmd_db_upgrade(a: argparse.Namespace) -> int:
     return 0
 
 
+def _when(t: Any) -> str:
+    from scope.times import iso
+
+    return iso(t, "seconds") if t is not None else "never"
+
+
+def _table(header: Sequence[str], rows: list[Sequence[str]]) -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    for row in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
 def cmd_user_add(a: argparse.Namespace) -> int:
+    from wiring.access_changes import add_user
+
     rt = _runtime()
     password = None
     if a.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
         if not password:
             raise ValetKeyError("no password on standard input")
-    user = rt.users.add_user(a.email, a.name or "", password)
+    user = add_user(rt, a.email, a.name or "", password, actor=_cli_actor(), source="cli")
     print(f"added {user.email}")
+    return 0
+
+
+def cmd_user_list(a: argparse.Namespace) -> int:
+    rt = _runtime()
+    _table(("EMAIL", "NAME", "STATUS", "LOGIN", "CREATED", "LAST SIGN-IN"),
+           [(u.email, u.name, "disabled" if u.disabled else "active", "password" if u.password_hash else "sso",
+             _when(u.created_at), _when(u.last_login_at)) for u in rt.users.list_users()])
+    return 0
+
+
+def cmd_user_disable(a: argparse.Namespace) -> int:
+    from wiring.access_changes import disable_user
+
+    user, changed = disable_user(_runtime(), a.email, actor=_cli_actor(), source="cli")
+    print(f"disabled {user.email}: sessions and API tokens stop working" if changed
+          else f"{user.email} was already disabled")
     return 0
 
 
@@ -102,12 +133,41 @@ def cmd_revoke(a: argparse.Namespace) -> int:
 
 
 def cmd_token_create(a: argparse.Namespace) -> int:
+    from scope.times import parse_duration
     from wiring.access_changes import create_token
 
+    try:
+        ttl = parse_duration(a.expires_in) if a.expires_in is not None else None
+    except ValueError as e:
+        raise ValetKeyError(f"--expires-in: {e}") from None
     rt = _runtime()
-    _, clear = create_token(rt, a.email, a.name or "", actor=_cli_actor(), source="cli")
-    print(f"token for {a.email} (shown once, store it now):", file=sys.stderr)
+    tok, clear = create_token(rt, a.email, a.name or "", actor=_cli_actor(), source="cli", expires_in=ttl)
+    print(f"token {tok.id} for {a.email}, expires {_when(tok.expires_at)} (shown once, store it now):",
+          file=sys.stderr)
     print(clear)
+    return 0
+
+
+def cmd_token_list(a: argparse.Namespace) -> int:
+    from scope.times import utcnow
+
+    rt = _runtime()
+    if a.email and rt.users.by_email(a.email) is None:
+        raise ValetKeyError(f"no user {a.email}")
+    now = utcnow()
+    _table(("ID", "USER", "NAME", "STATUS", "CREATED", "EXPIRES", "LAST USED"),
+           [(str(t.id), email, t.name or "-",
+             "revoked" if t.revoked_at else "expired" if t.expires_at <= now else "active",
+             _when(t.created_at), _when(t.expires_at), _when(t.last_used_at))
+            for t, email in rt.users.list_tokens(a.email)])
+    return 0
+
+
+def cmd_token_revoke(a: argparse.Namespace) -> int:
+    from wiring.access_changes import revoke_token
+
+    tok, email, changed = revoke_token(_runtime(), a.id, actor=_cli_actor(), source="cli")
+    print(f"revoked token {tok.id} of {email}" if changed else f"token {tok.id} of {email} was already revoked")
     return 0
 
 
@@ -262,8 +322,18 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 # ---- parser -------------------------------------------------------------------
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("valetkey")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="valetkey", description="Valet Key: scoped, audited operations on ECS.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}", help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Handler, help: str, parent: Any = sub) -> argparse.ArgumentParser:
@@ -272,40 +342,54 @@ def parser() -> argparse.ArgumentParser:
         return sp
 
     demo = add("demo", cmd_demo, "run the whole system locally with a stand-in for AWS")
-    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--port", type=int, default=8000, help="port of the web app (default: 8000)")
 
     db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
     add("upgrade", cmd_db_upgrade, "create or migrate the schema", db)
 
     user = sub.add_parser("user", help="local accounts").add_subparsers(dest="user_command", required=True)
     ua = add("add", cmd_user_add, "add a local account", user)
-    ua.add_argument("email")
-    ua.add_argument("--name")
-    ua.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    ua.add_argument("email", help="the account's e-mail address")
+    ua.add_argument("--name", help="display name (default: the part of the e-mail before @)")
+    ua.add_argument("--password-stdin", action="store_true",
+                    help="read the password (12 characters or more) from the first line of stdin; "
+                         "without it the account can only sign in with SSO")
+    add("list", cmd_user_list, "list accounts: e-mail, name, status, last sign-in", user)
+    ud = add("disable", cmd_user_disable, "disable an account: its sessions and API tokens stop at once", user)
+    ud.add_argument("email", help="the account's e-mail address")
 
     g = add("grant", cmd_grant, "give SUBJECT (e-mail or group:NAME) ROLE in ENV ('*' for auditor/admin)")
-    g.add_argument("subject")
-    g.add_argument("environment")
-    g.add_argument("role")
+    g.add_argument("subject", help="an e-mail address or group:NAME (an SSO group)")
+    g.add_argument("environment", help="an environment name, or '*' for the global roles")
+    g.add_argument("role", help="viewer, developer or operator; auditor or admin with '*'")
     g.add_argument("--for", dest="duration", metavar="DURATION",
                    help="time-boxed: the grant stops counting after this long (e.g. 8h, 2d)")
     g.add_argument("--reason", default="", help="why (kept with the grant and its audit entry)")
     r = add("revoke", cmd_revoke, "take SUBJECT's role (or all roles) in ENV away")
-    r.add_argument("subject")
-    r.add_argument("environment")
-    r.add_argument("role", nargs="?")
+    r.add_argument("subject", help="an e-mail address or group:NAME")
+    r.add_argument("environment", help="an environment name, or '*'")
+    r.add_argument("role", nargs="?", help="only this role (default: every role SUBJECT holds in ENV)")
 
     tok = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)
     tc = add("create", cmd_token_create, "create an API token; printed once as the last line", tok)
-    tc.add_argument("email")
-    tc.add_argument("--name")
+    tc.add_argument("email", help="the user the token acts as")
+    tc.add_argument("--name", help="what the token is for, shown in listings (e.g. ci-orders-api)")
+    tc.add_argument("--expires-in", metavar="DURATION",
+                    help="lifetime: a number with unit s, m, h, d or w, like 30d "
+                         "(default: VALETKEY_TOKEN_TTL_DAYS days, 90 unless set)")
+    tl = add("list", cmd_token_list, "list tokens: id, user, name, created, expires, last used (never the secret)",
+             tok)
+    tl.add_argument("email", nargs="?", help="only this user's tokens")
+    tr = add("revoke", cmd_token_revoke, "revoke a token at once", tok)
+    tr.add_argument("id", type=int, help="the token's id (from 'valetkey token list')")
 
     w = add("web", cmd_web, "serve the web app and API with gunicorn")
-    w.add_argument("--bind", default=f"0.0.0.0:{os.environ.get('PORT', '8000')}")
-    w.add_argument("--workers", type=int, default=2)
-    w.add_argument("--threads", type=int, default=16)
+    w.add_argument("--bind", default=f"0.0.0.0:{os.environ.get('PORT', '8000')}",
+                   help="HOST:PORT to listen on (default: 0.0.0.0:$PORT, 8000 without PORT)")
+    w.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default: 2)")
+    w.add_argument("--threads", type=int, default=16, help="threads per worker process (default: 16)")
     wk = add("worker", cmd_worker, "run jobs from the queue")
-    wk.add_argument("--threads", type=int, default=4)
+    wk.add_argument("--threads", type=int, default=4, help="job threads (default: 4)")
 
     au = sub.add_parser("audit", help="the audit trail").add_subparsers(dest="audit_command", required=True)
     add("consume", cmd_audit_consume, "the exporter: audit stream -> database", au)
@@ -314,9 +398,13 @@ def parser() -> argparse.ArgumentParser:
     av.add_argument("--allow-gaps", action="store_true",
                     help="with --file: the export was filtered; check each entry's hash across gaps in the ids")
     ex = add("export", cmd_audit_export, "write audit entries to stdout", au)
-    ex.add_argument("--format", choices=["csv", "json"], default="csv")
-    for f in ("environment", "actor", "action", "outcome", "since", "until"):
-        ex.add_argument(f"--{f}")
+    ex.add_argument("--format", choices=["csv", "json"], default="csv", help="output format (default: csv)")
+    for f, what in (("environment", "only this environment"), ("actor", "only this person or caller"),
+                    ("action", "only this action, like service.restart"),
+                    ("outcome", "only requested, succeeded, failed or denied"),
+                    ("since", "from this time: ISO 8601 or an age like 7d"),
+                    ("until", "up to this time: ISO 8601 or an age like 1h")):
+        ex.add_argument(f"--{f}", help=what)
 
     sc = sub.add_parser("schedule", help="on/off schedules").add_subparsers(dest="schedule_command", required=True)
     add("run", cmd_schedule_run, "the scheduler process", sc)

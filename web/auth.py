@@ -1,22 +1,25 @@
 """Authentication: Flask-Login sessions for the browser, bearer tokens for scripts, local login."""
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, redirect, render_template, request, session, url_for
+from flask import Blueprint, Flask, Response, redirect, render_template, request, session, url_for
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 from werkzeug.wrappers import Response as WResponse  # what redirect() returns; flask's Response is one
 
 from jobs.audit_stream import AuditEvent
-from scope.errors import NotFound, Unauthorized
+from scope.errors import NotFound, Unauthorized, ValetKeyError
 from scope.models import User
 from scope.text import as_text
-from web.context import runtime
+from web.context import request_id, runtime
 from web.errors import wants_html
+from web.login_throttle import LoginThrottle
 
 bp = Blueprint("auth", __name__)
+log = logging.getLogger(__name__)
 SESSION_KEY = "valetkey:session:"
 SESSION_LIFETIME = 12 * 3600  # absolute lifetime of a browser session, seconds
 SESSION_IDLE = 60 * 60  # a session unused this long ends
@@ -122,30 +125,62 @@ def login() -> str | WResponse:
                            local_login=rt.settings.local_login, sso=bool(rt.settings.saml_path), error=None)
 
 
+def _login_page(status: int, error: str, nxt: str, headers: dict[str, str] | None = None) -> Response:
+    page = render_template("login.html", next=nxt, local_login=True, sso=bool(runtime().settings.saml_path),
+                           error=error)
+    return Response(page, status=status, headers=headers)
+
+
+def _minutes(seconds: int) -> str:
+    m = max(1, -(-seconds // 60))
+    return "1 minute" if m == 1 else f"{m} minutes"
+
+
 @bp.post("/login")
-def login_post() -> str | WResponse:
-    """Local password login (break-glass admins, the demo)."""
+def login_post() -> Response | WResponse:
+    """Local password login (break-glass admins, the demo), throttled against guessing."""
     rt = runtime()
     if not rt.settings.local_login:
         raise NotFound("Local login is switched off; use single sign-on.")
     email = (request.form.get("email") or "").strip().lower()
     password = request.form.get("password") or ""
     nxt = safe_next(request.form.get("next"))
+    throttle = LoginThrottle(rt.redis)
+    attempt = throttle.begin(email, request.remote_addr or "unknown")
+    if attempt.retry_after:
+        # Refused before the password is looked at: a right guess must not be confirmable either.
+        rt.audit.record(AuditEvent(actor=email or "(blank)", source="web", action="login", outcome="denied",
+                                   detail="local password: too many failed sign-ins, "
+                                          f"locked for {attempt.retry_after}s",
+                                   request_id=request_id()))
+        return _login_page(429, "Too many failed sign-in attempts for this account or from this network. "
+                                f"Try again in {_minutes(attempt.retry_after)}.", nxt,
+                           {"Retry-After": str(attempt.retry_after)})
     user = rt.users.authenticate(email, password) if email and password else None
     rt.audit.record(AuditEvent(actor=email or "(blank)", source="web", action="login",
                                outcome="succeeded" if user else "denied",
-                               detail="local password" if user else "local password: wrong e-mail or password"))
+                               detail="local password" if user else "local password: wrong e-mail or password",
+                               request_id=request_id()))
     if user is None:
-        return render_template("login.html", next=nxt, local_login=True, sso=bool(rt.settings.saml_path),
-                               error="Wrong e-mail or password."), 401  # type: ignore[return-value]
+        return _login_page(401, "Wrong e-mail or password.", nxt)
+    throttle.succeeded(attempt, email)
     start_session(user)
     return redirect(nxt)
 
 
 @bp.post("/logout")
 def logout() -> WResponse:
-    """End the session server-side (the nonce is gone, so the old cookie is worthless)."""
+    """End the session server-side (the nonce is gone, so the old cookie is worthless); audited."""
+    who = current_user.user.email if current_user.is_authenticated else None
+    # Ending access first, whatever happens to the audit entry: refusing a logout
+    # because the trail is down would keep a session alive, the opposite of failing closed.
     end_session()
+    if who is not None:
+        try:
+            runtime().audit.record(AuditEvent(actor=who, source="web", action="logout", outcome="succeeded",
+                                              detail="session ended", request_id=request_id()))
+        except ValetKeyError:
+            log.error("logout of %s could not be audited: the audit trail is unavailable", who)
     return redirect(url_for("auth.login"))
 
 

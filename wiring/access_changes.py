@@ -1,16 +1,18 @@
-"""Grant and token changes with their audit entries, shared by the CLI and the admin page.
+"""Changes of who may do what, with their audit entries, shared by the CLI and the admin page.
 
-Fail closed: a grant whose audit entry cannot be written is taken back, so
-no access change exists without its trace.
+Fail closed: a change whose audit entry cannot be written is taken back and
+the error raised, so no access change exists without its trace (the person
+retries once the audit trail is writable again).
 """
 from __future__ import annotations
 
 import datetime as dt
 import logging
+from typing import Callable
 
 from jobs.audit_stream import AuditEvent
 from scope.errors import ValetKeyError
-from scope.models import ApiToken, Grant, utcnow
+from scope.models import ApiToken, Grant, User, utcnow
 from scope.times import iso, iso_or_none
 from wiring.runtime import Runtime
 
@@ -24,20 +26,25 @@ def grant_state(grant: Grant) -> dict[str, str | None]:
     return {"role": grant.role, "expires_at": iso_or_none(grant.expires_at)}
 
 
+def _record_or_undo(rt: Runtime, event: AuditEvent, undo: Callable[[], object]) -> None:
+    try:
+        rt.audit.record(event)
+    except ValetKeyError:
+        undo()
+        raise
+
+
 def add_grant(rt: Runtime, subject: str, environment: str, role: str, *, actor: str,
               source: str, expires_at: dt.datetime | None = None, reason: str = "") -> tuple[Grant, bool]:
     grant, created = rt.users.grant(subject, environment, role, rt.catalog, by=actor, expires_at=expires_at,
                                     reason=reason)
     if created:
         until = f" until {iso(grant.expires_at)}" if grant.expires_at else ""
-        try:
-            rt.audit.record(AuditEvent(actor=actor, source=source, action="grant.add", outcome="succeeded",
+        _record_or_undo(rt, AuditEvent(actor=actor, source=source, action="grant.add", outcome="succeeded",
                                        environment=grant.environment, target=grant.subject,
                                        detail=f"role {grant.role}{until}", after=grant_state(grant),
-                                       reason=reason))
-        except ValetKeyError:
-            rt.users.revoke(grant.subject, grant.environment, grant.role)
-            raise
+                                       reason=reason),
+                        lambda: rt.users.revoke(grant.subject, grant.environment, grant.role))
     return grant, created
 
 
@@ -77,13 +84,48 @@ def remove_grant(rt: Runtime, subject: str, environment: str, role: str | None, 
     return gone
 
 
-def create_token(rt: Runtime, email: str, name: str, *, actor: str, source: str) -> tuple[ApiToken, str]:
-    tok, clear = rt.users.create_token(email, name)
-    try:
-        rt.audit.record(AuditEvent(actor=actor, source=source, action="token.create", outcome="succeeded",
+def token_label(tok: ApiToken) -> str:
+    return f"token {tok.id} {tok.prefix}… ({tok.name or 'unnamed'})"
+
+
+def create_token(rt: Runtime, email: str, name: str, *, actor: str, source: str,
+                 expires_in: dt.timedelta | None = None) -> tuple[ApiToken, str]:
+    """A new token; ``expires_in`` defaults to VALETKEY_TOKEN_TTL_DAYS."""
+    ttl = expires_in if expires_in is not None else dt.timedelta(days=rt.settings.token_ttl_days)
+    tok, clear = rt.users.create_token(email, name, ttl)
+    _record_or_undo(rt, AuditEvent(actor=actor, source=source, action="token.create", outcome="succeeded",
                                    target=email.strip().lower(),
-                                   detail=f"token {tok.prefix}… ({tok.name or 'unnamed'})"))
-    except ValetKeyError:
-        rt.users.revoke_token(tok.id)
-        raise
+                                   detail=f"{token_label(tok)}, expires {iso(tok.expires_at, 'seconds')}"),
+                    lambda: rt.users.revoke_token(tok.id))
     return tok, clear
+
+
+def revoke_token(rt: Runtime, token_id: int, *, actor: str, source: str) -> tuple[ApiToken, str, bool]:
+    """Revoke at once; returns (token, owner's e-mail, changed). An already revoked token is no change."""
+    tok, changed = rt.users.revoke_token(token_id)
+    owner = rt.users.get(tok.user_id)
+    email = owner.email if owner else "?"
+    if changed:
+        _record_or_undo(rt, AuditEvent(actor=actor, source=source, action="token.revoke", outcome="succeeded",
+                                       target=email, detail=token_label(tok)),
+                        lambda: rt.users.unrevoke_token(tok.id))
+    return tok, email, changed
+
+
+def add_user(rt: Runtime, email: str, name: str, password: str | None, *, actor: str, source: str) -> User:
+    user = rt.users.add_user(email, name, password)
+    _record_or_undo(rt, AuditEvent(actor=actor, source=source, action="user.add", outcome="succeeded",
+                                   target=user.email,
+                                   detail="local account with password" if password else "account without password"),
+                    lambda: rt.users.delete_user(user.id))
+    return user
+
+
+def disable_user(rt: Runtime, email: str, *, actor: str, source: str) -> tuple[User, bool]:
+    """Disable an account: its sessions and tokens stop at once. Returns (user, changed)."""
+    user, changed = rt.users.set_disabled(email, True)
+    if changed:
+        _record_or_undo(rt, AuditEvent(actor=actor, source=source, action="user.disable", outcome="succeeded",
+                                       target=user.email, detail="sessions and API tokens stop working"),
+                        lambda: rt.users.set_disabled(user.email, False))
+    return user, changed
