@@ -9,7 +9,7 @@ from jobs.kinds import TERMINAL
 from jobs.service import job_dict
 from web.api.schemas import JobEventsQuerySchema, JobEventsSchema, JobSchema
 from web.context import runtime
-from web.services.jobs import visible_job
+from web.services.jobs import read_or_defer, visible_job
 
 blp = Blueprint("jobs", __name__, url_prefix="/api/v1", description="Jobs")
 
@@ -30,7 +30,10 @@ def job_events(query: dict[str, Any], job_id: str) -> dict[str, Any]:
     events = runtime().events
     after = query["after"]
     wait = query["wait"] if job.status not in TERMINAL else 0.0
-    got = events.read(job_id, after, wait)
+    got = read_or_defer(events, job_id, after, wait)
+    if got is None:
+        # The ASGI front waits for this request off-thread and then runs the view again.
+        return {"events": [], "next": after, "done": False}
     nxt = got[-1].id if got else after
     # Done once the job is terminal and the caller has seen its final event.
     done = False

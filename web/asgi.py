@@ -1,0 +1,149 @@
+"""The ASGI front of the web tier: long-polls wait on the event loop, everything else is the Flask app.
+
+Every request goes to the unchanged Flask (WSGI) app, run by a2wsgi in a pool of ``threads``
+threads. A long-poll (``GET /api/v1/jobs/{id}/events?wait=``) is run there too — auth, scope,
+validation, the first read and the response are the view's own — but when the view finds
+nothing to return yet it defers (web/watch.py): its thread is given back at once, the wait
+happens on the event loop, and the view runs once more to answer. So an open job page holds
+no thread, and ``/healthz``, actions and pages keep their threads whatever the number of
+watchers.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any, Awaitable, Callable, MutableMapping
+
+from a2wsgi import WSGIMiddleware
+from flask import Flask
+
+from web.watch import SCOPE_KEY, Slot, StreamHub
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+# The views that may defer. Anything else is passed through unbuffered (e.g. streamed exports).
+DEFERRING = re.compile(r"^/api/v1/jobs/[^/]+/events$")
+
+
+class Front:
+    """ASGI app: ``Front(create_app(), threads=16)``."""
+
+    def __init__(self, app: Flask, threads: int = 16) -> None:
+        self.app = app
+        self.wsgi = WSGIMiddleware(app, workers=threads)  # type: ignore[arg-type]
+        self._hub: StreamHub | None = None
+        self._draining = False
+
+    @property
+    def hub(self) -> StreamHub:
+        # Made on first use, inside the running event loop whose connections it will own.
+        if self._hub is None:
+            self._hub = StreamHub.from_url(self.app.extensions["valetkey"].settings.redis_url)
+        return self._hub
+
+    def drain(self) -> None:
+        """Shutting down: waiting long-polls answer now with what there is; new ones do not wait."""
+        self._draining = True
+        if self._hub is not None:
+            self._hub.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http" and scope["method"] == "GET" and DEFERRING.match(scope["path"]):
+            await self._long_poll(scope, receive, send)
+        else:
+            await self.wsgi(scope, receive, send)  # type: ignore[arg-type]
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.drain()
+                if self._hub is not None:
+                    await self._hub.r.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _long_poll(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        slot = Slot(may_defer=not self._draining)
+        first = await self._run_view({**scope, SCOPE_KEY: slot}, bytes(body))
+        ticket = slot.ticket
+        if ticket is None:
+            await _replay(first, send)
+            return
+        if not await self._wait(ticket.key, ticket.after, ticket.wait, receive):
+            return  # the client went away: nothing to answer, nothing kept
+        # The second pass answers under the first pass's request id (the one it logged and audited).
+        headers = [(k, v) for k, v in scope["headers"] if k != b"x-request-id"]
+        rid = _header(first, b"x-request-id")
+        if rid:
+            headers.append((b"x-request-id", rid))
+        second = await self._run_view({**scope, "headers": headers, SCOPE_KEY: Slot(may_defer=False)},
+                                      bytes(body))
+        await _replay(second, send)
+
+    async def _run_view(self, scope: Scope, body: bytes) -> list[Message]:
+        """Run the Flask app for this request in the thread pool; its whole response, buffered."""
+        out: list[Message] = []
+        sent = False
+
+        async def replay_body() -> Message:
+            nonlocal sent
+            if sent:  # the app read past the body: the client's disconnect is watched elsewhere
+                await asyncio.Event().wait()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def collect(message: Message) -> None:
+            out.append(message)
+
+        await self.wsgi(scope, replay_body, collect)  # type: ignore[arg-type]
+        return out
+
+    async def _wait(self, key: str, after: str, wait: float, receive: Receive) -> bool:
+        """Wait until the stream moves or ``wait`` runs out: True; False if the client disconnected."""
+        hub = self.hub
+        moved: asyncio.Future[Any] = hub.watch(key, after)
+        gone: asyncio.Future[Any] = asyncio.ensure_future(_disconnected(receive))
+        try:
+            done, _ = await asyncio.wait({moved, gone}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            return gone not in done
+        finally:
+            hub.forget(key, moved)
+            gone.cancel()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _replay(messages: list[Message], send: Send) -> None:
+    for message in messages:
+        await send(message)
+
+
+def _header(messages: list[Message], name: bytes) -> bytes | None:
+    for message in messages:
+        if message["type"] == "http.response.start":
+            for k, v in message.get("headers", []):
+                if k.lower() == name:
+                    return bytes(v)
+    return None
