@@ -40,15 +40,18 @@ class Web:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def get(self, path: str, headers: dict[str, str] | None = None, timeout: float = 40) -> tuple[int, dict[str, str], Any]:
+    def raw(self, path: str, headers: dict[str, str] | None = None, timeout: float = 40) -> tuple[int, dict[str, str], bytes]:
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             c.request("GET", path, headers=headers or {})
             r = c.getresponse()
-            body = r.read()
-            return r.status, {k.lower(): v for k, v in r.getheaders()}, json.loads(body) if body else None
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
         finally:
             c.close()
+
+    def get(self, path: str, headers: dict[str, str] | None = None, timeout: float = 40) -> tuple[int, dict[str, str], Any]:
+        status, head, body = self.raw(path, headers, timeout)
+        return status, head, json.loads(body) if body else None
 
 
 def start_web(environ: dict[str, str], tmp_path: Path, *args: str) -> Web:
@@ -114,8 +117,9 @@ def test_long_poll_returns_new_events_promptly_and_done(web, rt, make_user):
 
     def poll(name: str, cursor: str) -> None:
         t0 = time.monotonic()
-        got[name] = (*web.get(f"/api/v1/jobs/{job}/events?after={cursor}&wait=20",
-                              {**dev, "X-Request-ID": f"req-{name}-0001"}), time.monotonic() - t0)
+        status, headers, raw = web.raw(f"/api/v1/jobs/{job}/events?after={cursor}&wait=20",
+                                       {**dev, "X-Request-ID": f"req-{name}-0001"})
+        got[name] = (status, headers, json.loads(raw), time.monotonic() - t0, raw)
 
     t = threading.Thread(target=poll, args=("progress", after))
     t.start()
@@ -123,13 +127,16 @@ def test_long_poll_returns_new_events_promptly_and_done(web, rt, make_user):
     appended = time.monotonic()
     eid = rt.events.append(job, "progress", "Stopped 1 of 2 tasks")
     t.join(10)
-    status, headers, page, took = got["progress"]
+    status, headers, page, took, _ = got["progress"]
     assert status == 200 and page == {"events": [{"id": eid, "time": page["events"][0]["time"], "type": "progress",
                                                    "message": "Stopped 1 of 2 tasks"}], "next": eid, "done": False}
     assert time.monotonic() - appended < 1.5 and took >= 1.4  # it waited, and woke on the append
     # The response is the Flask app's own: its headers, and the request id the client sent.
     assert headers["x-request-id"] == "req-progress-0001" and headers["cache-control"] == "no-store"
     assert "default-src 'self'" in headers["content-security-policy"]
+    # Byte for byte what the view answers for the same cursor.
+    again = web.raw(f"/api/v1/jobs/{job}/events?after={after}", dev)
+    assert again[2] == got["progress"][4] and again[1]["content-type"] == headers["content-type"]
     # The job ends while a poll waits: the final event comes back with done.
     t = threading.Thread(target=poll, args=("final", eid))
     t.start()
@@ -137,7 +144,7 @@ def test_long_poll_returns_new_events_promptly_and_done(web, rt, make_user):
     assert rt.jobs.claim(job) is not None
     rt.jobs.finish(job, "succeeded", "HEALTHY after 3s")
     t.join(10)
-    status, _, page, _ = got["final"]
+    status, _, page, _, _ = got["final"]
     assert status == 200 and [e["type"] for e in page["events"]] == ["succeeded"] and page["done"] is True
     # A finished job never waits.
     t0 = time.monotonic()

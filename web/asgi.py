@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable, MutableMapping
 from a2wsgi import WSGIMiddleware
 from flask import Flask
 
-from web.watch import SCOPE_KEY, Slot, StreamHub
+from web.watch import SCOPE_KEY, Entry, Slot, StreamHub
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,10 @@ class Front:
     def __init__(self, app: Flask, threads: int = 16) -> None:
         self.app = app
         self.wsgi = WSGIMiddleware(app, workers=threads)  # type: ignore[arg-type]
+        # Long-polls' passes have threads of their own: however many watchers wake and re-poll at
+        # once, they queue there, never in front of /healthz, an action or a page. Few, because
+        # under one GIL more threads would only take CPU time from the main pool's requests.
+        self.watch_wsgi = WSGIMiddleware(app, workers=max(2, threads // 4))  # type: ignore[arg-type]
         self._hub: StreamHub | None = None
         self._draining = False
 
@@ -88,8 +92,13 @@ class Front:
         if ticket is None:
             await _replay(first, send)
             return
-        if not await self._wait(ticket.key, ticket.after, ticket.wait, receive):
+        woken = await self._wait(ticket.key, ticket.after, ticket.wait, receive)
+        if woken is None:
             return  # the client went away: nothing to answer, nothing kept
+        page = ticket.answer(woken) if woken else None
+        if page is not None:
+            await _replay(self._with_body(first, page), send)
+            return
         # The second pass answers under the first pass's request id (the one it logged and audited).
         headers = [(k, v) for k, v in scope["headers"] if k != b"x-request-id"]
         rid = _header(first, b"x-request-id")
@@ -98,6 +107,16 @@ class Front:
         second = await self._run_view({**scope, "headers": headers, SCOPE_KEY: Slot(may_defer=False)},
                                       bytes(body))
         await _replay(second, send)
+
+    def _with_body(self, first: list[Message], page: dict[str, Any]) -> list[Message]:
+        """The first pass's response (status, X-Request-ID, security headers, cookies) with ``page`` as
+        its body, serialized by the app's own JSON provider, as the view's response would be."""
+        resp: Any = self.app.json.response(page)  # a flask.Response (typed as its sans-IO base)
+        data = resp.get_data()
+        start = next(m for m in first if m["type"] == "http.response.start")
+        headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(data)).encode()))
+        return [{**start, "headers": headers}, {"type": "http.response.body", "body": data, "more_body": False}]
 
     async def _run_view(self, scope: Scope, body: bytes) -> list[Message]:
         """Run the Flask app for this request in the thread pool; its whole response, buffered."""
@@ -114,17 +133,20 @@ class Front:
         async def collect(message: Message) -> None:
             out.append(message)
 
-        await self.wsgi(scope, replay_body, collect)  # type: ignore[arg-type]
+        await self.watch_wsgi(scope, replay_body, collect)  # type: ignore[arg-type]
         return out
 
-    async def _wait(self, key: str, after: str, wait: float, receive: Receive) -> bool:
-        """Wait until the stream moves or ``wait`` runs out: True; False if the client disconnected."""
+    async def _wait(self, key: str, after: str, wait: float, receive: Receive) -> list[Entry] | None:
+        """The entries newer than ``after`` once there are some, [] if ``wait`` ran out (or the hub closed),
+        None if the client disconnected."""
         hub = self.hub
         moved: asyncio.Future[Any] = hub.watch(key, after)
         gone: asyncio.Future[Any] = asyncio.ensure_future(_disconnected(receive))
         try:
             done, _ = await asyncio.wait({moved, gone}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-            return gone not in done
+            if gone in done:
+                return None
+            return moved.result() if moved in done else []
         finally:
             hub.forget(key, moved)
             gone.cancel()

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -36,7 +36,13 @@ log = logging.getLogger(__name__)
 # a client cannot put anything there (unlike a header).
 SCOPE_KEY = "valetkey.watch"
 BLOCK_MS = 10_000  # one XREAD blocks at most this long; the socket timeout is longer
+BATCH = 500  # entries per stream and read, as JobEvents.read
 NUDGE_KEEP_SECONDS = 60
+
+
+Entry = tuple[Any, dict[Any, Any]]  # a raw stream entry: (id, fields)
+# Turns the entries that woke a deferred request into its JSON body; None: run the view again instead.
+Answer = Callable[[list[Entry]], "dict[str, Any] | None"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class Ticket:
     key: str
     after: str
     wait: float
+    answer: Answer
 
 
 class Slot:
@@ -54,11 +61,15 @@ class Slot:
         self.may_defer = may_defer
         self.ticket: Ticket | None = None
 
-    def defer(self, key: str, after: str, wait: float) -> bool:
-        """Ask the front to wait instead of this thread; False when it will not (second pass, draining)."""
+    def defer(self, key: str, after: str, wait: float, answer: Answer) -> bool:
+        """Ask the front to wait instead of this thread; False when it will not (second pass, draining).
+
+        When entries arrive, ``answer`` (run on the event loop: cheap, no I/O) makes the response body
+        from them with the first pass's status and headers; when it returns None, or the wait runs
+        out, the view runs again without waiting and answers itself."""
         if not self.may_defer or wait <= 0:
             return False
-        self.ticket = Ticket(key, after, wait)
+        self.ticket = Ticket(key, after, wait, answer)
         return True
 
 
@@ -67,6 +78,10 @@ def current_slot() -> Slot | None:
     scope = request.environ.get("asgi.scope")
     slot = scope.get(SCOPE_KEY) if isinstance(scope, dict) else None
     return slot if isinstance(slot, Slot) else None
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def _sid(stream_id: str) -> tuple[int, int]:
@@ -79,7 +94,7 @@ class StreamHub:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.r = client
-        self._waiters: dict[str, dict[asyncio.Future[bool], tuple[int, int]]] = {}
+        self._waiters: dict[str, dict[asyncio.Future[list[Entry]], tuple[int, int]]] = {}
         self._reading: dict[str, tuple[int, int]] = {}  # the cursors of the XREAD in flight
         self._nudge_key = f"valetkey:watch:{uuid.uuid4().hex}:nudge"
         self._nudge_seen = "0-0"
@@ -91,11 +106,12 @@ class StreamHub:
     def from_url(cls, url: str) -> StreamHub:
         return cls(aioredis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=BLOCK_MS / 1000 + 10))
 
-    def watch(self, key: str, after: str) -> asyncio.Future[bool]:
-        """A future that turns True when ``key`` has an entry newer than ``after``. Call ``forget`` after."""
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    def watch(self, key: str, after: str) -> asyncio.Future[list[Entry]]:
+        """A future of the entries of ``key`` newer than ``after``, once there are some (an empty list
+        when the hub closes). Call ``forget`` after."""
+        fut: asyncio.Future[list[Entry]] = asyncio.get_running_loop().create_future()
         if self._closed:
-            fut.set_result(False)
+            fut.set_result([])
             return fut
         cursor = _sid(after)
         self._waiters.setdefault(key, {})[fut] = cursor
@@ -105,7 +121,7 @@ class StreamHub:
             self._nudge()
         return fut
 
-    def forget(self, key: str, fut: asyncio.Future[bool]) -> None:
+    def forget(self, key: str, fut: asyncio.Future[list[Entry]]) -> None:
         """Drop a waiter (answered, timed out or its client gone); its stream leaves the next read."""
         waiters = self._waiters.get(key)
         if waiters is not None:
@@ -121,7 +137,7 @@ class StreamHub:
         for waiters in self._waiters.values():
             for fut in waiters:
                 if not fut.done():
-                    fut.set_result(False)
+                    fut.set_result([])
         self._waiters.clear()
         if self._task is not None:
             self._task.cancel()
@@ -155,7 +171,7 @@ class StreamHub:
             streams: dict[Any, Any] = {k: f"{c[0]}-{c[1]}" for k, c in self._reading.items()}
             streams[self._nudge_key] = self._nudge_seen
             try:
-                got: Any = await self.r.xread(streams, count=1, block=BLOCK_MS)
+                got: Any = await self.r.xread(streams, count=BATCH, block=BLOCK_MS)
             except asyncio.CancelledError:
                 raise
             except (redis.exceptions.RedisError, OSError) as e:
@@ -167,20 +183,20 @@ class StreamHub:
                 key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
                 if not entries:
                     continue
-                raw_id = entries[-1][0]
-                newest = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
                 if key == self._nudge_key:
-                    self._nudge_seen = newest
+                    self._nudge_seen = _text(entries[-1][0])
                     continue
-                self._wake(key, _sid(newest))
+                self._wake(key, [(_sid(_text(eid)), (eid, fields)) for eid, fields in entries])
         self._reading = {}
 
-    def _wake(self, key: str, newest: tuple[int, int]) -> None:
+    def _wake(self, key: str, entries: list[tuple[tuple[int, int], Entry]]) -> None:
+        # The read was at the oldest cursor of the stream's waiters: each gets the part newer than its own.
         waiters = self._waiters.get(key, {})
         for fut, cursor in list(waiters.items()):
-            if cursor < newest:
+            newer = [entry for sid, entry in entries if sid > cursor]
+            if newer:
                 del waiters[fut]
                 if not fut.done():
-                    fut.set_result(True)
+                    fut.set_result(newer)
         if not waiters:
             self._waiters.pop(key, None)

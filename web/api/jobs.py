@@ -9,7 +9,7 @@ from jobs.kinds import TERMINAL
 from jobs.service import job_dict
 from web.api.schemas import JobEventsQuerySchema, JobEventsSchema, JobSchema
 from web.context import runtime
-from web.services.jobs import read_or_defer, visible_job
+from web.services.jobs import events_page, read_or_defer, visible_job
 
 blp = Blueprint("jobs", __name__, url_prefix="/api/v1", description="Jobs")
 
@@ -33,7 +33,7 @@ def job_events(query: dict[str, Any], job_id: str) -> dict[str, Any]:
     got = read_or_defer(events, job_id, after, wait)
     if got is None:
         # The ASGI front waits for this request off-thread and then runs the view again.
-        return {"events": [], "next": after, "done": False}
+        return events_page([], after, False)
     nxt = got[-1].id if got else after
     # Done once the job is terminal and the caller has seen its final event.
     done = False
@@ -41,4 +41,4 @@ def job_events(query: dict[str, Any], job_id: str) -> dict[str, Any]:
         fresh = runtime().jobs.get(job_id)
         if fresh.status in TERMINAL:
             done = not events.read(job_id, nxt, 0)
-    return {"events": [e.as_dict() for e in got], "next": nxt, "done": done}
+    return events_page(got, after, done)
