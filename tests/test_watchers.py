@@ -317,3 +317,31 @@ def test_sigterm_answers_waiting_polls_and_stops(environ, rt, make_user, tmp_pat
     assert got and got[0][0] == 200 and got[0][2] == {"events": [], "next": after, "done": False}
     assert time.monotonic() - t0 < 8
     assert "Traceback" not in web.log.read_text()
+
+
+def test_everything_else_passes_through_the_front_unchanged(web, rt, make_user, client):
+    dev = make_user("dev@acme.test", ("staging", "developer"))
+    status, headers, body = web.get("/readyz", {"X-Request-ID": "probe-0000000001"})
+    assert status == 200 and body["checks"] == {"redis": "ok", "database": "ok"}
+    assert headers["x-request-id"] == "probe-0000000001" and headers["x-frame-options"] == "DENY"
+    status, headers, raw = web.raw("/static/app.js")
+    assert status == 200 and raw == (ROOT / "web/static/app.js").read_bytes()
+    assert headers["content-type"].startswith("text/javascript")
+    # A signed webhook's raw body reaches the app: a wrong signature is refused as before.
+    r = requests.post(web.base + "/hooks/redeploy", data=b'{"environment": "staging", "service": "x"}',
+                      headers={"Content-Type": "application/json", "X-Hub-Signature-256": "sha256=" + "0" * 64},
+                      timeout=10)
+    assert r.status_code == 401 and r.headers["Content-Type"].startswith("application/problem+json")
+    big = {**dev, "Content-Type": "application/json"}
+    r = requests.post(web.base + FLUSH, headers=big, data=b"x" * (2 * 1024 * 1024), timeout=10)
+    assert r.status_code == 413 == client.post(FLUSH, headers=big, data=b"x" * (2 * 1024 * 1024)).status_code
+    # A long query (a log tail's cursor and filter) is not cut off by the server.
+    status, _, _ = web.get("/healthz?" + "q=" + "a" * 8000)
+    assert status == 200
+    # HEAD on a long-poll does not wait on a thread either, and answers like GET without a body.
+    job = new_job(rt, "orders-api")
+    c = http.client.HTTPConnection("127.0.0.1", web.port, timeout=10)
+    c.request("HEAD", f"/api/v1/jobs/{job}/events", headers=dev)
+    r2 = c.getresponse()
+    assert r2.status == 200 and r2.read() == b""
+    c.close()

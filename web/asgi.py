@@ -40,7 +40,7 @@ class Front:
         # Long-polls' passes have threads of their own: however many watchers wake and re-poll at
         # once, they queue there, never in front of /healthz, an action or a page. Few, because
         # under one GIL more threads would only take CPU time from the main pool's requests.
-        self.watch_wsgi = WSGIMiddleware(app, workers=max(2, threads // 4))  # type: ignore[arg-type]
+        self.watch_wsgi = WSGIMiddleware(app, workers=max(2, threads // 8))  # type: ignore[arg-type]
         self._hub: StreamHub | None = None
         self._draining = False
 
@@ -60,7 +60,7 @@ class Front:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
-        elif scope["type"] == "http" and scope["method"] == "GET" and DEFERRING.match(scope["path"]):
+        elif scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and DEFERRING.match(scope["path"]):
             await self._long_poll(scope, receive, send)
         else:
             await self.wsgi(scope, receive, send)  # type: ignore[arg-type]
@@ -78,16 +78,10 @@ class Front:
                 return
 
     async def _long_poll(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
+        # A GET's body means nothing to the view, which never reads one: it is not buffered here
+        # (whatever a client sends is drained while waiting for its disconnect).
         slot = Slot(may_defer=not self._draining)
-        first = await self._run_view({**scope, SCOPE_KEY: slot}, bytes(body))
+        first = await self._run_view({**scope, SCOPE_KEY: slot})
         ticket = slot.ticket
         if ticket is None:
             await _replay(first, send)
@@ -104,8 +98,7 @@ class Front:
         rid = _header(first, b"x-request-id")
         if rid:
             headers.append((b"x-request-id", rid))
-        second = await self._run_view({**scope, "headers": headers, SCOPE_KEY: Slot(may_defer=False)},
-                                      bytes(body))
+        second = await self._run_view({**scope, "headers": headers, SCOPE_KEY: Slot(may_defer=False)})
         await _replay(second, send)
 
     def _with_body(self, first: list[Message], page: dict[str, Any]) -> list[Message]:
@@ -118,22 +111,17 @@ class Front:
         headers.append((b"content-length", str(len(data)).encode()))
         return [{**start, "headers": headers}, {"type": "http.response.body", "body": data, "more_body": False}]
 
-    async def _run_view(self, scope: Scope, body: bytes) -> list[Message]:
-        """Run the Flask app for this request in the thread pool; its whole response, buffered."""
+    async def _run_view(self, scope: Scope) -> list[Message]:
+        """Run the Flask app for this request in the long-polls' threads; its whole (small) response."""
         out: list[Message] = []
-        sent = False
 
-        async def replay_body() -> Message:
-            nonlocal sent
-            if sent:  # the app read past the body: the client's disconnect is watched elsewhere
-                await asyncio.Event().wait()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+        async def no_body() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
 
         async def collect(message: Message) -> None:
             out.append(message)
 
-        await self.watch_wsgi(scope, replay_body, collect)  # type: ignore[arg-type]
+        await self.watch_wsgi(scope, no_body, collect)  # type: ignore[arg-type]
         return out
 
     async def _wait(self, key: str, after: str, wait: float, receive: Receive) -> list[Entry] | None:
