@@ -1,12 +1,14 @@
 """Waiting for new events on Redis streams without a thread: the async side of long-polls.
 
-A long-poll is answered in two short passes of the Flask view, run by the ASGI front
-(web/asgi.py) in its thread pool, with only the wait in between on the event loop:
+A long-poll runs the Flask view in the ASGI front's thread pool (web/asgi.py) with only the
+wait on the event loop:
 
 1. the view authenticates, authorizes and reads what is already there; when there is nothing
    to return yet it *defers* (``Slot.defer``) instead of blocking its thread;
 2. the front waits on the process's ``StreamHub`` until the stream moves, the wait runs out or
-   the client goes away, then runs the view again, which now reads without waiting.
+   the client goes away (then nothing more is done). New entries are turned into the body by the
+   ticket's ``answer`` and sent with the first pass's status and headers; when ``answer`` cannot
+   decide alone (it returns None), or the wait ran out, the view runs once more without waiting.
 
 ``StreamHub`` keeps ONE blocking XREAD per process for all watched streams, each at the oldest
 cursor among its waiters, and fans what it sees out to them: a thousand watchers of one job

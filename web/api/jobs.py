@@ -32,7 +32,8 @@ def job_events(query: dict[str, Any], job_id: str) -> dict[str, Any]:
     wait = query["wait"] if job.status not in TERMINAL else 0.0
     got = read_or_defer(events, job_id, after, wait)
     if got is None:
-        # The ASGI front waits for this request off-thread and then runs the view again.
+        # Deferred: the ASGI front waits off-thread and answers from the new events (or runs the
+        # view again); this placeholder is never sent.
         return events_page([], after, False)
     nxt = got[-1].id if got else after
     # Done once the job is terminal and the caller has seen its final event.
