@@ -345,3 +345,53 @@ def test_everything_else_passes_through_the_front_unchanged(web, rt, make_user, 
     r2 = c.getresponse()
     assert r2.status == 200 and r2.read() == b""
     c.close()
+
+
+def test_server_sent_events_on_the_same_data(web, rt, make_user):
+    dev = make_user("dev@acme.test", ("staging", "developer"))
+    job = new_job(rt, "orders-api")
+    sse = {**dev, "Accept": "text/event-stream"}
+    # Refusals are the view's own, before any stream starts.
+    r = requests.get(f"{web.base}/api/v1/jobs/{job}/events", headers={"Accept": "text/event-stream"}, timeout=10)
+    assert r.status_code == 401 and r.headers["Content-Type"].startswith("application/problem+json")
+    qa = make_user("qa@acme.test", ("qa", "viewer"))
+    r = requests.get(f"{web.base}/api/v1/jobs/{job}/events", headers={**qa, "Accept": "text/event-stream"}, timeout=10)
+    assert r.status_code == 404
+
+    r = requests.get(f"{web.base}/api/v1/jobs/{job}/events", headers=sse, stream=True, timeout=10)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+    assert r.headers["Cache-Control"] == "no-store" and r.headers["X-Request-ID"]
+    lines = r.iter_lines(decode_unicode=True)
+
+    def next_message() -> dict[str, str]:
+        msg: dict[str, str] = {}
+        for line in lines:
+            if not line:
+                if msg:
+                    return msg
+                continue
+            if line.startswith(":"):
+                continue
+            k, _, v = line.partition(": ")
+            msg[k] = v
+        return msg
+
+    first = next_message()
+    assert json.loads(first["data"])["type"] == "queued" and first["id"] == json.loads(first["data"])["id"]
+    threading.Timer(0.5, lambda: rt.events.append(job, "progress", "Stopped 1 of 2 tasks")).start()
+    t0 = time.monotonic()
+    progress = next_message()
+    assert json.loads(progress["data"])["message"] == "Stopped 1 of 2 tasks" and time.monotonic() - t0 < 2
+    assert rt.jobs.claim(job) is not None
+    rt.jobs.finish(job, "succeeded", "HEALTHY after 3s")
+    final = next_message()
+    assert json.loads(final["data"])["type"] == "succeeded"
+    done = next_message()
+    assert done["event"] == "done" and json.loads(done["data"]) == {"next": final["id"]}
+    assert next_message() == {}  # the stream ended
+    r.close()
+    # A reconnecting EventSource resumes after Last-Event-ID: only what it missed, then done.
+    r = requests.get(f"{web.base}/api/v1/jobs/{job}/events", headers={**sse, "Last-Event-ID": progress["id"]},
+                     timeout=10)
+    assert [line for line in r.text.splitlines() if line.startswith("id: ")] == [f"id: {final['id']}"]
+    assert "event: done" in r.text

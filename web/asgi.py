@@ -11,13 +11,17 @@ watchers.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
+import time
 from typing import Any, Awaitable, Callable, MutableMapping
+from urllib.parse import parse_qsl, urlencode
 
 from a2wsgi import WSGIMiddleware
 from flask import Flask
 
+from jobs.events import MAX_WAIT
 from web.watch import SCOPE_KEY, Entry, Slot, StreamHub
 
 log = logging.getLogger(__name__)
@@ -61,7 +65,10 @@ class Front:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         elif scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and DEFERRING.match(scope["path"]):
-            await self._long_poll(scope, receive, send)
+            if scope["method"] == "GET" and b"text/event-stream" in _request_header(scope, b"accept"):
+                await self._event_stream(scope, receive, send)
+            else:
+                await self._long_poll(scope, receive, send)
         else:
             await self.wsgi(scope, receive, send)  # type: ignore[arg-type]
 
@@ -100,6 +107,61 @@ class Front:
             headers.append((b"x-request-id", rid))
         second = await self._run_view({**scope, "headers": headers, SCOPE_KEY: Slot(may_defer=False)})
         await _replay(second, send)
+
+    async def _event_stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Server-Sent Events on the same data: each event as it comes (``id:`` its id, ``data:`` the
+        event's JSON), then ``event: done`` once the job is done and the stream ends. ``Last-Event-ID``
+        (a reconnecting EventSource) or ``after`` is where it starts. The view runs, as for a
+        long-poll, at the start, for a final event, and at least every MAX_WAIT seconds (so a
+        revoked session or token ends the stream within that); a refusal at the start is the view's
+        own problem response, a refusal later ends the stream with ``event: error``."""
+        query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+        cursor = _request_header(scope, b"last-event-id").decode("latin-1") or query.get("after", "")
+
+        async def view(after: str) -> tuple[list[Message], Slot]:
+            slot = Slot(may_defer=False)
+            qs = urlencode({"after": after}).encode() if after else b""
+            return await self._run_view({**scope, "query_string": qs, SCOPE_KEY: slot}), slot
+
+        first, slot = await view(cursor)
+        start = next(m for m in first if m["type"] == "http.response.start")
+        if start["status"] != 200 or slot.key is None or slot.answer is None:
+            await _replay(first, send)
+            return
+        key, answer = slot.key, slot.answer
+        headers = [(k, v) for k, v in start["headers"] if k.lower() not in (b"content-length", b"content-type")]
+        headers += [(b"content-type", b"text/event-stream; charset=utf-8"), (b"x-accel-buffering", b"no")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+        async def emit(text: str, more: bool = True) -> None:
+            await send({"type": "http.response.body", "body": text.encode(), "more_body": more})
+
+        page: dict[str, Any] | None = json.loads(_body(first))
+        checked = time.monotonic()
+        while True:
+            if page is not None:
+                for e in page["events"]:
+                    await emit(f"id: {e['id']}\ndata: {self.app.json.dumps(e)}\n\n")
+                cursor = page["next"] or cursor
+                if page.get("done"):
+                    await emit(f"event: done\ndata: {self.app.json.dumps({'next': cursor})}\n\n", more=False)
+                    return
+            woken = await self._wait(key, cursor or "0-0", max(0.1, checked + MAX_WAIT - time.monotonic()), receive)
+            if woken is None:
+                return  # the client went away
+            if self._draining:
+                await emit("", more=False)  # EventSource reconnects (Last-Event-ID) to another worker
+                return
+            page = answer(woken) if woken and time.monotonic() - checked < MAX_WAIT else None
+            if page is None:  # a final event, a quiet MAX_WAIT, or time to check the caller again
+                again, _ = await view(cursor)
+                if next(m for m in again if m["type"] == "http.response.start")["status"] != 200:
+                    await emit(f"event: error\ndata: {_body(again).decode()}\n\n", more=False)
+                    return
+                page = json.loads(_body(again))
+                checked = time.monotonic()
+                if not page["events"] and not page["done"]:
+                    await emit(": keep-alive\n\n")
 
     def _with_body(self, first: list[Message], page: dict[str, Any]) -> list[Message]:
         """The first pass's response (status, X-Request-ID, security headers, cookies) with ``page`` as
@@ -148,6 +210,14 @@ async def _disconnected(receive: Receive) -> None:
 async def _replay(messages: list[Message], send: Send) -> None:
     for message in messages:
         await send(message)
+
+
+def _body(messages: list[Message]) -> bytes:
+    return b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+
+
+def _request_header(scope: Scope, name: bytes) -> bytes:
+    return b",".join(v for k, v in scope["headers"] if k.lower() == name)
 
 
 def _header(messages: list[Message], name: bytes) -> bytes | None:

@@ -62,13 +62,18 @@ class Slot:
     def __init__(self, may_defer: bool) -> None:
         self.may_defer = may_defer
         self.ticket: Ticket | None = None
+        self.key: str | None = None  # the stream the view read (what an event stream then follows)
+        self.answer: Answer | None = None
 
     def defer(self, key: str, after: str, wait: float, answer: Answer) -> bool:
         """Ask the front to wait instead of this thread; False when it will not (second pass, draining).
 
         When entries arrive, ``answer`` (run on the event loop: cheap, no I/O) makes the response body
         from them with the first pass's status and headers; when it returns None, or the wait runs
-        out, the view runs again without waiting and answers itself."""
+        out, the view runs again without waiting and answers itself. A view calls this whenever it
+        reads (with ``wait`` 0 when it has something to return): the key and ``answer`` also serve
+        an event stream following the same data."""
+        self.key, self.answer = key, answer
         if not self.may_defer or wait <= 0:
             return False
         self.ticket = Ticket(key, after, wait, answer)

@@ -36,10 +36,10 @@ def read_or_defer(events: JobEvents, job_id: str, after: str | None, wait: float
     if slot is None:
         return events.read(job_id, after, wait)
     got = events.read(job_id, after, 0)  # validates ``after`` before anything waits on it
-    if got or not slot.defer(stream_key(job_id), after or "0-0", min(wait, MAX_WAIT),
-                             partial(_answer_woken, after=after)):
-        return got
-    return None
+    if slot.defer(stream_key(job_id), after or "0-0", 0.0 if got else min(wait, MAX_WAIT),
+                  partial(_answer_woken, after=after)):
+        return None
+    return got
 
 
 def _answer_woken(entries: list[tuple[Any, dict[Any, Any]]], after: str | None) -> dict[str, Any] | None:
