@@ -23,6 +23,7 @@ import pytest
 import redis as redis_lib
 import requests
 
+from bench.watchers import stop_group
 from jobs.events import stream_key
 from tests.conftest import PASSWORD, free_port
 
@@ -75,13 +76,7 @@ def start_web(environ: dict[str, str], tmp_path: Path, *args: str) -> Web:
 
 
 def stop_web(web: Web) -> None:
-    if web.proc.poll() is None:
-        os.killpg(web.proc.pid, signal.SIGTERM)
-        try:
-            web.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(web.proc.pid, signal.SIGKILL)
-            web.proc.wait(5)
+    stop_group(web.proc, 20)
 
 
 @pytest.fixture
