@@ -1,12 +1,13 @@
 """The ASGI front of the web tier: long-polls wait on the event loop, everything else is the Flask app.
 
 Every request goes to the unchanged Flask (WSGI) app, run by a2wsgi in a pool of ``threads``
-threads. A long-poll (``GET /api/v1/jobs/{id}/events?wait=``) is run there too — auth, scope,
-validation, the first read and the response are the view's own — but when the view finds
-nothing to return yet it defers (web/watch.py): its thread is given back at once, the wait
-happens on the event loop, and the view runs once more to answer. So an open job page holds
-no thread, and ``/healthz``, actions and pages keep their threads whatever the number of
-watchers.
+threads. A long-poll (``GET /api/v1/jobs/{id}/events?wait=``) runs the view too — auth, scope,
+validation, the first read and the response headers are the view's own — in a small pool of its
+own, but when the view finds nothing to return yet it defers (web/watch.py): its thread is given
+back at once, the wait happens on the event loop, and the answer is made from the events that
+end the wait (or by the view once more: a final event, a wait that ran out). So an open job page
+holds no thread, and ``/healthz``, actions and pages keep their threads whatever the number of
+watchers. ``Accept: text/event-stream`` gets the same data as Server-Sent Events.
 """
 from __future__ import annotations
 
