@@ -106,6 +106,7 @@ class StreamHub:
         self._nudge_key = f"valetkey:watch:{uuid.uuid4().hex}:nudge"
         self._nudge_seen = "0-0"
         self._nudged = False
+        self._nudges: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -157,7 +158,9 @@ class StreamHub:
         if self._nudged:
             return
         self._nudged = True
-        asyncio.create_task(self._send_nudge())
+        task = asyncio.create_task(self._send_nudge())
+        self._nudges.add(task)  # held until done: the loop keeps only a weak reference to tasks
+        task.add_done_callback(self._nudges.discard)
 
     async def _send_nudge(self) -> None:
         try:
