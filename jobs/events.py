@@ -80,3 +80,9 @@ class JobEvents:
         f = {as_text(k): as_text(v) for k, v in fields.items()}
         return JobEvent(id=as_text(eid),
                         time=f.get("time", ""), type=f.get("type", ""), message=f.get("message", ""))
+
+
+def event_from_entry(eid: Any, fields: dict[Any, Any]) -> JobEvent:
+    """One raw stream entry as a JobEvent, for readers of the stream other than ``JobEvents.read``
+    (the web tier's shared async reader, web/watch.py)."""
+    return JobEvents._event(eid, fields)

@@ -9,7 +9,7 @@ from jobs.kinds import TERMINAL
 from jobs.service import job_dict
 from web.api.schemas import JobEventsQuerySchema, JobEventsSchema, JobSchema
 from web.context import runtime
-from web.services.jobs import visible_job
+from web.services.jobs import events_page, read_or_defer, visible_job
 
 blp = Blueprint("jobs", __name__, url_prefix="/api/v1", description="Jobs")
 
@@ -30,7 +30,11 @@ def job_events(query: dict[str, Any], job_id: str) -> dict[str, Any]:
     events = runtime().events
     after = query["after"]
     wait = query["wait"] if job.status not in TERMINAL else 0.0
-    got = events.read(job_id, after, wait)
+    got = read_or_defer(events, job_id, after, wait)
+    if got is None:
+        # Deferred: the ASGI front waits off-thread and answers from the new events (or runs the
+        # view again); this placeholder is never sent.
+        return events_page([], after, False)
     nxt = got[-1].id if got else after
     # Done once the job is terminal and the caller has seen its final event.
     done = False
@@ -38,4 +42,4 @@ def job_events(query: dict[str, Any], job_id: str) -> dict[str, Any]:
         fresh = runtime().jobs.get(job_id)
         if fresh.status in TERMINAL:
             done = not events.read(job_id, nxt, 0)
-    return {"events": [e.as_dict() for e in got], "next": nxt, "done": done}
+    return events_page(got, after, done)
