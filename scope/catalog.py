@@ -18,7 +18,8 @@ from scope.schedule_windows import Schedule, ScheduleSyntaxError, parse_schedule
 
 CLASSES = ("staging", "prod")
 ENV_KEYS = {"class", "enabled", "region", "cluster", "role_arn", "external_id", "run_tasks",
-            "webhook_secret_env", "schedule", "redis", "github", "network", "description"}
+            "webhook_secret_env", "schedule", "redis", "github", "network", "description",
+            "webhook_require_timestamp"}
 REDIS_KEYS = {"url_env", "max_keys"}
 GITHUB_KEYS = {"repository", "repository_owner_id", "ref", "environment", "job_workflow_ref"}
 NETWORK_KEYS = {"subnets", "security_groups", "assign_public_ip"}
@@ -59,6 +60,8 @@ class Environment:
     github: Mapping[str, str] = field(default_factory=dict)
     network: NetworkConfig | None = None
     description: str = ""
+    # HMAC webhooks must carry a signed Unix-seconds "timestamp" in the body (replay window of minutes).
+    webhook_require_timestamp: bool = False
 
     @property
     def is_prod(self) -> bool:
@@ -189,12 +192,16 @@ class _Loader:
         description = body.get("description", "")
         if not isinstance(description, str):
             raise self.fail(f"{k}.description", "must be a string")
+        require_timestamp = body.get("webhook_require_timestamp", False)
+        if not isinstance(require_timestamp, bool):
+            raise self.fail(f"{k}.webhook_require_timestamp", "must be true or false")
         return Environment(
             name=name, cls=cls, enabled=enabled, region=region, cluster=cluster,
             role_arn=role_arn, external_id=external_id, run_tasks=tuple(run_tasks),
             webhook_secret_env=secret_env, schedule=schedule, redis=redis,
             github={gk: str(gv) for gk, gv in github.items()},
-            network=self.network(k, body.get("network")), description=description)
+            network=self.network(k, body.get("network")), description=description,
+            webhook_require_timestamp=require_timestamp)
 
     def redis_targets(self, k: str, table: Any) -> dict[str, RedisTarget]:
         if not isinstance(table, dict):

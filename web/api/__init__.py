@@ -1,10 +1,13 @@
 """The JSON API under /api/v1, documented by flask-smorest from the marshmallow schemas."""
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, current_app, request
 from flask_smorest import Api
 
 from web.api.schemas import ProblemSchema
+from web.context import principal
+
+AUTHENTICATED = "valetkey_api_authenticated"
 
 
 class ValetKeyApi(Api):
@@ -31,6 +34,19 @@ def init_app(app: Flask) -> None:
     })
     from web.api import audit, environments, flush, hooks, jobs, logs, me, schedule, tasks
 
-    for module in (me, environments, jobs, logs, flush, tasks, schedule, hooks, audit):
+    modules = (me, environments, jobs, logs, flush, tasks, schedule, hooks, audit)
+    for module in modules:
         api.register_blueprint(module.blp)
     app.extensions["valetkey_api"] = api
+    # Every /api/v1 route but the public ones (openapi.json is flask-smorest's own
+    # blueprint; /healthz and /readyz live elsewhere) and the webhook, which
+    # authenticates by signature over the raw body before it parses anything.
+    app.extensions[AUTHENTICATED] = frozenset(m.blp.name for m in modules if m is not hooks)
+    app.before_request(authenticate_first)
+
+
+def authenticate_first() -> None:
+    """401 before any body or query is validated and before anything is looked up: an anonymous
+    caller learns nothing from field errors, or from 404 versus 401 on an id."""
+    if request.blueprint in current_app.extensions[AUTHENTICATED]:
+        principal()

@@ -4,11 +4,11 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, request, stream_with_context
-from flask_smorest import Blueprint
 
 from audit.export import write_export
 from audit.queries import FILTER_ACTIONS, MAX_LIMIT, entry_dict, page
 from jobs.kinds import AUDIT_OUTCOMES
+from web.api.blueprint import Blueprint
 from web.context import runtime
 from web.services.audit import (
     DEFAULT_LIMIT,

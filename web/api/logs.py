@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Any
 
 import marshmallow as ma
-from flask_smorest import Blueprint
 from marshmallow import validate
 
 from cloud.logs import (
@@ -17,6 +16,7 @@ from cloud.logs import (
 from jobs.audit_stream import AuditEvent
 from scope.errors import NotFound
 from scope.roles import Permission
+from web.api.blueprint import Blueprint
 from web.api.schemas import QuerySchema
 from web.context import principal, request_id, runtime, source
 from web.guard import allow, audit_denied

@@ -6,6 +6,7 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import validate
 
+from jobs.events import event_id_problem
 from jobs.kinds import AUDIT_ACTIONS, AUDIT_OUTCOMES, AUDIT_SOURCES
 
 
@@ -63,6 +64,7 @@ class ScheduleSchema(ma.Schema):
     paused = ma.fields.Boolean()
     paused_until = ma.fields.String(allow_none=True)
     paused_by = ma.fields.String(allow_none=True, metadata={"description": "who paused it (while paused)"})
+    paused_at = ma.fields.String(allow_none=True, metadata={"description": "when it was paused (while paused)"})
     next_transition = ma.fields.String(allow_none=True)
 
 
@@ -111,9 +113,15 @@ class QuerySchema(ma.Schema):
         return data
 
 
+def _event_id(value: str) -> None:
+    problem = event_id_problem(value)
+    if problem:
+        raise ma.ValidationError(problem)
+
+
 class JobEventsQuerySchema(QuerySchema):
-    after = ma.fields.String(load_default=None, validate=validate.Regexp(r"^\d+-\d+$"),
-                             metadata={"description": "id of the last event seen"})
+    after = ma.fields.String(load_default=None, validate=_event_id,
+                             metadata={"description": "id of the last event seen", "pattern": "^[0-9]{1,20}-[0-9]{1,20}$"})
     wait = ma.fields.Float(load_default=0.0, validate=validate.Range(min=0, max=25),
                            metadata={"description": "seconds to long-poll for new events (at most 25)"})
 
