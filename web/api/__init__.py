@@ -50,3 +50,7 @@ def authenticate_first() -> None:
     caller learns nothing from field errors, or from 404 versus 401 on an id."""
     if request.blueprint in current_app.extensions[AUTHENTICATED]:
         principal()
+        # Then the body, once, with the bounded parser (cached for the view's own schema): a view
+        # that takes no body must not accept, or choke on, one that is nested 50,000 deep.
+        if request.is_json and request.get_data(cache=True):
+            request.get_json()

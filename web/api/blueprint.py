@@ -8,17 +8,16 @@ import flask_smorest
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 
-from web import json_body
-
 
 class BodyParser(FlaskParser):
-    """webargs reads bodies with the stdlib json module (no depth limit); this parser uses web.json_body."""
+    """webargs reads bodies with the stdlib json module (no depth limit); this parser uses Flask's
+    ``request.get_json``, which the app's JSON provider bounds (web.json_body)."""
 
     def _raw_load_json(self, req: flask.Request) -> Any:
         if not is_json_request(req):
             return core.missing
-        data = req.get_data(cache=True)
-        return json_body.loads(data) if data else core.missing
+        # request.get_json parses with web.json_body (the app's JSON provider) and caches the result.
+        return req.get_json() if req.get_data(cache=True) else core.missing
 
 
 class Blueprint(flask_smorest.Blueprint):
