@@ -332,11 +332,20 @@ class ServiceCache:
 
 
 # ---- the request body --------------------------------------------------------------
+class UnixSeconds(ma.fields.Integer):
+    """An integer number of seconds; JSON true/false are not numbers here (Python counts bool as int)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, bool):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class RedeployHookSchema(ma.Schema):
     environment = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=64))
     service = ma.fields.String(required=True, validate=ma.validate.Regexp(
         r"^[A-Za-z0-9_-]{1,255}$", error="must be an ECS service name (letters, digits, '-', '_')"))
-    timestamp = ma.fields.Integer(strict=True, load_default=None, metadata={
+    timestamp = UnixSeconds(strict=True, load_default=None, metadata={
         "description": "Unix seconds when the call was signed; required (and checked against the clock) in "
                        "environments with webhook_require_timestamp = true, so that a captured signed body "
                        "cannot be replayed later under a new delivery id"})
