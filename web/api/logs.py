@@ -56,6 +56,8 @@ class LogPageSchema(ma.Schema):
 @blp.get("/environments/<env>/services/<svc>/logs")
 @blp.arguments(LogsQuerySchema, location="query", as_kwargs=False, error_status_code=400)
 @blp.response(200, LogPageSchema)
+@blp.alt_response(422, response="UNPROCESSABLE_ENTITY", description="the service's logs are not readable "
+                  "by Valet Key (no awslogs driver or stream prefix)")
 def get_logs(args: dict[str, Any], env: str, svc: str) -> dict[str, Any]:
     """A page of the service's CloudWatch logs; poll with the returned cursor to tail."""
     environment, _ = allow(env, Permission.LOGS, action=ACTION, target=svc)

@@ -11,12 +11,18 @@ from jobs.kinds import AUDIT_ACTIONS, AUDIT_OUTCOMES, AUDIT_SOURCES
 
 
 class ProblemSchema(ma.Schema):
+    class Meta:
+        unknown = ma.INCLUDE  # RFC 9457: problem types may carry extension members
+
     type = ma.fields.String()
     status = ma.fields.Integer(required=True)
     title = ma.fields.String(required=True)
     detail = ma.fields.String(required=True)
     errors = ma.fields.Dict(metadata={"description": "field name -> messages (validation errors)"})
     request_id = ma.fields.String()
+    job_id = ma.fields.String(metadata={"description": "409: the job already in progress"})
+    job_url = ma.fields.String(metadata={"description": "409: its URL"})
+    retry_after = ma.fields.Integer(metadata={"description": "seconds to wait (also in Retry-After)"})
 
 
 class GrantSchema(ma.Schema):
@@ -86,7 +92,8 @@ class JobSchema(ma.Schema):
     action = ma.fields.String(required=True)
     environment = ma.fields.String(required=True)
     target = ma.fields.String(required=True)
-    status = ma.fields.String(required=True, validate=validate.OneOf(["queued", "running", "succeeded", "failed"]))
+    status = ma.fields.String(required=True, validate=validate.OneOf(
+        ["awaiting_approval", "queued", "running", "succeeded", "failed", "rejected"]))  # DESIGN: job statuses
     detail = ma.fields.String(required=True)
     actor = ma.fields.String(required=True)
     source = ma.fields.String()
@@ -148,6 +155,12 @@ class AuditEntrySchema(ma.Schema):
     request_id = ma.fields.String()
     prev_hash = ma.fields.String()
     hash = ma.fields.String()
+
+
+class AuditPageSchema(ma.Schema):
+    entries = ma.fields.List(ma.fields.Nested(AuditEntrySchema), required=True)
+    cursor = ma.fields.String(allow_none=True, required=True, metadata={
+        "description": "pass it back as cursor for the next page; null after the last one"})
 
 
 # ---- Redis flush and one-off tasks ------------------------------------------------
