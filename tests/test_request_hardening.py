@@ -2,6 +2,8 @@
 disabled environments refuse reading logs too."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from flask import request
 
@@ -39,6 +41,14 @@ def assert_problem(r, status):
                                          ('["\\"[[", {"k": "]]"}]', 2), ("5", 0)])
 def test_nesting_ignores_brackets_in_strings(text, depth):
     assert json_body.nesting(text) == depth
+
+
+@pytest.mark.parametrize("text", ['"' + '\\"' * 500_000, '"a' * 500_000, '["\\' * 300_000, "[" * 1_000_000])
+def test_nesting_is_linear_on_hostile_megabytes(text):
+    # Unmatched quotes made a pattern that needs the closing quote rescan the rest from each one.
+    t0 = time.monotonic()
+    json_body.nesting(text)
+    assert time.monotonic() - t0 < 5
 
 
 def test_loads_refuses_deep_invalid_and_unencodable_bodies():

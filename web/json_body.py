@@ -23,7 +23,10 @@ from flask.json.provider import DefaultJSONProvider
 from scope.errors import ValidationFailed
 
 MAX_DEPTH = 32
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# A string, or an unterminated one up to the end of the text: the pattern can never fail once it
+# has started, so the scan stays linear (a pattern requiring the closing quote would rescan the
+# rest of the text from every unmatched quote: quadratic on a body like "\"\"\"...).
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\\?\Z)', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _DEPTH = {"[": 1, "{": 1, "]": -1, "}": -1}
 
