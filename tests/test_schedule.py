@@ -213,7 +213,6 @@ def test_no_until_means_until_resumed(value):
     ("9999-12-31T23:59:59-14:00", "not an ISO 8601"),
     ("9999-12-31T23:59:59.999999", "at most 30 days"),
     ("\u0662\u0660\u0662\u0666-12-01T00:00", "not an ISO 8601"),
-    ("2026-12-01T00:00\n", "not an ISO 8601"),
 ])
 def test_bad_until_names_the_field(value, message):
     with pytest.raises(ValidationFailed) as e:

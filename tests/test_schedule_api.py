@@ -92,7 +92,9 @@ def test_operator_pauses_until_resumed_then_resumes(client, rt, olga):
     assert s["paused"] is True and s["paused_until"] is None and s["paused_by"] == "olga@acme.test"
     assert s["timezone"] == "Europe/Berlin" and s["up"] == ["Mon-Fri 07:00-20:00"]
     assert isinstance(s["up_now"], bool) and s["next_transition"].endswith("Z")
-    assert set(s) == {"timezone", "up", "up_now", "paused", "paused_until", "paused_by", "next_transition"}
+    assert set(s) == {"timezone", "up", "up_now", "paused", "paused_until", "paused_by", "paused_at",
+                      "next_transition"}
+    assert s["paused_at"].endswith("Z")
 
     r = client.post(RESUME.format("staging"), headers=olga)
     assert r.status_code == 200 and r.json["schedule"]["paused"] is False
