@@ -63,6 +63,10 @@ def pattern_problem(pattern: Any) -> str | None:
         return f"A pattern may be at most {MAX_PATTERN_LENGTH} characters long."
     if any(ord(c) < 32 or ord(c) == 127 for c in pattern):
         return "A pattern may not contain control characters."
+    try:
+        pattern.encode("utf-8")  # what redis-py sends; a lone surrogate (JSON "\ud800") cannot be
+    except UnicodeEncodeError:
+        return "A pattern must be valid Unicode text (no lone surrogates such as \\ud800)."
     prefix = literal_prefix(pattern)
     if not prefix.strip():
         return ("A pattern must start with a literal prefix (at least one character before the first "

@@ -5,6 +5,7 @@ receives strictly newer events, so across polls none repeats and none is skipped
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -12,14 +13,26 @@ from typing import Any
 import redis
 from redis.typing import EncodableT, FieldT
 
-from scope.errors import BadRequest
+from scope.errors import ValidationFailed
 from scope.text import as_text
 from scope.times import iso, utcnow
 
 PREFIX = "valetkey:job:"
 KEEP_SECONDS = 14 * 24 * 3600
 MAX_WAIT = 25.0
-_STREAM_ID = re.compile(r"^\d+-\d+$")
+# ASCII digits only (\d also matches e.g. Arabic-Indic digits) and nothing after
+# them ($ would allow a trailing newline); each part is an unsigned 64-bit integer.
+_STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+_U64 = 2**64 - 1
+LAST_ID = f"{_U64}-{_U64}"
+
+
+def event_id_problem(value: str) -> str | None:
+    """Why ``value`` is not a stream id Redis accepts as a cursor, or None."""
+    m = _STREAM_ID.fullmatch(value)
+    if not m or int(m[1]) > _U64 or int(m[2]) > _U64:
+        return "expected an event id like 1700000000000-0 (two numbers below 2**64)"
+    return None
 
 
 def stream_key(job_id: str) -> str:
@@ -65,13 +78,18 @@ class JobEvents:
 
     def read(self, job_id: str, after: str | None, wait: float = 0.0) -> list[JobEvent]:
         after = after or "0-0"
-        if not _STREAM_ID.match(after):
-            raise BadRequest("after: expected an event id like 1700000000000-0", fields={"after": ["bad event id"]})
+        problem = event_id_problem(after)
+        if problem:
+            raise ValidationFailed({"after": [problem]})
+        if after == LAST_ID:  # nothing can follow it (and Redis refuses an exclusive range starting there)
+            return []
         wait = max(0.0, min(float(wait), MAX_WAIT))
+        # Rounded up: BLOCK 0 would mean "forever", so 0.0001 s must become 1 ms, not 0.
+        block_ms = math.ceil(wait * 1000)
         key = stream_key(job_id)
         rows: Any = self.r.xrange(key, min=f"({after}", max="+", count=500)
-        if not rows and wait > 0:
-            got: Any = self.r.xread({key: after}, count=500, block=int(wait * 1000))
+        if not rows and block_ms > 0:
+            got: Any = self.r.xread({key: after}, count=500, block=block_ms)
             rows = got[0][1] if got else []
         return [self._event(eid, fields) for eid, fields in rows]
 

@@ -3,7 +3,7 @@
 The rule of the contract: an environment a principal holds no role in does not
 exist for them (NotFound, never Forbidden, so names do not leak); a visible
 environment with a role too weak is Forbidden; a disabled environment (prod by
-default) refuses every mutating action, admins included.
+default) refuses every operation, reading its logs included, admins included.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from scope.catalog import Catalog, Environment
 from scope.errors import Forbidden, NotFound
-from scope.roles import GLOBAL, MUTATING, Permission, Role, allows, strongest
+from scope.roles import DISABLED_REFUSES, GLOBAL, Permission, Role, allows, strongest
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def check(principal: Principal, env: Environment, permission: Permission) -> Rol
     role = principal.role_in(env.name)
     if role is None:
         raise NotFound(f"No environment named {env.name!r}.")
-    if permission in MUTATING and not env.actions_allowed:
+    if permission in DISABLED_REFUSES and not env.actions_allowed:
         what = "a production environment" if env.is_prod else "a disabled environment"
         raise Forbidden(f"{env.name} is {what}: Valet Key refuses every action there.")
     if not allows(role, permission):

@@ -19,7 +19,7 @@ from scope.schedule_windows import Schedule, ScheduleSyntaxError, parse_schedule
 CLASSES = ("staging", "prod")
 ENV_KEYS = {"class", "enabled", "region", "cluster", "role_arn", "external_id", "run_tasks",
             "webhook_secret_env", "schedule", "redis", "github", "network", "description",
-            "approval", "require_reason"}
+            "approval", "require_reason", "webhook_require_timestamp"}
 APPROVALS = ("none", "two-person")
 REDIS_KEYS = {"url_env", "max_keys"}
 GITHUB_KEYS = {"repository", "repository_owner_id", "ref", "environment", "job_workflow_ref"}
@@ -64,6 +64,8 @@ class Environment:
     github: Mapping[str, str] = field(default_factory=dict)
     network: NetworkConfig | None = None
     description: str = ""
+    # HMAC webhooks must carry a signed Unix-seconds "timestamp" in the body (replay window of minutes).
+    webhook_require_timestamp: bool = False
     approval: str = "none"  # "two-person": mutating jobs wait for a second person (docs/approvals.md)
     require_reason: bool = False
 
@@ -209,13 +211,17 @@ class _Loader:
         require_reason = body.get("require_reason", False)
         if not isinstance(require_reason, bool):
             raise self.fail(f"{k}.require_reason", "must be true or false")
+        require_timestamp = body.get("webhook_require_timestamp", False)
+        if not isinstance(require_timestamp, bool):
+            raise self.fail(f"{k}.webhook_require_timestamp", "must be true or false")
         return Environment(
             approval=approval, require_reason=require_reason,
             name=name, cls=cls, enabled=enabled, region=region, cluster=cluster,
             role_arn=role_arn, external_id=external_id, run_tasks=tuple(run_tasks),
             webhook_secret_env=secret_env, schedule=schedule, redis=redis,
             github={gk: str(gv) for gk, gv in github.items()},
-            network=self.network(k, body.get("network")), description=description)
+            network=self.network(k, body.get("network")), description=description,
+            webhook_require_timestamp=require_timestamp)
 
     def redis_targets(self, k: str, table: Any) -> dict[str, RedisTarget]:
         if not isinstance(table, dict):

@@ -63,6 +63,12 @@ class Conflict(ValetKeyError):
     status, title = 409, "Conflict"
 
 
+class PayloadTooLarge(ValetKeyError):
+    """A request body over its limit (DESIGN: 413), refused before it is parsed."""
+
+    status, title = 413, "Content Too Large"
+
+
 class Unavailable(ValetKeyError):
     """A dependency we must write to (DB, Redis) is down: we fail closed."""
 

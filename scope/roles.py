@@ -52,9 +52,12 @@ MATRIX: dict[Role, frozenset[Permission]] = {
 # (directly and through groups).
 RANK = {Role.VIEWER: 1, Role.AUDITOR: 2, Role.DEVELOPER: 3, Role.OPERATOR: 4, Role.ADMIN: 5}
 
-# Permissions that change something; refused in every disabled environment.
+# Permissions that change something.
 MUTATING = frozenset({Permission.RESTART, Permission.REDEPLOY, Permission.FLUSH,
                       Permission.RUN_TASK, Permission.SCHEDULE})
+# Operations refused in every disabled environment (prod unless enabled), admins and auditors included:
+# the changes, and reading the service logs, which hold production data.
+DISABLED_REFUSES = MUTATING | {Permission.LOGS}
 
 
 def allows(role: Role | None, permission: Permission) -> bool:

@@ -24,7 +24,7 @@ from scope.models import ScheduledService, SchedulePause, SchedulePeriod, utcnow
 from scope.schedule_windows import Schedule
 from scope.times import iso_or_none
 
-MAX_PAUSE = dt.timedelta(days=7)
+MAX_PAUSE = dt.timedelta(days=30)  # DESIGN: any future time up to 30 days ahead
 # States of a ScheduledService row (see its docstring in scope.models).
 SCALING_DOWN, DOWN, SCALING_UP = "scaling_down", "down", "scaling_up"
 
@@ -211,26 +211,44 @@ def schedule_view(env: Environment, pause: Pause | None, now: dt.datetime) -> di
     until = pause.until if pause else None
     return {**sched.as_dict(), "up_now": sched.is_up(now), "paused": pause is not None,
             "paused_until": iso_or_none(until), "paused_by": pause.by if pause else None,
+            "paused_at": iso_or_none(pause.at) if pause else None,
             "next_transition": iso_or_none(nxt),
-            # For the page only (the API schema does not carry them): times in the environment's zone.
-            "next_transition_local": local_text(nxt, sched), "paused_until_local": local_text(until, sched)}
+            # For the page only (the API schema does not carry them): times in the environment's zone,
+            # and how long the pause has lasted ("3 h ago").
+            "next_transition_local": local_text(nxt, sched), "paused_until_local": local_text(until, sched),
+            "paused_at_local": local_text(pause.at if pause else None, sched),
+            "paused_age": age_text(now - pause.at) if pause else None}
+
+
+def age_text(age: dt.timedelta) -> str:
+    """A pause's age as people say it: 'just now', '12 min', '5 h', '3 days'."""
+    seconds = max(0, int(age.total_seconds()))
+    if seconds < 60:
+        return "just now"
+    if seconds < 3600:
+        return f"{seconds // 60} min ago"
+    if seconds < 2 * 86400:
+        return f"{seconds // 3600} h ago"
+    return f"{seconds // 86400} days ago"
 
 
 def parse_until(value: str | None, schedule: Schedule, now: dt.datetime) -> dt.datetime | None:
     """``until`` of a pause: ISO 8601; without an offset it is wall-clock time in the schedule's zone
-    (what a datetime-local form field sends). Must be in the future and at most 7 days ahead."""
+    (what a datetime-local form field sends). Must be in the future and at most MAX_PAUSE ahead."""
     if value is None or not str(value).strip():
         return None
     text = str(value).strip()
     try:
         t = dt.datetime.fromisoformat(text)
-    except ValueError:
+        if t.tzinfo is None or t.utcoffset() is None:
+            t = t.replace(tzinfo=schedule.zone)
+        # Converting a time at the calendar's edges (year 1, or 9999-12-31T23:59-14:00)
+        # leaves datetime's range: OverflowError, a refusal like any other bad value.
+        t = t.astimezone(dt.timezone.utc)
+    except (ValueError, OverflowError):
         raise ValidationFailed({"until": [f"{text[:40]!r} is not an ISO 8601 date and time "
                                           "(e.g. 2026-11-27T18:00:00Z, or 2026-11-27T18:00 in the "
                                           f"environment's time zone {schedule.timezone})."]}) from None
-    if t.tzinfo is None or t.utcoffset() is None:
-        t = t.replace(tzinfo=schedule.zone)
-    t = t.astimezone(dt.timezone.utc)
     if t <= now:
         raise ValidationFailed({"until": [f"must be in the future (it is {iso_or_none(t)}; now is {iso_or_none(now)})."]})
     if t > now + MAX_PAUSE:

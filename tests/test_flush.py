@@ -116,7 +116,7 @@ def test_literal_prefix(pattern: str, prefix: str) -> None:
 
 @pytest.mark.parametrize("pattern", ["*", "?*", "[a-z]*", "**", "", "   ", " *", "\t*", "[ab]*", "?",
                                      "valetkey:*", "valetkey:job:1:events", "dramatiq:*", "val*", "d*",
-                                     "session:\n*", "x" * 513, None, 5])
+                                     "session:\n*", "x" * 513, None, 5, "\ud800", "session:\udfff*"])
 def test_refused_patterns(pattern: Any) -> None:
     assert pattern_problem(pattern)
 
@@ -276,6 +276,18 @@ def test_bad_patterns_are_400_naming_pattern(client, dev, target_redis, rt, patt
     assert "pattern" in r.json["errors"]
     assert keys(target_redis) == {"session:1", "user:1"}
     assert not rt.jobs.active_job("staging", "redis:cache")
+
+
+@pytest.mark.parametrize("dry_run", ["true", "false"])
+def test_lone_surrogate_pattern_is_400_naming_pattern(client, dev, target_redis, rt, dry_run) -> None:
+    # JSON may spell a lone surrogate; it cannot be sent to Redis (was a 502 "target failed").
+    seed(target_redis, "session:1")
+    body = '{"pattern": "session:\\ud800*", "dry_run": %s}' % dry_run
+    r = client.post("/api/v1/environments/staging/redis/cache/flush", data=body,
+                    content_type="application/json", headers=dev)
+    assert r.status_code == 400, r.json
+    assert list(r.json["errors"]) == ["pattern"]
+    assert keys(target_redis) == {"session:1"}
 
 
 def test_refused_pattern_is_audited_denied(client, dev, rt) -> None:

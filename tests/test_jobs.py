@@ -154,11 +154,47 @@ def test_job_events_empty_parameters_mean_not_given(client, dev, staging):
     assert page.status_code == 200 and [e["type"] for e in page.get_json()["events"]] == ["queued"]
 
 
-@pytest.mark.parametrize("query, field", [({"wait": 26}, "wait"), ({"after": "yesterday"}, "after")])
+@pytest.mark.parametrize("query, field", [
+    ({"wait": 26}, "wait"), ({"after": "yesterday"}, "after"),
+    ({"wait": "nan"}, "wait"), ({"wait": "inf"}, "wait"),
+    # Out of Redis' range (each part is an unsigned 64-bit number): was a 500.
+    ({"after": "99999999999999999999999-0"}, "after"),
+    ({"after": "18446744073709551616-0"}, "after"),
+    ({"after": "0-18446744073709551616"}, "after"),
+    # Control characters (the regex's $ let a trailing newline through) and non-ASCII digits.
+    ({"after": "1-0\n"}, "after"), ({"after": "1-0\x00"}, "after"), ({"after": "1\t-0"}, "after"),
+    ({"after": "\u0661\u0662-0"}, "after"), ({"after": "\uff11-0"}, "after"),
+])
 def test_job_events_bad_query_is_400_naming_field(client, dev, staging, query, field):
     job = client.post(RESTART, headers=dev).get_json()
     r = client.get(f"{job['url']}/events", query_string=query, headers=dev)
     assert r.status_code == 400 and field in r.get_json()["errors"]
+
+
+def test_job_events_at_the_last_possible_id_are_empty(client, dev, staging):
+    job = client.post(RESTART, headers=dev).get_json()
+    last = f"{2**64 - 1}-{2**64 - 1}"
+    r = client.get(f"{job['url']}/events", query_string={"after": last}, headers=dev)
+    assert r.status_code == 200 and r.get_json()["events"] == [] and r.get_json()["next"] == last
+
+
+def test_job_events_tiny_wait_does_not_block(client, dev, staging):
+    # int(0.0001 * 1000) == 0 was XREAD BLOCK 0: block forever (a web thread held until a timeout, then 500).
+    job = client.post(RESTART, headers=dev).get_json()
+    first = client.get(f"{job['url']}/events", headers=dev).get_json()
+    t0 = time.monotonic()
+    r = client.get(f"{job['url']}/events", query_string={"after": first["next"], "wait": "0.0001"}, headers=dev)
+    assert r.status_code == 200 and r.get_json()["events"] == []
+    assert time.monotonic() - t0 < 2
+
+
+def test_job_events_reader_refuses_bad_cursors_naming_after(rt):
+    from scope.errors import ValidationFailed
+
+    for bad in ("1-0\n", "99999999999999999999999-0", "\u0661-0"):
+        with pytest.raises(ValidationFailed) as e:
+            rt.events.read("some-job", bad)
+        assert list(e.value.fields) == ["after"]
 
 
 def test_job_of_another_environment_is_404(client, rt, dev, make_user, staging):

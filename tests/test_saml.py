@@ -214,13 +214,118 @@ def test_other_signature_transforms_are_refused(sso, keys):
     refused(c, post(c, xml), rt)
 
 
-def test_oversized_body_is_refused(sso, keys):
+@pytest.mark.parametrize("size", [400_000, 300_000])  # over the body limit; within it, but the XML is too large
+def test_oversized_body_is_413_and_audited(sso, keys, size):
     app, rt = sso
     c = app.test_client()
     rid = start_login(c)
-    padding = "<!-- " + "x" * 400_000 + " -->"
+    padding = "<!-- " + "x" * size + " -->"
     r = post(c, good(keys, rid) + padding)
-    assert r.status_code in (401, 413) and signed_in_as(c) is None
+    assert r.status_code == 413 and r.headers["Content-Type"].startswith("application/problem+json")
+    assert signed_in_as(c) is None
+    last = [e for e in audit_events(rt) if e["action"] == "login"][-1]
+    assert last["outcome"] == "denied" and "too large" in last["detail"]
+
+
+# ---- who signs in: the NameID decides ---------------------------------------------------------
+def test_email_attribute_does_not_override_an_email_name_id(sso, keys):
+    app, rt = sso
+    rt.users.add_user("root@acme.test", "Root", "a long enough password")
+    rt.users.grant("root@acme.test", "*", "admin", rt.catalog)
+    c = app.test_client()
+    rid = start_login(c)
+    # The IdP vouches for mallory (the NameID); the editable e-mail attribute claims to be the admin.
+    r = post(c, good(keys, rid, email="root@acme.test", name_id="mallory@acme.test"))
+    assert r.status_code == 302 and signed_in_as(c) == "mallory@acme.test"
+    assert c.get("/api/v1/environments").get_json()["environments"] == []
+
+
+def test_email_attribute_counts_when_the_name_id_is_not_an_email(sso, keys):
+    app, _ = sso
+    c = app.test_client()
+    rid = start_login(c)
+    r = post(c, good(keys, rid, email="sam@acme.test", name_id="00u1ab2cd3EfGh4ij5k6",
+                     name_id_format=C.NAMEID_PERSISTENT))
+    assert r.status_code == 302 and signed_in_as(c) == "sam@acme.test"
+
+
+def test_no_email_anywhere_is_refused(sso, keys):
+    app, rt = sso
+    c = app.test_client()
+    rid = start_login(c)
+    r = post(c, good(keys, rid, email="not-an-address", name_id="00u1ab2cd3", name_id_format=C.NAMEID_PERSISTENT))
+    refused(c, r, rt)
+
+
+@pytest.mark.parametrize("name_id, attribute, expected", [
+    ("a@x.example", ["b@x.example"], "a@x.example"),
+    ("opaque-id", ["b@x.example"], "b@x.example"),
+    ("opaque-id", [], None),
+    ("", ["b@x.example"], "b@x.example"),
+    ("a@", ["b@x.example"], "b@x.example"),
+    ("opaque", ["no address"], None),
+])
+def test_login_email_rule(name_id, attribute, expected):
+    from web.saml import login_email
+
+    assert login_email(name_id, attribute) == expected
+
+
+# ---- single logout: no logout CSRF ----------------------------------------------------------------
+def signed_in_client(app, keys):
+    c = app.test_client()
+    post(c, good(keys, start_login(c)))
+    assert signed_in_as(c) == "sam@acme.test"
+    return c
+
+
+@pytest.mark.parametrize("query", [{}, {"foo": "bar"}, {"SAMLRequest": "garbage"}])
+def test_sls_without_a_signed_message_does_not_end_the_session(sso, keys, query):
+    app, _ = sso
+    c = signed_in_client(app, keys)
+    r = c.get("/saml/sls", query_string=query)
+    assert r.status_code == 400
+    assert signed_in_as(c) == "sam@acme.test"
+
+
+def test_sls_with_an_unsigned_or_foreign_signed_request_does_not_end_the_session(sso, keys):
+    app, _ = sso
+    (key, _), (evil_key, _) = keys
+    c = signed_in_client(app, keys)
+    assert c.get("/saml/sls", query_string=idp.logout_query(BASE, key, "sam@acme.test", signed=False)).status_code == 400
+    assert c.get("/saml/sls", query_string=idp.logout_query(BASE, evil_key, "sam@acme.test")).status_code == 400
+    other = idp.logout_query(BASE, key, "sam@acme.test", destination="https://other.example/saml/sls")
+    assert c.get("/saml/sls", query_string=other).status_code == 400
+    assert signed_in_as(c) == "sam@acme.test"
+
+
+def test_sls_with_the_idps_signed_logout_request_ends_the_session(sso, keys):
+    app, _ = sso
+    (key, _), _ = keys
+    c = signed_in_client(app, keys)
+    r = c.get("/saml/sls", query_string=idp.logout_query(BASE, key, "sam@acme.test"))
+    assert r.status_code == 302 and r.headers["Location"].startswith("https://idp.test.example/slo?SAMLResponse=")
+    assert signed_in_as(c) is None
+
+
+def test_sls_with_the_idps_signed_logout_response_ends_the_session(sso, keys):
+    app, _ = sso
+    (key, _), _ = keys
+    c = signed_in_client(app, keys)
+    r = c.get("/saml/sls", query_string=idp.logout_query(BASE, key, "", kind="SAMLResponse"))
+    assert r.status_code == 302 and r.headers["Location"] == "/login"
+    assert signed_in_as(c) is None
+
+
+def test_sls_post_needs_the_csrf_token(sso, keys):
+    app, _ = sso
+    c = signed_in_client(app, keys)
+    assert c.post("/saml/sls").status_code == 400
+    assert signed_in_as(c) == "sam@acme.test"
+    page = c.get("/").get_data(as_text=True)
+    token = page.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    assert c.post("/saml/sls", data={"csrf_token": token}).status_code == 302
+    assert signed_in_as(c) is None
 
 
 @pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/", "/\\evil.example",
@@ -273,3 +378,16 @@ def test_local_login_can_be_switched_off(environ, tmp_path, keys):
     rt.users.add_user("adm@acme.test", "A", "a long enough password")
     assert c.post("/login", data={"email": "adm@acme.test", "password": "a long enough password"}).status_code == 404
     rt.close()
+
+
+def test_a_disabled_account_cannot_sign_in_by_sso(sso, keys):
+    app, rt = sso
+    c = app.test_client()
+    post(c, good(keys, start_login(c)))  # first sign-in creates sam
+    rt.users.set_disabled("sam@acme.test")
+    c2 = app.test_client()
+    r = post(c2, good(keys, start_login(c2)))
+    assert r.status_code == 403 and r.headers["Content-Type"].startswith("application/problem+json")
+    assert signed_in_as(c2) is None
+    last = [e for e in audit_events(rt) if e["action"] == "login"][-1]
+    assert last["outcome"] == "denied" and last["actor"] == "sam@acme.test" and "disabled" in last["detail"]

@@ -205,8 +205,14 @@ def test_no_until_means_until_resumed(value):
     ("2026-13-01T00:00", "not an ISO 8601"),
     ("2026-11-27T11:59:00Z", "must be in the future"),
     ("2026-11-27T12:00:00Z", "must be in the future"),
-    ("2026-12-04T12:00:01Z", "at most 7 days"),
-    ("2027-01-01T00:00", "at most 7 days"),
+    ("2026-12-27T12:00:01Z", "at most 30 days"),
+    ("2027-01-01T00:00", "at most 30 days"),
+    # The calendar's edges: converting them to UTC leaves datetime's range (was a 500).
+    ("0001-01-01T00:00:00+01:00", "not an ISO 8601"),
+    ("0001-01-01T00:00", "not an ISO 8601"),
+    ("9999-12-31T23:59:59-14:00", "not an ISO 8601"),
+    ("9999-12-31T23:59:59.999999", "at most 30 days"),
+    ("\u0662\u0660\u0662\u0666-12-01T00:00", "not an ISO 8601"),
 ])
 def test_bad_until_names_the_field(value, message):
     with pytest.raises(ValidationFailed) as e:
@@ -214,5 +220,6 @@ def test_bad_until_names_the_field(value, message):
     assert list(e.value.fields) == ["until"] and message in e.value.fields["until"][0]
 
 
-def test_until_at_exactly_seven_days_is_allowed():
-    assert parse_until("2026-12-04T12:00:00Z", sched("Mon 07:00-08:00"), NOW) == utc(2026, 12, 4, 12)
+def test_until_up_to_thirty_days_is_allowed():
+    assert parse_until("2026-12-04T12:00:01Z", sched("Mon 07:00-08:00"), NOW) == utc(2026, 12, 4, 12, 0, 1)
+    assert parse_until("2026-12-27T12:00:00Z", sched("Mon 07:00-08:00"), NOW) == utc(2026, 12, 27, 12)

@@ -92,7 +92,9 @@ def test_operator_pauses_until_resumed_then_resumes(client, rt, olga):
     assert s["paused"] is True and s["paused_until"] is None and s["paused_by"] == "olga@acme.test"
     assert s["timezone"] == "Europe/Berlin" and s["up"] == ["Mon-Fri 07:00-20:00"]
     assert isinstance(s["up_now"], bool) and s["next_transition"].endswith("Z")
-    assert set(s) == {"timezone", "up", "up_now", "paused", "paused_until", "paused_by", "next_transition"}
+    assert set(s) == {"timezone", "up", "up_now", "paused", "paused_until", "paused_by", "paused_at",
+                      "next_transition"}
+    assert s["paused_at"].endswith("Z")
 
     r = client.post(RESUME.format("staging"), headers=olga)
     assert r.status_code == 200 and r.json["schedule"]["paused"] is False
@@ -132,7 +134,10 @@ def test_until_without_offset_is_berlin_time(client, olga):
 @pytest.mark.parametrize("body, message", [
     ({"until": "next tuesday"}, "ISO 8601"),
     ({"until": "2020-01-01T00:00:00Z"}, "in the future"),
-    ({"until": "2999-01-01T00:00:00Z"}, "7 days"),
+    ({"until": "2999-01-01T00:00:00Z"}, "30 days"),
+    ({"until": "0001-01-01T00:00:00+01:00"}, "ISO 8601"),
+    ({"until": "9999-12-31T23:59:59-14:00"}, "ISO 8601"),
+    ({"until": "0001-01-01T00:00"}, "ISO 8601"),
 ])
 def test_bad_until_is_a_400_naming_until(client, rt, olga, body, message):
     r = client.post(PAUSE.format("staging"), headers=olga, json=body)
@@ -304,3 +309,25 @@ def test_page_has_no_buttons_for_developers_and_refuses_their_post(client, rt, m
     r = client.post("/environments/staging/schedule/pause", data={"csrf_token": token})
     assert r.status_code == 403
     assert [e["action"] for e in denied(rt, "dev@acme.test") if e["action"] != "login"] == ["schedule.pause"]
+
+
+def test_pause_up_to_thirty_days_and_without_until(client, rt, olga):
+    later = (now() + dt.timedelta(days=29)).replace(microsecond=0)
+    r = client.post(PAUSE.format("staging"), headers=olga, json={"until": iso(later)})
+    assert r.status_code == 200 and r.json["schedule"]["paused_until"] == iso(later)
+    assert r.json["schedule"]["paused_by"] == "olga@acme.test" and r.json["schedule"]["paused_at"]
+    r = client.post(PAUSE.format("staging"), headers=olga, json={})
+    assert r.status_code == 200 and r.json["schedule"]["paused"] is True
+    assert r.json["schedule"]["paused_until"] is None  # until resumed
+
+
+def test_page_shows_the_pause_author_and_age(client, rt, olga, aws):
+    seed_cluster("stg", ["orders-api"], family_prefix="staging", running=0)
+    with rt.sessions.begin() as s:
+        s.add(SchedulePause(environment="staging", until=None, paused_by="pat@acme.test",
+                            paused_at=now() - dt.timedelta(hours=5)))
+    _login(client, "olga@acme.test")
+    html = client.get("/environments/staging").get_data(as_text=True)
+    assert '<span class="pause-author">pat@acme.test</span>' in html
+    assert re.search(r'<time class="pause-age" datetime="[^"]+"[^>]*>5 h ago</time>', html)
+    assert "until resumed" in html

@@ -34,7 +34,7 @@ from wiring.runtime import Runtime
 
 AUDIENCE = "https://valetkey.test"
 SECRETS = {"STAGING_WEBHOOK_SECRET": "whsec-staging", "OFF_WEBHOOK_SECRET": "whsec-off",
-           "PROD_WEBHOOK_SECRET": "whsec-prod"}
+           "PROD_WEBHOOK_SECRET": "whsec-prod", "STAMPED_WEBHOOK_SECRET": "whsec-stamped"}
 HOOK_TOML = """
 [environments.staging]
 region = "us-east-1"
@@ -77,6 +77,12 @@ webhook_secret_env = "PROD_WEBHOOK_SECRET"
 
 [environments.prod.github]
 repository = "acme/orders-api"
+
+[environments.stamped]
+region = "us-east-1"
+cluster = "stg"
+webhook_secret_env = "STAMPED_WEBHOOK_SECRET"
+webhook_require_timestamp = true
 """
 
 
@@ -417,6 +423,77 @@ def test_delivery_ledger_refuses_a_concurrent_duplicate(hrt: Runtime) -> None:
     ledger.release(key, marker)  # a stale marker must not delete the recorded job
     assert ledger.claim(key) == ("job-1", "")
     assert 0 < hrt.redis.ttl(key) <= 24 * 3600
+
+
+def test_concurrent_duplicate_delivery_409_is_audited(hc: Any, hrt: Runtime) -> None:
+    ledger = DeliveryLedger(hrt.redis)
+    ledger.claim(ledger.delivery_key("staging", "orders-api", "d-busy"))  # another request is on it
+    r = post_hmac(hc, delivery="d-busy")
+    ev = assert_refused(hrt, r, 409, actor="webhook:staging")
+    assert (ev["environment"], ev["target"]) == ("staging", "orders-api") and "being processed" in ev["detail"]
+
+
+def test_oversized_body_is_413_and_audited(hc: Any, hrt: Runtime) -> None:
+    body = json.dumps({"environment": "staging", "service": "orders-api", "pad": "x" * 70_000}).encode()
+    r = post_hmac(hc, body)
+    ev = assert_refused(hrt, r, 413)
+    assert "65536 bytes" in r.json["detail"] and "65536 bytes" in ev["detail"]
+
+
+# ---- signed timestamps (webhook_require_timestamp) ---------------------------------------------
+def stamped(timestamp: Any = None, **extra: Any) -> bytes:
+    body: dict[str, Any] = {"environment": "stamped", "service": "orders-api", **extra}
+    if timestamp is not None:
+        body["timestamp"] = timestamp
+    return json.dumps(body).encode()
+
+
+def post_stamped(client: Any, body: bytes, delivery: str | None = None) -> Any:
+    return post_hmac(client, body, secret=SECRETS["STAMPED_WEBHOOK_SECRET"], delivery=delivery)
+
+
+def test_fresh_signed_timestamp_is_accepted(hc: Any, hrt: Runtime) -> None:
+    for offset in (-290, 0, 55):
+        r = post_stamped(hc, stamped(int(time.time()) + offset), delivery=f"d{offset}")
+        assert r.status_code == 202, r.json
+        hrt.jobs.finish(r.json["id"], FAILED, "done for the test")
+
+
+@pytest.mark.parametrize("offset, reason", [(None, "requires a signed 'timestamp'"), (-301, "minutes old"),
+                                            (-86400, "minutes old"), (61, "in the future"), (3600, "in the future")])
+def test_missing_stale_or_future_timestamp_is_401_and_audited(hc: Any, hrt: Runtime, offset: int | None,
+                                                              reason: str) -> None:
+    r = post_stamped(hc, stamped(None if offset is None else int(time.time()) + offset), delivery="d-1")
+    ev = assert_refused(hrt, r, 401, actor="webhook:stamped")
+    assert reason in r.json["detail"] and reason in ev["detail"] and ev["environment"] == "stamped"
+
+
+def test_a_captured_body_replayed_later_with_a_new_delivery_id_is_refused(hc: Any, hrt: Runtime) -> None:
+    body = stamped(int(time.time()) - 600)  # signed ten minutes ago, e.g. read from a CI log
+    assert post_stamped(hc, body, delivery="replay-2").status_code == 401
+    assert jobs_in_db(hrt) == 0
+
+
+@pytest.mark.parametrize("value", ["1700000000", 1.5, True, [1]])
+def test_timestamp_of_the_wrong_type_is_400_naming_it(hc: Any, hrt: Runtime, value: Any) -> None:
+    r = post_stamped(hc, stamped(value))
+    assert_refused(hrt, r, 400, actor="webhook:stamped")
+    assert list(r.json["errors"]) == ["timestamp"]
+
+
+def test_environments_without_the_option_ignore_the_timestamp(hc: Any, hrt: Runtime) -> None:
+    assert post_hmac(hc).status_code == 202  # none at all
+    body = json.dumps({"environment": "staging", "service": "payments-api", "timestamp": 1}).encode()
+    assert post_hmac(hc, body).status_code == 202
+
+
+def test_webhook_require_timestamp_must_be_a_boolean(config_file: Callable[[str], str]) -> None:
+    from scope.catalog import load_catalog
+
+    path = config_file('[environments.s]\ncluster = "s"\nwebhook_require_timestamp = "yes"\n')
+    with pytest.raises(ConfigError) as e:
+        load_catalog(path, {})
+    assert "webhook_require_timestamp" in str(e.value) and "true or false" in str(e.value)
 
 
 # ---- OIDC ---------------------------------------------------------------------------------------

@@ -17,11 +17,13 @@ from wiring.runtime import Runtime
 csrf = CSRFProtect()
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 from web.context import request_id
+from web.json_body import BoundedJSONProvider
 
 
 def create_app(config: Mapping[str, Any] | None = None, runtime: Runtime | None = None) -> Flask:
     """Build the app. ``config`` may hold Flask keys and VALETKEY_* overrides of the environment."""
     app = Flask(__name__, instance_relative_config=True)
+    app.json = BoundedJSONProvider(app)  # request.get_json: bounded nesting, errors name the body
     app.config.from_mapping(
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
@@ -50,13 +52,13 @@ def create_app(config: Mapping[str, Any] | None = None, runtime: Runtime | None 
 
     errors.init_app(app)
     csrf.init_app(app)
+    _request_hooks(app)  # first: the request id and CSRF come before any blueprint's own checks
     auth.init_app(app)
     saml.init_app(app)
     app.register_blueprint(health.bp)
     api.init_app(app)
     pages.init_app(app)
     admin.init_app(app)
-    _request_hooks(app)
     if not app.debug and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return app

@@ -12,20 +12,21 @@ import datetime as dt
 import json
 import logging
 import os
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, current_app, redirect, request, session
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from onelogin.saml2.auth import OneLogin_Saml2_Auth
 from onelogin.saml2.settings import OneLogin_Saml2_Settings
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Response as WResponse  # what redirect() returns; flask's Response is one
 
 from jobs.audit_stream import AuditEvent
-from scope.errors import BadRequest, ConfigError, NotFound, Unauthorized
+from scope.errors import BadRequest, ConfigError, Forbidden, NotFound, PayloadTooLarge, Unauthorized, ValetKeyError
 from web.auth import end_session, safe_next, start_session
 from web.context import runtime
-from web.saml_guard import MAX_RESPONSE_BYTES, SamlRejected, decode_response, inspect
+from web.saml_guard import MAX_RESPONSE_BYTES, SamlRejected, SamlTooLarge, decode_response, inspect
 
 log = logging.getLogger("valetkey.saml")
 bp = Blueprint("saml", __name__, url_prefix="/saml")
@@ -146,24 +147,35 @@ def _pending_login() -> tuple[str | None, str | None]:
     return data.get("rid"), data.get("next")
 
 
-def _deny(reason: str, actor: str = "(unknown)") -> None:
+def _deny(reason: str, actor: str = "(unknown)", error: ValetKeyError | None = None) -> NoReturn:
     log.warning("SAML login refused: %s", reason)
     runtime().audit.record(AuditEvent(actor=actor, source="web", action="login", outcome="denied",
                                       detail=f"SSO: {reason}"))
-    raise Unauthorized("Single sign-on failed; please try again from the sign-in page.")
+    raise error or Unauthorized("Single sign-on failed; please try again from the sign-in page.")
+
+
+def _too_large(reason: str) -> NoReturn:
+    _deny(reason, error=PayloadTooLarge(f"A SAML response may be at most {MAX_RESPONSE_BYTES // 1024} KiB."))
 
 
 @bp.post("/acs")
 def acs() -> WResponse:
     """Assertion consumer: validate the IdP's response, then start a fresh session."""
+    # Base64 and form encoding make the body up to about twice the XML's size.
+    request.max_content_length = MAX_RESPONSE_BYTES * 2
     if (request.content_length or 0) > MAX_RESPONSE_BYTES * 2:
-        _deny("request body too large")
+        _too_large("request body too large")
+    try:
+        raw = request.form.get("SAMLResponse", "")
+    except RequestEntityTooLarge:  # a chunked body with no Content-Length, over the limit
+        _too_large("request body too large")
     request_id, nxt = _pending_login()
-    raw = request.form.get("SAMLResponse", "")
     if not raw:
         _deny("no SAMLResponse")
     try:
         inspect(decode_response(raw))
+    except SamlTooLarge as e:
+        _too_large(str(e))
     except SamlRejected as e:
         _deny(str(e))
     if not request_id:
@@ -183,11 +195,14 @@ def acs() -> WResponse:
     if not aid or not runtime().redis.set(REPLAY_KEY + aid, "1", nx=True, ex=ttl):
         _deny("assertion replayed")
     attrs = auth.get_attributes()
-    email = (attrs.get("email") or [None])[0] or auth.get_nameid() or ""
-    if "@" not in email:
+    email = login_email(auth.get_nameid() or "", attrs.get("email") or [])
+    if email is None:
         _deny("no e-mail address in the assertion")
     groups = [g for g in attrs.get(runtime().settings.saml_groups_attribute, []) if g]
     user = runtime().users.upsert_sso_user(email, (attrs.get("name") or [""])[0], groups)
+    if user.disabled:  # disabled in Valet Key: the IdP's word does not re-enable the account
+        _deny("account disabled", actor=user.email,
+              error=Forbidden("This account is disabled in Valet Key; ask a platform engineer."))
     start_session(user, via="saml")
     runtime().audit.record(AuditEvent(actor=user.email, source="web", action="login", outcome="succeeded",
                                       detail=f"SSO; groups: {', '.join(sorted(set(groups))) or 'none'}"))
@@ -196,13 +211,59 @@ def acs() -> WResponse:
     return resp
 
 
+def looks_like_email(value: str) -> bool:
+    local, at, domain = value.partition("@")
+    return bool(at and local and "." in domain and not any(c.isspace() for c in value))
+
+
+def login_email(name_id: str, email_attribute: list[str]) -> str | None:
+    """Who signs in: the NameID when it is an e-mail address (the emailAddress format we ask for).
+
+    The ``email`` attribute counts only when the NameID is not an e-mail address
+    (a persistent or transient id): at many IdPs users can edit their profile's
+    e-mail attribute, and letting it override the NameID would let anyone sign
+    in as anyone, a local break-glass admin included.
+    """
+    if looks_like_email(name_id.strip()):
+        return name_id.strip()
+    attr = (email_attribute[0] if email_attribute else "") or ""
+    return attr.strip() if looks_like_email(attr.strip()) else None
+
+
+LOGOUT_MESSAGES = ("SAMLRequest", "SAMLResponse")
+
+
 @bp.get("/sls")
 def sls() -> WResponse:
-    """Single logout: end the local session whatever the IdP says."""
+    """Single logout from the IdP: only a signed, valid LogoutRequest/LogoutResponse ends the session.
+
+    A bare GET must not: any page on the internet could embed it (logout CSRF).
+    People signing out themselves use POST /logout (or POST here), with the CSRF token.
+    """
+    args = request.args
+    if not any(m in args for m in LOGOUT_MESSAGES) or "Signature" not in args or "SigAlg" not in args:
+        raise BadRequest("Expected a signed SAML LogoutRequest or LogoutResponse from the identity provider; "
+                         "to sign out, use the Sign out button.")
+    ended: list[bool] = []
+
+    def end() -> None:  # python3-saml calls it only once the message's signature and fields check out
+        end_session()
+        ended.append(True)
+
+    url = None
     try:
-        _auth().process_slo(delete_session_cb=lambda: None)
-    except Exception:  # noqa: BLE001 - a malformed logout message still logs the user out here
-        log.info("SAML SLO message could not be processed; ending the local session anyway")
+        url = _auth().process_slo(delete_session_cb=end)
+    except Exception:  # noqa: BLE001 - malformed input, or no IdP logout URL to answer to
+        log.info("SAML logout message could not be processed")
+    if not ended:
+        raise BadRequest("The SAML logout message is not valid (signature, issuer or destination); "
+                         "the session was not ended.")
+    return redirect(url or "/login")
+
+
+@bp.post("/sls")
+def sls_post() -> WResponse:
+    """Sign out here (a form post carrying the CSRF token, checked before every session-authenticated POST)."""
     end_session()
     return redirect("/login")
 

@@ -28,19 +28,23 @@ class SamlRejected(Exception):
     """The response is refused before signature validation; the message is safe to log."""
 
 
+class SamlTooLarge(SamlRejected):
+    """The response is over MAX_RESPONSE_BYTES: a 413, not a failed login."""
+
+
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
                           huge_tree=False, remove_comments=False)
 
 
 def decode_response(b64: str) -> bytes:
     if len(b64) > MAX_RESPONSE_BYTES * 4 // 3 + 4:
-        raise SamlRejected("SAMLResponse too large")
+        raise SamlTooLarge("SAMLResponse too large")
     try:
         xml = base64.b64decode(b64, validate=False)
     except (binascii.Error, ValueError):
         raise SamlRejected("SAMLResponse is not base64") from None
     if len(xml) > MAX_RESPONSE_BYTES:
-        raise SamlRejected("SAMLResponse too large")
+        raise SamlTooLarge("SAMLResponse too large")
     return xml
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import re
 import threading
@@ -37,6 +36,7 @@ from scope.errors import (
     Conflict,
     Forbidden,
     NotFound,
+    PayloadTooLarge,
     Unauthorized,
     Unavailable,
     ValetKeyError,
@@ -45,6 +45,7 @@ from scope.errors import (
 from scope.models import Job
 from scope.settings import Settings
 from scope.text import as_text
+from web import json_body
 
 if TYPE_CHECKING:
     from wiring.runtime import Runtime
@@ -328,10 +329,23 @@ class ServiceCache:
 
 
 # ---- the request body --------------------------------------------------------------
+class UnixSeconds(ma.fields.Integer):
+    """An integer number of seconds; JSON true/false are not numbers here (Python counts bool as int)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, bool):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class RedeployHookSchema(ma.Schema):
     environment = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=64))
     service = ma.fields.String(required=True, validate=ma.validate.Regexp(
         r"^[A-Za-z0-9_-]{1,255}$", error="must be an ECS service name (letters, digits, '-', '_')"))
+    timestamp = UnixSeconds(strict=True, load_default=None, metadata={
+        "description": "Unix seconds when the call was signed; required (and checked against the clock) in "
+                       "environments with webhook_require_timestamp = true, so that a captured signed body "
+                       "cannot be replayed later under a new delivery id"})
 
     class Meta:
         unknown = ma.RAISE
@@ -340,14 +354,37 @@ class RedeployHookSchema(ma.Schema):
 _SCHEMA = RedeployHookSchema()  # stateless, so one instance serves every thread
 
 
+# ---- signed timestamps (optional per environment) -------------------------------------
+MAX_AGE = 300  # seconds a signed timestamp stays acceptable
+MAX_SKEW = 60  # seconds a signed timestamp may lie ahead of our clock
+
+
+def timestamp_problem(timestamp: int | None, now: float) -> str | None:
+    """Why a signed ``timestamp`` (Unix seconds) is refused, or None when it is fresh.
+
+    GitHub's HMAC signature covers the body only, with no time in it, so a body
+    captured once verifies forever; the delivery id is not signed. A timestamp
+    inside the signed body bounds a replay to a few minutes.
+    """
+    if timestamp is None:
+        return "This environment requires a signed 'timestamp' (Unix seconds) in the JSON body."
+    if timestamp < now - MAX_AGE:
+        return f"The signed timestamp is more than {MAX_AGE // 60} minutes old; sign a fresh request."
+    if timestamp > now + MAX_SKEW:
+        return f"The signed timestamp is more than {MAX_SKEW} seconds in the future; check the sender's clock."
+    return None
+
+
 # ---- the whole flow ------------------------------------------------------------------
 class RedeployWebhook:
     """Authenticate, validate and start a webhook redeploy; every refusal is audited as ``denied``."""
 
     def __init__(self, catalog: Catalog, hmac_verifier: HmacVerifier, oidc_verifier: OidcVerifier,
-                 ledger: DeliveryLedger, services: ServiceCache, jobs: JobService, audit: AuditLog) -> None:
+                 ledger: DeliveryLedger, services: ServiceCache, jobs: JobService, audit: AuditLog,
+                 clock: Callable[[], float] = time.time) -> None:
         self.catalog, self.hmac, self.oidc = catalog, hmac_verifier, oidc_verifier
         self.ledger, self.services, self.jobs, self.audit = ledger, services, jobs, audit
+        self.clock = clock
 
     @classmethod
     def from_runtime(cls, rt: "Runtime") -> "RedeployWebhook":
@@ -384,18 +421,19 @@ class RedeployWebhook:
             raise Unauthorized("SHA-1 signatures (X-Hub-Signature) are not accepted; send X-Hub-Signature-256.")
         raise Unauthorized("Sign the body (X-Hub-Signature-256) or send a GitHub Actions OIDC bearer token.")
 
-    def parse(self, caller: Caller, body: bytes, request_id: str) -> dict[str, str]:
+    def parse(self, caller: Caller, body: bytes, request_id: str) -> dict[str, Any]:
         """The JSON body, validated; 400 naming the field (audited under the caller)."""
         try:
-            data = json.loads(body)
-        except ValueError:  # includes UnicodeDecodeError
-            data = None
+            data = json_body.loads(body)
+        except ValidationFailed as e:  # not JSON, nested too deep, or not valid Unicode
+            self._deny(caller.actor, e.detail, request_id)
+            raise
         if not isinstance(data, dict):
             err = ValidationFailed({"body": ["Must be a JSON object: {\"environment\": ..., \"service\": ...}."]})
             self._deny(caller.actor, err.detail, request_id)
             raise err
         try:
-            loaded: dict[str, str] = _SCHEMA.load(data)
+            loaded: dict[str, Any] = _SCHEMA.load(data)
             return loaded
         except ma.ValidationError as e:
             err = ValidationFailed(e.normalized_messages())
@@ -404,8 +442,14 @@ class RedeployWebhook:
                    environment=env if isinstance(env, str) and env in self.catalog.environments else "")
         raise err
 
+    def refuse_oversized(self, limit: int, request_id: str) -> PayloadTooLarge:
+        """The 413 for a body over ``limit`` bytes, audited before anything else is read."""
+        err = PayloadTooLarge(f"A webhook body may be at most {limit} bytes.")
+        self._deny(UNAUTHENTICATED, err.detail, request_id)
+        return err
+
     def start(self, caller: Caller, environment: str, service: str, delivery: str | None,
-              request_id: str) -> tuple[Job, bool]:
+              request_id: str, timestamp: int | None = None) -> tuple[Job, bool]:
         """Start the redeploy (or find the job of the same delivery); returns (job, repeated)."""
         env = self.catalog.get(environment)
         if env is None or environment not in caller.environments:
@@ -421,20 +465,24 @@ class RedeployWebhook:
 
         if delivery is not None and not _DELIVERY.fullmatch(delivery):
             raise deny(ValidationFailed({"X-GitHub-Delivery": ["1-128 letters, digits, '.', '_', ':' or '-'."]}))
+        if caller.method == "hmac" and env.webhook_require_timestamp:
+            stale = timestamp_problem(timestamp, self.clock())
+            if stale:
+                raise deny(Unauthorized(stale))
         if not env.actions_allowed:
             why = "a production environment that is not enabled" if env.is_prod else "disabled"
             raise deny(Forbidden(f"{env.name} is {why}: every action is refused."))
         key = self.ledger.delivery_key(env.name, service, delivery) if delivery else ""
-        if caller.token_id:
-            try:
-                self.ledger.spend_token(caller.token_id, caller.expires_at, key)
-            except Unauthorized as e:
-                raise deny(e) from None
         marker = ""
-        if key:
-            job_id, marker = self.ledger.claim(key)
-            if job_id is not None:
-                return self.jobs.get(job_id), True
+        try:
+            if caller.token_id:
+                self.ledger.spend_token(caller.token_id, caller.expires_at, key)
+            if key:
+                job_id, marker = self.ledger.claim(key)
+                if job_id is not None:
+                    return self.jobs.get(job_id), True
+        except (Unauthorized, Conflict, Unavailable) as e:  # a replayed token, a delivery in flight, Redis down
+            raise deny(e) from None
         try:
             try:
                 td = self.services.task_definition(env, service)

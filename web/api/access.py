@@ -4,11 +4,11 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, stream_with_context
-from flask_smorest import Blueprint
 
 from audit.access_review import review_csv
 from jobs.service import job_dict
 from scope.times import iso
+from web.api.blueprint import Blueprint
 from web.api.schemas import (
     AccessRequestCreateSchema,
     AccessRequestListSchema,

@@ -4,12 +4,14 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, request, stream_with_context
-from flask_smorest import Blueprint
 
 from audit.export import write_export
 from audit.queries import FILTER_ACTIONS, MAX_LIMIT, entry_dict, page
 from jobs.kinds import AUDIT_OUTCOMES
+from web.api.blueprint import Blueprint
+from web.api.schemas import AuditPageSchema, ProblemSchema
 from web.context import runtime
+from web.errors import PROBLEM
 from web.services.audit import (
     DEFAULT_LIMIT,
     audit_scope,
@@ -36,11 +38,14 @@ _PAGE_DOCS = [
     {"in": "query", "name": "cursor", "schema": {"type": "string"},
      "description": "the cursor of the previous page"},
 ]
-_BAD = {"400": {"description": "a filter is invalid (problem+json naming the field)"}}
+_BAD = {"400": {"description": "a filter is invalid (problem+json naming the field)",
+                "content": {PROBLEM: {"schema": ProblemSchema}}}}
+_PAGE = {"200": {"description": "a page of entries, newest first",
+                 "content": {"application/json": {"schema": AuditPageSchema}}}}
 
 
 @blp.get("/audit")
-@blp.doc(parameters=_FILTER_DOCS + _PAGE_DOCS, responses=_BAD)
+@blp.doc(parameters=_FILTER_DOCS + _PAGE_DOCS, responses={**_PAGE, **_BAD})
 def list_audit() -> dict[str, Any]:
     """A page of audit entries, newest first (filters: environment, actor, action, outcome, since, until;
     pass the returned cursor to get the next page)."""

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask_smorest import Blueprint
-
 from jobs.kinds import REDEPLOY, RESTART
 from scope.access import visible_environments
 from scope.roles import Permission
+from web.api.blueprint import Blueprint
 from web.api.schemas import EnvironmentDetailSchema, EnvironmentListSchema, JobSchema, ReasonSchema
 from web.context import principal, runtime
 from web.guard import allow

@@ -5,8 +5,8 @@ import logging
 from typing import Any
 
 from flask import Response, jsonify
-from flask_smorest import Blueprint
 
+from web.api.blueprint import Blueprint
 from web.api.schemas import FlushPreviewSchema, FlushRequestSchema, JobSchema
 from web.services.flush import preview_flush, start_flush_job
 

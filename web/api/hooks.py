@@ -10,14 +10,16 @@ from typing import Any
 
 from flask import current_app, request
 from flask.blueprints import BlueprintSetupState
-from flask_smorest import Blueprint
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from jobs.service import job_dict
+from web.api.blueprint import Blueprint
 from web.api.schemas import JobSchema
 from web.webhook_service import RedeployHookSchema, RedeployWebhook
 
 blp = Blueprint("hooks", __name__, url_prefix="/hooks", description="Webhooks for CI")
 EXTENSION = "valetkey_hooks"
+MAX_BODY = 64 * 1024  # {"environment", "service", "timestamp"} needs well under 1 KiB
 from web.context import request_id
 
 
@@ -44,11 +46,15 @@ def redeploy() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Redeploy a service from CI, authenticated by a body signature or a GitHub Actions OIDC token."""
     hooks: RedeployWebhook = current_app.extensions[EXTENSION]
     rid = request_id()
-    raw = request.get_data(cache=True)
+    request.max_content_length = MAX_BODY
+    try:
+        raw = request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        raise hooks.refuse_oversized(MAX_BODY, rid) from None
     caller = hooks.authenticate(request.headers, raw, rid)
     data = hooks.parse(caller, raw, rid)
     job, repeated = hooks.start(caller, data["environment"], data["service"],
-                                request.headers.get("X-GitHub-Delivery"), rid)
+                                request.headers.get("X-GitHub-Delivery"), rid, data["timestamp"])
     body = job_dict(job)
     headers = {"Location": body["url"]}
     if repeated:

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask_smorest import Blueprint
-
 from jobs.kinds import TERMINAL
 from jobs.service import job_dict
+from web.api.blueprint import Blueprint
 from web.api.schemas import JobEventsQuerySchema, JobEventsSchema, JobSchema
 from web.context import runtime
 from web.services.jobs import events_page, read_or_defer, visible_job

@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Any
 
 import marshmallow as ma
-from flask_smorest import Blueprint
 from marshmallow import validate
 
 from cloud.logs import (
@@ -17,8 +16,10 @@ from cloud.logs import (
 from jobs.audit_stream import AuditEvent
 from scope.errors import NotFound
 from scope.roles import Permission
-from web.api.schemas import QuerySchema
+from web.api.blueprint import Blueprint
+from web.api.schemas import ProblemSchema, QuerySchema
 from web.context import principal, request_id, runtime, source
+from web.errors import PROBLEM
 from web.guard import allow, audit_denied
 from web.services.logs import ACTION, service_logs
 
@@ -56,6 +57,9 @@ class LogPageSchema(ma.Schema):
 @blp.get("/environments/<env>/services/<svc>/logs")
 @blp.arguments(LogsQuerySchema, location="query", as_kwargs=False, error_status_code=400)
 @blp.response(200, LogPageSchema)
+@blp.doc(responses={"422": {"description": "the service's logs are not readable by Valet Key "
+                                           "(no awslogs driver or stream prefix)",
+                             "content": {PROBLEM: {"schema": ProblemSchema}}}})
 def get_logs(args: dict[str, Any], env: str, svc: str) -> dict[str, Any]:
     """A page of the service's CloudWatch logs; poll with the returned cursor to tail."""
     environment, _ = allow(env, Permission.LOGS, action=ACTION, target=svc)

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask_smorest import Blueprint
-
 from scope.times import iso_or_none
+from web.api.blueprint import Blueprint
 from web.api.schemas import MeSchema
 from web.context import principal, runtime
 

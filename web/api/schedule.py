@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 import marshmallow as ma
-from flask_smorest import Blueprint
 
+from web.api.blueprint import Blueprint
 from web.api.schemas import ScheduleSchema, reason_field
 from web.services.schedule import pause_schedule, resume_schedule
 
@@ -18,7 +18,7 @@ class PauseRequestSchema(ma.Schema):
 
     until = ma.fields.String(load_default=None, allow_none=True, metadata={
         "description": "ISO 8601; without an offset, wall-clock time in the environment's time zone. "
-                       "In the future and at most 7 days ahead. Omitted: paused until resumed."})
+                       "In the future and at most 30 days ahead. Omitted: paused until resumed."})
     reason = reason_field()
 
 

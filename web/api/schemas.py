@@ -6,16 +6,23 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import validate
 
+from jobs.events import event_id_problem
 from jobs.kinds import AUDIT_ACTIONS, AUDIT_OUTCOMES, AUDIT_SOURCES, JOB_STATUSES
 
 
 class ProblemSchema(ma.Schema):
+    class Meta:
+        unknown = ma.INCLUDE  # RFC 9457: problem types may carry extension members
+
     type = ma.fields.String()
     status = ma.fields.Integer(required=True)
     title = ma.fields.String(required=True)
     detail = ma.fields.String(required=True)
     errors = ma.fields.Dict(metadata={"description": "field name -> messages (validation errors)"})
     request_id = ma.fields.String()
+    job_id = ma.fields.String(metadata={"description": "409: the job already in progress"})
+    job_url = ma.fields.String(metadata={"description": "409: its URL"})
+    retry_after = ma.fields.Integer(metadata={"description": "seconds to wait (also in Retry-After)"})
 
 
 class GrantSchema(ma.Schema):
@@ -65,6 +72,7 @@ class ScheduleSchema(ma.Schema):
     paused = ma.fields.Boolean()
     paused_until = ma.fields.String(allow_none=True)
     paused_by = ma.fields.String(allow_none=True, metadata={"description": "who paused it (while paused)"})
+    paused_at = ma.fields.String(allow_none=True, metadata={"description": "when it was paused (while paused)"})
     next_transition = ma.fields.String(allow_none=True)
 
 
@@ -122,9 +130,15 @@ class QuerySchema(ma.Schema):
         return data
 
 
+def _event_id(value: str) -> None:
+    problem = event_id_problem(value)
+    if problem:
+        raise ma.ValidationError(problem)
+
+
 class JobEventsQuerySchema(QuerySchema):
-    after = ma.fields.String(load_default=None, validate=validate.Regexp(r"^\d+-\d+$"),
-                             metadata={"description": "id of the last event seen"})
+    after = ma.fields.String(load_default=None, validate=_event_id,
+                             metadata={"description": "id of the last event seen", "pattern": "^[0-9]{1,20}-[0-9]{1,20}$"})
     wait = ma.fields.Float(load_default=0.0, validate=validate.Range(min=0, max=25),
                            metadata={"description": "seconds to long-poll for new events (at most 25)"})
 
@@ -151,6 +165,12 @@ class AuditEntrySchema(ma.Schema):
     request_id = ma.fields.String()
     prev_hash = ma.fields.String()
     hash = ma.fields.String()
+
+
+class AuditPageSchema(ma.Schema):
+    entries = ma.fields.List(ma.fields.Nested(AuditEntrySchema), required=True)
+    cursor = ma.fields.String(allow_none=True, required=True, metadata={
+        "description": "pass it back as cursor for the next page; null after the last one"})
 
 
 # ---- Redis flush and one-off tasks ------------------------------------------------

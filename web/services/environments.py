@@ -7,7 +7,7 @@ from cloud.ecs import EcsReader
 from jobs.service import job_dict
 from scope.catalog import Environment
 from scope.errors import NotFound
-from scope.roles import MUTATING, Permission, Role, allows
+from scope.roles import DISABLED_REFUSES, Permission, Role, allows
 from scope.schedule_store import ScheduleStore
 from web.context import principal, request_id, runtime, source
 from web.guard import allow, audit_denied
@@ -24,7 +24,7 @@ def schedule_state(env: Environment) -> dict[str, Any] | None:
 
 def permissions(env: Environment, role: Role) -> list[str]:
     return [p.value for p in Permission
-            if allows(role, p) and (p not in MUTATING or env.actions_allowed)]
+            if allows(role, p) and (p not in DISABLED_REFUSES or env.actions_allowed)]
 
 
 def environment_detail(env: Environment, role: Role) -> dict[str, Any]:
