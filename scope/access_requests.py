@@ -34,6 +34,8 @@ def request_dict(r: AccessRequest) -> dict[str, Any]:
             "decision_reason": r.decision_reason, "grant_expires_at": iso_or_none(r.grant_expires_at),
             "url": f"/api/v1/access-requests/{r.id}"}
 
+MAX_ID = 2**31 - 1  # the id column is INTEGER: 32 bits on PostgreSQL
+
 
 class AccessRequestStore:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
@@ -49,6 +51,8 @@ class AccessRequestStore:
         return r
 
     def get(self, request_id: int) -> AccessRequest:
+        if not 0 < request_id <= MAX_ID:  # beyond any row: never hand the database an out-of-range integer
+            raise NotFound(f"No access request {request_id}.")
         with self.sessions() as s:
             r = s.get(AccessRequest, request_id)
         if r is None:
@@ -66,6 +70,7 @@ class AccessRequestStore:
     def decide(self, request_id: int, status: str, by: str, reason: str,
                grant_expires_at: dt.datetime | None = None) -> AccessRequest:
         """Move a pending request to ``status`` once (compare-and-set); Conflict if it was decided already."""
+        self.get(request_id)  # NotFound first, for an unknown or out-of-range id
         with self.engine.begin() as c:
             n = c.execute(update(AccessRequest).where(AccessRequest.id == request_id,
                                                       AccessRequest.status == PENDING)
