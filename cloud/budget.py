@@ -98,7 +98,7 @@ if now > ts then
 end
 local wait = 0
 if tokens < 1 then wait = (1 - tokens) / rate end
-if wait > max_wait then
+if wait > max_wait + 1e-6 then
   redis.call('HINCRBY', KEYS[3], ARGV[7], 1)
   return {0, tostring(wait), tostring(tokens)}
 end
@@ -160,7 +160,7 @@ class _LocalBucket:
                 self.tokens = min(self.burst, self.tokens + (now - self.ts) * self.rate)
                 self.ts = now
             wait = (1 - self.tokens) / self.rate if self.tokens < 1 else 0.0
-            if wait > max_wait:
+            if wait > max_wait + 1e-6:  # as TAKE_SCRIPT: float dust is not a wait
                 return False, wait, self.tokens
             self.tokens -= 1
             return True, wait, self.tokens

@@ -14,7 +14,7 @@ import redis as redis_lib
 from botocore.exceptions import ClientError
 
 from cloud.aws import AwsClients
-from cloud.budget import CallBudget
+from cloud.budget import CallBudget, call_counters
 from ecssim import Simulator
 from ecssim.seed import ServiceSpec, seed
 from jobs.kinds import QUEUED, REDEPLOY, SUCCEEDED
@@ -59,11 +59,12 @@ def test_a_burst_of_concurrent_reads_stays_within_the_share(sim: Simulator, redi
     assert sim.clock.now() - calls[0].time >= (240 - 50) / 10 - 1
 
 
-def test_without_the_budget_the_same_burst_is_throttled(sim: Simulator) -> None:
-    """The control: what the burst above does to the account when nothing holds it back."""
+def test_without_the_budget_the_same_burst_is_throttled_and_counted(sim: Simulator, redis_url: str) -> None:
+    """The control: what a burst does to the account when nothing holds it back (share 0: count only)."""
     seed(sim, "stg", [ServiceSpec("web", desired=1)])
     sim.throttle.enabled = True
-    ecs = client("ecs", config=NO_RETRY)
+    r = redis_lib.Redis.from_url(redis_url)
+    ecs = AwsClients(NO_RETRY, budget=CallBudget(r, share=0)).ecs(STG)
     codes = []
     for _ in range(120):
         try:
@@ -72,6 +73,10 @@ def test_without_the_budget_the_same_burst_is_throttled(sim: Simulator) -> None:
         except ClientError as e:
             codes.append(e.response["Error"]["Code"])
     assert codes.count("ThrottlingException") == 20
+    calls, throttles, refusals = call_counters(r)  # what GET /metrics reports, for every process
+    assert calls["ecs:DescribeServices"] == 120
+    assert throttles == {"ecs:DescribeServices": 20}
+    assert refusals == {}
 
 
 def test_the_budget_refuses_a_call_that_would_wait_too_long_as_throttling(sim: Simulator, redis_url: str) -> None:
