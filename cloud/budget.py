@@ -43,6 +43,7 @@ from cloud.errors import THROTTLING_CODES
 log = logging.getLogger("valetkey.aws.budget")
 
 # category -> (burst, refill per second), per account and Region (ECS API Reference, "Request throttling").
+# ecssim keeps its own copy on purpose: the simulator models AWS independently of the product's beliefs.
 ECS_BUCKETS: dict[str, tuple[float, float]] = {
     "ecs-service-read": (100, 20),
     "ecs-cluster-resource-read": (100, 20),

@@ -131,7 +131,7 @@ def test_metrics_without_redis_still_answer_with_the_database_figures(rt: Runtim
         c.execute(Job.__table__.insert().values(
             id="a" * 32, action=RESTART, environment="staging", target="web", status="failed", actor=EMAIL,
             source="api", params={}, attempts=1, created_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)))
-    text, fams = scrape(client)
+    _, fams = scrape(client)
     assert sample(fams, "valetkey_metrics_source_up", source="redis") == 0
     assert sample(fams, "valetkey_metrics_source_up", source="database") == 1
     assert sample(fams, "valetkey_jobs", action=RESTART, status="failed") == 1

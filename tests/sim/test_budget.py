@@ -13,9 +13,10 @@ import pytest
 import redis as redis_lib
 from botocore.exceptions import ClientError
 
-from cloud.aws import AwsClients
+import ecssim
+from cloud.aws import DEFAULT_CONFIG, AwsClients
 from cloud.budget import CallBudget, call_counters
-from ecssim import Simulator
+from ecssim import RealClock, Simulator, Timings
 from ecssim.seed import ServiceSpec, seed
 from jobs.kinds import QUEUED, REDEPLOY, SUCCEEDED
 from scope.catalog import Environment
@@ -122,3 +123,32 @@ def test_a_throttled_job_is_delayed_then_succeeds(sim: Simulator, throttled_runt
     done = rt.jobs.get(job.id)
     assert done is not None and done.status == SUCCEEDED and done.detail.startswith("Deployed")
     assert sim.calls.count("UpdateService") == 1
+
+
+def test_botocore_backs_off_an_aws_throttle_until_the_call_succeeds(aws: str) -> None:
+    """The product's client configuration (standard retry mode) turns ThrottlingException into a delay.
+
+    Real time here: botocore sleeps for real between attempts, so the simulator runs on the wall clock.
+    """
+    sim = ecssim.install(Simulator(clock=RealClock(), timings=Timings.fast(), seed=7))
+    try:
+        boto_ecs = client("ecs", config=NO_RETRY)
+        boto_ecs.create_cluster(clusterName="stg")
+        product = AwsClients(DEFAULT_CONFIG).ecs(STG)  # built first: building takes longer than a refill
+        sim.throttle.enabled, sim.throttle.scale = True, 0.05  # 5 burst, 1 per second
+        seen: list[list[str]] = []
+        for _ in range(5):  # on a busy machine a token may come back before our first attempt: try again
+            while True:  # another tool spends the bucket
+                try:
+                    boto_ecs.describe_services(cluster="stg", services=["web"])
+                except ClientError as e:
+                    assert e.response["Error"]["Code"] == "ThrottlingException"
+                    break
+            before = len(sim.calls.of("DescribeServices"))
+            product.describe_services(cluster="stg", services=["web"])  # raises if every attempt was throttled
+            seen.append([c.error for c in sim.calls.of("DescribeServices")[before:]])
+            if seen[-1][0] == "ThrottlingException":
+                break
+        assert seen[-1][0] == "ThrottlingException" and seen[-1][-1] == ""  # throttled, backed off, answered
+    finally:
+        ecssim.uninstall()
