@@ -18,6 +18,7 @@ from botocore.config import Config
 from botocore.credentials import DeferredRefreshableCredentials
 
 from cloud.budget import CallBudget
+from cloud.ecs_cache import SharedReadCache
 from cloud.errors import AWS_ERRORS
 from scope.catalog import Environment
 
@@ -61,9 +62,11 @@ def _assume_role_refresher(base: boto3.Session, env: Environment) -> Callable[[]
 class AwsClients:
     """Cached boto3 clients for the environments of a catalog."""
 
-    def __init__(self, config: Config = DEFAULT_CONFIG, budget: CallBudget | None = None) -> None:
+    def __init__(self, config: Config = DEFAULT_CONFIG, budget: CallBudget | None = None,
+                 read_cache: SharedReadCache | None = None) -> None:
         self.config = config
         self.budget = budget
+        self.read_cache = read_cache
         self._lock = threading.Lock()
         self._sessions: dict[str, boto3.Session] = {}
         self._clients: dict[tuple[str, str], Any] = {}
@@ -90,11 +93,13 @@ class AwsClients:
                         type(e).__name__)
             return "default", time.monotonic() + ACCOUNT_RETRY_SECONDS
 
-    def _instrument(self, env: Environment, service: str, client: Any) -> None:
+    def _instrument(self, env: Environment, service: str, client: Any, shared_reads: bool) -> None:
         if service == "ecs":
             client.meta.events.register("provide-client-params.ecs.ListServices", _list_services_page)
         if self.budget is not None:
             self.budget.instrument(client, lambda: self.account_of(env))
+        if shared_reads and self.read_cache is not None:
+            self.read_cache.instrument(client, lambda: self.account_of(env))
 
     def _session(self, env: Environment) -> boto3.Session:
         s = self._sessions.get(env.name)
@@ -111,20 +116,21 @@ class AwsClients:
             self._sessions[env.name] = s
         return s
 
-    def client(self, env: Environment, service: str) -> Any:
-        key = (env.name, service)
+    def client(self, env: Environment, service: str, shared_reads: bool = False) -> Any:
+        key = (env.name, service + ("+shared-reads" if shared_reads else ""))
         c = self._clients.get(key)
         if c is None:
             with self._lock:
                 c = self._clients.get(key)
                 if c is None:
                     c = self._session(env).client(service, region_name=env.region, config=self.config)
-                    self._instrument(env, service, c)
+                    self._instrument(env, service, c, shared_reads)
                     self._clients[key] = c
         return c
 
-    def ecs(self, env: Environment) -> ECSClient:
-        client: ECSClient = self.client(env, "ecs")
+    def ecs(self, env: Environment, shared_reads: bool = False) -> ECSClient:
+        """``shared_reads``: ListServices/DescribeServices may be answered from the shared cache (pages only)."""
+        client: ECSClient = self.client(env, "ecs", shared_reads)
         return client
 
     def logs(self, env: Environment) -> CloudWatchLogsClient:

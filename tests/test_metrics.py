@@ -10,12 +10,11 @@ import redis as redis_lib
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
-from cloud.aws import AwsClients
 from jobs.kinds import FLUSH, REDEPLOY, RESTART, SUCCEEDED
 from scope.catalog import Environment
 from scope.models import Job
 from tests.conftest import ACCOUNT, SECRET_VALUE, free_port
-from wiring.runtime import Runtime, call_budget
+from wiring.runtime import Runtime, aws_clients
 
 FAMILIES = {"valetkey_jobs", "valetkey_jobs_waiting", "valetkey_job_duration_seconds", "valetkey_queue_depth",
             "valetkey_aws_calls", "valetkey_aws_throttles", "valetkey_aws_budget_refusals",
@@ -84,7 +83,7 @@ def test_metrics_parse_and_hold_every_family_without_people_or_secrets(
 def test_aws_calls_of_other_processes_are_counted(rt: Runtime, client: Any, aws: str) -> None:
     """A worker's clients (another AwsClients, another Redis connection) count where the web process reads."""
     boto3.client("ecs", region_name="us-east-1").create_cluster(clusterName="stg")
-    worker_aws = AwsClients(budget=call_budget(rt.settings))
+    worker_aws = aws_clients(rt.settings)
     stg = Environment(name="staging", cls="staging", enabled=True, region="us-east-1", cluster="stg")
     for _ in range(3):
         worker_aws.ecs(stg).describe_services(cluster="stg", services=["web"])

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.aws import AwsClients
 from cloud.budget import CallBudget
+from cloud.ecs_cache import SharedReadCache
 from jobs.audit_stream import AuditLog
 from jobs.broker import make_broker
 from jobs.events import JobEvents
@@ -31,11 +32,15 @@ def redis_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=40, health_check_interval=30)
 
 
-def call_budget(settings: Settings) -> CallBudget:
-    """The shared AWS call budget (and call counters), on a Redis connection of its own with short
-    timeouts: it sits in front of every AWS call, so a hung Redis must fall back in a second, not 40."""
+def aws_clients(settings: Settings) -> AwsClients:
+    """AWS clients with the shared call budget (and call counters) and the pages' shared read cache.
+
+    Both use a Redis connection of their own with short timeouts: they sit in
+    front of every AWS call, so a hung Redis must be given up in a second, not 40.
+    """
     r = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
-    return CallBudget(r, share=settings.aws_budget_share, max_wait=settings.aws_budget_max_wait)
+    return AwsClients(budget=CallBudget(r, share=settings.aws_budget_share, max_wait=settings.aws_budget_max_wait),
+                      read_cache=SharedReadCache(r))
 
 
 @dataclass
@@ -64,7 +69,7 @@ class Runtime:
             broker = make_broker(settings.redis_url)
         audit, events = AuditLog(r), JobEvents(r)
         return cls(settings=settings, catalog=catalog, engine=engine, sessions=sessions, redis=r,
-                   broker=broker, aws=AwsClients(budget=call_budget(settings)), users=UserService(sessions),
+                   broker=broker, aws=aws_clients(settings), users=UserService(sessions),
                    jobs=JobService(sessions, audit, events, broker,
                                    lease=dt.timedelta(seconds=settings.job_lease_seconds)),
                    audit=audit, events=events)
