@@ -93,7 +93,7 @@ def moto_url() -> Iterator[str]:
 @pytest.fixture
 def aws(moto_url: str) -> str:
     """A clean moto: every test starts from an empty account."""
-    requests.post(f"{moto_url}/moto-api/reset", timeout=10)
+    requests.post(f"{moto_url}/moto-api/reset", timeout=60)  # generous: a loaded machine is slow
     return moto_url
 
 

@@ -76,7 +76,8 @@ def test_auditor_filters_and_downloads_csv(live, browser, page, make_user, rt, t
     import csv
 
     rows = list(csv.reader(path.read_text().splitlines()))
-    assert rows[0] == ["id", "time", "actor", "source", "environment", "action", "target", "outcome", "detail",
-                       "job_id"]
+    # The ten fixed columns, then reason and the hash chain (later columns only ever append).
+    assert rows[0][:13] == ["id", "time", "actor", "source", "environment", "action", "target", "outcome",
+                            "detail", "job_id", "reason", "prev_hash", "hash"]
     assert len(rows) >= 2 and all(r[2:6] == ["vic@acme.test", "web", "", "login"] for r in rows[1:])
     assert "actor-vic" in info.value.suggested_filename
