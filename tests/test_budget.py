@@ -14,7 +14,7 @@ from botocore.config import Config
 from botocore.stub import Stubber
 
 from cloud.aws import AwsClients
-from cloud.budget import BudgetExceeded, CallBudget, aws_limit, bucket_levels
+from cloud.budget import BudgetExceeded, CallBudget, aws_limit, bucket_levels, call_counters
 from cloud.errors import aws_error
 from scope.catalog import Environment
 from tests.conftest import ACCOUNT, free_port
@@ -146,3 +146,15 @@ def test_the_account_is_default_when_sts_cannot_say(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
     assert AwsClients(ONE_ATTEMPT).account_of(env()) == "default"
+
+
+def test_filter_log_events_through_the_product_client_is_paced_and_counted(aws: str, redis_url: str) -> None:
+    boto3.client("logs", region_name="eu-central-1").create_log_group(logGroupName="/ecs/web")
+    t = FakeTime()
+    r = redis_lib.Redis.from_url(redis_url)
+    logs = AwsClients(ONE_ATTEMPT, budget=CallBudget(r, share=0.5, max_wait=5, clock=t.clock, sleep=t.sleep)) \
+        .logs(env("eu-central-1"))
+    for _ in range(5):
+        logs.filter_log_events(logGroupName="/ecs/web")
+    assert t.now - 1000.0 == pytest.approx((5 - 2.5) / 2.5)  # half of eu-central-1's 5 per second
+    assert call_counters(r)[0]["cloudwatch-logs:FilterLogEvents"] == 5
