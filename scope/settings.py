@@ -47,6 +47,16 @@ def _float(name: str, value: str, minimum: float) -> float:
     return n
 
 
+def _share(name: str, value: str) -> float:
+    try:
+        n = float(value)
+    except ValueError:
+        raise ConfigError("environment", name, f"expected a fraction between 0 and 1, got {value!r}") from None
+    if not 0 <= n <= 1:
+        raise ConfigError("environment", name, "must be between 0 (off) and 1")
+    return n
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = DEFAULT_REDIS_URL
@@ -72,6 +82,12 @@ class Settings:
     sweep_interval: float = 30.0
     # The audit exporter reclaims stream entries a dead exporter left pending this long.
     audit_claim_idle_ms: int = 30_000
+    # Share of each AWS throttling budget (per account and Region) Valet Key may use; 0 turns the budget off.
+    aws_budget_share: float = 0.5
+    # Longest a call waits for its turn in the budget before it is refused as throttled (the job retries later).
+    aws_budget_max_wait: float = 3.0
+    # When set, GET /metrics requires "Authorization: Bearer <this>".
+    metrics_token: str | None = field(default=None, repr=False)
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -102,5 +118,8 @@ class Settings:
             sweep_interval=_float("VALETKEY_SWEEP_INTERVAL", e.get("VALETKEY_SWEEP_INTERVAL", "30"), 0.1),
             audit_claim_idle_ms=_int("VALETKEY_AUDIT_CLAIM_IDLE_MS",
                                      e.get("VALETKEY_AUDIT_CLAIM_IDLE_MS", "30000"), minimum=100),
+            aws_budget_share=_share("VALETKEY_AWS_BUDGET_SHARE", e.get("VALETKEY_AWS_BUDGET_SHARE", "0.5")),
+            aws_budget_max_wait=_float("VALETKEY_AWS_BUDGET_MAX_WAIT", e.get("VALETKEY_AWS_BUDGET_MAX_WAIT", "3"), 0),
+            metrics_token=e.get("VALETKEY_METRICS_TOKEN") or None,
             environ=dict(environ),
         )

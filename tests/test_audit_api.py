@@ -23,6 +23,7 @@ from audit.retention import purge
 from tests.conftest import PASSWORD, seed_cluster
 from tests.test_audit_exporter import ago, event, export_all
 
+
 @pytest.fixture
 def users(make_user) -> dict[str, dict[str, str]]:
     return {

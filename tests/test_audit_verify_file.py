@@ -22,8 +22,7 @@ from sqlalchemy import select
 
 from audit.chain import FIELDS, GENESIS, canonical, entry_hash
 from audit.export import write_export
-from audit.exportfile import (CONTRACT_COLUMNS, CSV_COLUMNS, FORMULA_START, csv_safe, csv_unsafe, summary,
-                              verify_text)
+from audit.exportfile import CONTRACT_COLUMNS, CSV_COLUMNS, FORMULA_START, csv_safe, csv_unsafe, summary, verify_text
 from audit.queries import AuditFilter, verify_chain
 from scope.models import AuditEntry
 from tests.test_audit_exporter import ago, event, export_all, sql

@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
+from dramatiq.middleware import AgeLimit, CurrentMessage, Retries, ShutdownNotifications, TimeLimit
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
-
-from dramatiq.middleware import AgeLimit, CurrentMessage, Retries, ShutdownNotifications, TimeLimit
 
 from jobs.broker import make_broker
 from scope.db import make_engine

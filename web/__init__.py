@@ -48,7 +48,7 @@ def create_app(config: Mapping[str, Any] | None = None, runtime: Runtime | None 
     app.config["SESSION_COOKIE_SECURE"] = settings.base_url.startswith("https://")
     app.extensions["valetkey"] = runtime
 
-    from web import admin, api, auth, errors, health, pages, saml
+    from web import admin, api, auth, errors, health, metrics, pages, saml
 
     errors.init_app(app)
     csrf.init_app(app)
@@ -56,6 +56,7 @@ def create_app(config: Mapping[str, Any] | None = None, runtime: Runtime | None 
     auth.init_app(app)
     saml.init_app(app)
     app.register_blueprint(health.bp)
+    metrics.init_app(app)
     api.init_app(app)
     pages.init_app(app)
     admin.init_app(app)

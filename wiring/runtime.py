@@ -15,6 +15,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.aws import AwsClients
+from cloud.budget import CallBudget
+from cloud.ecs_cache import SharedReadCache
 from jobs.audit_stream import AuditLog
 from jobs.broker import make_broker
 from jobs.events import JobEvents
@@ -28,6 +30,17 @@ from scope.users import UserService
 def redis_client(url: str) -> redis.Redis:
     # The read timeout must outlast the longest XREAD BLOCK (25 s long-polls).
     return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=40, health_check_interval=30)
+
+
+def aws_clients(settings: Settings) -> AwsClients:
+    """AWS clients with the shared call budget (and call counters) and the pages' shared read cache.
+
+    Both use a Redis connection of their own with short timeouts: they sit in
+    front of every AWS call, so a hung Redis must be given up in a second, not 40.
+    """
+    r = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
+    return AwsClients(budget=CallBudget(r, share=settings.aws_budget_share, max_wait=settings.aws_budget_max_wait),
+                      read_cache=SharedReadCache(r))
 
 
 @dataclass
@@ -56,7 +69,7 @@ class Runtime:
             broker = make_broker(settings.redis_url)
         audit, events = AuditLog(r), JobEvents(r)
         return cls(settings=settings, catalog=catalog, engine=engine, sessions=sessions, redis=r,
-                   broker=broker, aws=AwsClients(), users=UserService(sessions),
+                   broker=broker, aws=aws_clients(settings), users=UserService(sessions),
                    jobs=JobService(sessions, audit, events, broker,
                                    lease=dt.timedelta(seconds=settings.job_lease_seconds)),
                    audit=audit, events=events)
@@ -68,5 +81,7 @@ class Runtime:
     def close(self) -> None:
         self.engine.dispose()
         self.redis.close()
+        if self.aws.budget is not None and self.aws.budget.redis is not None:
+            self.aws.budget.redis.close()
         if self.broker is not None:
             self.broker.close()

@@ -28,7 +28,7 @@ def permissions(env: Environment, role: Role) -> list[str]:
 
 
 def environment_detail(env: Environment, role: Role) -> dict[str, Any]:
-    reader = EcsReader(runtime().aws.ecs(env), env.cluster)
+    reader = EcsReader(runtime().aws.ecs(env, shared_reads=True), env.cluster)  # many viewers, one AWS read
     services = []
     for s in reader.services():
         rec = s.record()
