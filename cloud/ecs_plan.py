@@ -61,6 +61,17 @@ def min_allowed(desired: int, min_percent: int) -> int:
     return math.ceil(desired * min_percent / 100)
 
 
+def below_minimum(st: ServiceState, healthy_now: int) -> str | None:
+    """Why batches may not start (or go on): one more task down would break the minimum on a service
+    that is neither single-task nor at minimumHealthyPercent 100 (those go one at a time, on purpose)."""
+    minimum = min_allowed(st.desired, st.min_healthy_percent)
+    if healthy_now - 1 >= minimum or st.desired <= 1 or st.min_healthy_percent >= 100:
+        return None
+    return (f"{st.name} has {healthy_now} healthy task(s) of {st.desired} and must keep {minimum} "
+            f"(minimumHealthyPercent {st.min_healthy_percent}%): replacing tasks one by one would go below that. "
+            "Redeploy instead (ECS starts new tasks first), or find out why the others do not start.")
+
+
 def batch_size(healthy_now: int, minimum: int, remaining: int, total: int) -> int:
     """How many originals to stop now: what the healthy tasks allow above the minimum, at least one,
     and at most half the originals, so that minimumHealthyPercent 0 still goes in batches."""
@@ -224,6 +235,9 @@ def _plan_restart(plan: Plan, st: ServiceState, td: Any, ecr: EcrImages | None) 
             plan.warnings.append(f"The image of container {v.container} cannot be checked ({v.why}): tasks are "
                                  "replaced in batches, which reuse the running digest.")
     healthy = len(healthy_by_container(plan.tasks, plan.health_checked))
+    plan.blocked = below_minimum(st, healthy)
+    if plan.blocked:
+        return
     batch = batch_size(healthy, minimum, n, n)
     rounds = math.ceil(n / batch)
     reduced = healthy - batch < minimum

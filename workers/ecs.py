@@ -36,6 +36,7 @@ from cloud.ecs_plan import (
     DEPLOYMENT,
     Plan,
     batch_size,
+    below_minimum,
     container_digests,
     describe_digests,
     min_allowed,
@@ -299,6 +300,8 @@ class EcsOperations:
         health_checked = bool(params.get("health_checked"))
         began_on = before.get("deployment_id", "")
         total = len(originals)
+        for arn in originals:  # they ran before the job began: settled long ago
+            self._first_running.setdefault(arn, float("-inf"))
         minimum_note = ""
         rounds = 0
         while True:
@@ -310,6 +313,8 @@ class EcsOperations:
             if not remaining:
                 break
             minimum = min_allowed(st.desired, st.min_healthy_percent)
+            if refusal := below_minimum(st, len(look.healthy)):
+                raise OperationFailed(f"Stopped before the next batch: {refusal}")
             batch = batch_size(len(look.healthy), minimum, len(remaining), total)
             group = remaining[:batch]
             rounds += 1
@@ -320,7 +325,7 @@ class EcsOperations:
             left = len(remaining)
             batches_left = -(-left // batch)
             self.progress("progress", f"Batch {rounds} of {rounds + batches_left - 1}: stopping {len(group)} old "
-                                      f"task(s); {len(look.healthy) - len(group)} keep serving")
+                                      f"task(s); {max(len(look.healthy) - len(group), 0)} keep serving")
             params["stopping"] = group
             self.checkpoint(params)
             for arn in group:

@@ -22,6 +22,11 @@ NO_RETRY = Config(retries={"total_max_attempts": 1, "mode": "standard"})
 
 @pytest.fixture
 def sim(aws: str) -> Iterator[Simulator]:
+    from cloud.ecs import EcsReader
+
+    # Task definitions are cached per process as immutable, but every test's moto reuses the
+    # same ARNs (stg-web:1) for different definitions.
+    EcsReader._td_cache.clear()
     simulator = ecssim.install(Simulator(clock=FakeClock(), timings=Timings.fast(), seed=7))
     try:
         yield simulator
