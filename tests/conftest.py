@@ -108,6 +108,23 @@ def steady_tasks(aws: str) -> str:
     requests.post(f"{aws}/moto-api/state-manager/unset-transition", timeout=10, json={"model_name": "ecs::task"})
 
 
+@pytest.fixture
+def sim(aws: str) -> Iterator[Any]:
+    """The session's moto with ecssim installed on a FakeClock (ECS as it really behaves; tests/sim/)."""
+    import ecssim
+    from cloud.ecs import EcsReader
+    from ecssim import FakeClock, Simulator, Timings
+
+    # Task definitions are cached per process as immutable, but every test's moto reuses the
+    # same ARNs (stg-web:1) for different definitions.
+    EcsReader._td_cache.clear()
+    simulator = ecssim.install(Simulator(clock=FakeClock(), timings=Timings.fast(), seed=7))
+    try:
+        yield simulator
+    finally:
+        ecssim.uninstall()
+
+
 def boto(service: str) -> Any:
     return boto3.client(service, region_name=REGION)
 

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from cloud.ecr import EcrImages
 from cloud.ecs import EcsReader
+from cloud.ecs_plan import plan_for
+from jobs.kinds import RESTART
 from jobs.service import job_dict
 from scope.catalog import Environment
 from scope.errors import NotFound
@@ -37,6 +40,22 @@ def environment_detail(env: Environment, role: Role) -> dict[str, Any]:
     return {"name": env.name, "cls": env.cls, "enabled": env.enabled, "role": role.value,
             "services": services, "redis": sorted(env.redis), "run_tasks": list(env.run_tasks),
             "schedule": schedule_state(env), "permissions": permissions(env, role)}
+
+
+def plan_service_action(env: str, svc: str, action: str, permission: Permission) -> dict[str, Any]:
+    """A dry run: what a restart/redeploy would do, or why it would be refused. Reads only: no job, no
+    audit entry (authorization refusals are audited by ``allow`` as for a real request)."""
+    environment, _ = allow(env, permission, action=action, target=svc)
+    rt = runtime()
+    kind = "restart" if action == RESTART else "redeploy"
+    ecr = EcrImages(rt.aws.client(environment, "ecr"), environment.region)
+    try:
+        plan = plan_for(kind, EcsReader(rt.aws.ecs(environment), environment.cluster), ecr, svc,
+                        autoscaling=rt.aws.client(environment, "application-autoscaling"))
+    except NotFound as e:
+        audit_denied(action, env, svc, e.detail)
+        raise
+    return plan.as_dict()
 
 
 def start_service_job(env: str, svc: str, action: str, permission: Permission) -> tuple[dict[str, Any], int, dict[str, str]]:
