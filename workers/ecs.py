@@ -39,6 +39,7 @@ from cloud.ecs_plan import (
     below_minimum,
     container_digests,
     describe_digests,
+    has_health_check,
     min_allowed,
     plan_for,
     short_digest,
@@ -369,8 +370,6 @@ class EcsOperations:
 
     # ---- looking at tasks ---------------------------------------------------------------
     def _health_checked(self, st: ServiceState) -> bool:
-        from cloud.ecs_plan import has_health_check
-
         td = self._call("reading the task definition", lambda: self.reader.task_definition(st.task_definition_arn))
         return has_health_check(td)
 

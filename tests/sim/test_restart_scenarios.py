@@ -193,14 +193,20 @@ def test_crash_looping_replacements_fail_within_two_minutes(sim: Simulator, mech
         assert len(failed) >= 2 and all(c.time <= failed[1] for c in sim.calls.of("StopTask"))
 
 
-def test_degraded_service_keeps_its_survivors(sim: Simulator) -> None:
-    """Desired 4, two tasks crash-loop at start (the image cannot be pulled any more): the two survivors stay."""
+def degraded(sim: Simulator) -> Seeded:
+    """Desired 4 at 50%; the running image can no longer be pulled and two tasks stopped: 2 of 4 run."""
     s = seed(sim, "stg", [ServiceSpec("web", desired=4, min_percent=50)])
     sim.break_image(s.services["web"].digest)
     ecs = client("ecs")
     for a in ecs.list_tasks(cluster="stg", serviceName="web")["taskArns"][:2]:
         ecs.stop_task(cluster="stg", task=a)
     sim.advance(30)
+    return s
+
+
+def test_degraded_service_keeps_its_survivors(sim: Simulator) -> None:
+    """Desired 4, two tasks crash-loop at start (the image cannot be pulled any more): the two survivors stay."""
+    degraded(sim)
     survivors = originals_of(sim)
     assert len(survivors) == 2
     sim.calls.clear()
@@ -288,12 +294,7 @@ def test_redeploy_rolled_back_by_the_circuit_breaker_says_so(sim: Simulator) -> 
 
 def test_batches_refused_when_a_degraded_service_is_at_its_minimum(sim: Simulator) -> None:
     """Desired 4 at 50%, only 2 healthy, tag moved: one more task down would break the minimum."""
-    s = seed(sim, "stg", [ServiceSpec("web", desired=4, min_percent=50)])
-    sim.break_image(s.services["web"].digest)
-    ecs = client("ecs")
-    for a in ecs.list_tasks(cluster="stg", serviceName="web")["taskArns"][:2]:
-        ecs.stop_task(cluster="stg", task=a)
-    sim.advance(30)
+    s = degraded(sim)
     moved_tag(sim, s)
     sim.calls.clear()
     with pytest.raises(OperationFailed, match="has 2 healthy task\\(s\\) of 4 and must keep 2"):
