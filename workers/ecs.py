@@ -276,6 +276,10 @@ class EcsOperations:
                 if finished:
                     look = self._look(service, st, originals=set(), started_by=dep_id or None,
                                       stopped_before=set(), health_checked=self._health_checked(st))
+                    if dep_id and len(look.failed) >= FAIL_FAST:
+                        # A COMPLETED deployment is no longer watched by the circuit breaker.
+                        raise OperationFailed(f"New tasks keep failing after the deployment completed: "
+                                              f"{_why(look.failed[0])}.")
                     if len(look.replacements) >= st.desired:
                         st.container_digests = container_digests(
                             [look.by_arn[a] for a in look.replacements])
