@@ -500,3 +500,56 @@ def test_images_outside_ecr_cannot_be_verified(uri):
 
     assert parse_ecr_uri(uri) is None
     assert EcrImages(object(), "us-east-1").verify("app", uri, OLD).check == ImageCheck.UNKNOWN
+
+
+# ---- no blind retry of UpdateService -------------------------------------------------------------------
+@pytest.fixture
+def silent_endpoint():
+    """An HTTP endpoint that reads each request and never answers; counts the requests."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    got: list[bytes] = []
+    conns: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            conns.append(c)
+            got.append(c.recv(65536))
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.getsockname()[1]}", got
+    srv.close()
+    for c in conns:
+        c.close()
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+def test_update_service_is_sent_once_when_its_answer_times_out(silent_endpoint, guarded):
+    from botocore.config import Config
+
+    from workers.ecs import no_blind_retry
+
+    url, got = silent_endpoint
+    ecs = boto3.client("ecs", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x",
+                       endpoint_url=url, config=Config(read_timeout=0.2, connect_timeout=1,
+                                                       retries={"total_max_attempts": 3, "mode": "standard"}))
+    with pytest.raises(ReadTimeoutError):
+        if guarded:
+            with no_blind_retry(ecs):
+                ecs.update_service(cluster=CLUSTER, service=SVC, forceNewDeployment=True)
+        else:
+            ecs.update_service(cluster=CLUSTER, service=SVC, forceNewDeployment=True)
+    sent = [r for r in got if b"UpdateService" in r]
+    assert len(sent) == (1 if guarded else 3)  # botocore alone would have sent it three times
+    if guarded:  # outside the block the client retries reads as before
+        with pytest.raises(ReadTimeoutError):
+            ecs.describe_services(cluster=CLUSTER, services=[SVC])
+        assert len([r for r in got if b"DescribeServices" in r]) == 3

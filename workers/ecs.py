@@ -22,7 +22,10 @@ never stops a task whose desiredStatus is already STOPPED.
 """
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
@@ -52,8 +55,8 @@ from cloud.ecs_types import (
     TaskStatus,
 )
 from cloud.elb import healthy_targets
-from cloud.errors import AWS_ERRORS, error_code
-from scope.errors import OperationFailed
+from cloud.errors import AWS_ERRORS, aws_error, error_code
+from scope.errors import OperationFailed, job_error
 from workers.context import JobContext, Outcome
 from workers.errors import aws_call
 
@@ -189,7 +192,8 @@ class EcsOperations:
         params["deploy_from_sd"] = st.service_deployment_arn
         self.checkpoint(params)
         try:
-            resp = self.ecs.update_service(cluster=self.cluster, service=service, forceNewDeployment=True)
+            with no_blind_retry(self.ecs):
+                resp = self.ecs.update_service(cluster=self.cluster, service=service, forceNewDeployment=True)
         except ReadTimeoutError:
             # The request may have reached ECS: look instead of asking again.
             self.progress("deployment", "ECS did not answer in time; looking whether the deployment started")
@@ -198,8 +202,7 @@ class EcsOperations:
                                       "since; nothing else was changed. Try again.") from None
             return
         except AWS_ERRORS as e:
-            self._call(f"starting a deployment of {service}", partial(_reraise, e))
-            raise  # unreachable: _call raised
+            raise job_error(aws_error(e, f"starting a deployment of {service}")) from e
         svc = resp["service"]
         primary = next((d for d in svc.get("deployments", []) if d.get("status") == "PRIMARY"), None)
         params["deployment_id"] = primary.get("id", "") if primary else ""
@@ -236,8 +239,7 @@ class EcsOperations:
         except AWS_ERRORS as e:
             if error_code(e) in ("UnknownOperationException", "InvalidAction"):
                 return None  # an ECS without service deployments: the rollout state decides
-            self._call("reading the deployment", partial(_reraise, e))
-            raise
+            raise job_error(aws_error(e, "reading the deployment")) from e
         return dict(got[0]) if got else None
 
     def _follow(self, service: str, params: dict[str, Any], started: float) -> ServiceState:
@@ -456,8 +458,26 @@ class EcsOperations:
         self.sleep(self.poll_interval)
 
 
-def _reraise(e: BaseException) -> None:
-    raise e
+_guard = threading.local()
+
+
+def _refuse_blind_retry(caught_exception: BaseException | None = None, **_: Any) -> None:
+    """botocore's standard retry mode resends a request whose answer timed out; for a mutating call
+    that may do it twice. Within ``no_blind_retry`` the timeout reaches the caller instead, who looks."""
+    if getattr(_guard, "active", False) and isinstance(caught_exception, ReadTimeoutError):
+        raise caught_exception
+
+
+@contextmanager
+def no_blind_retry(client: Any) -> Iterator[None]:
+    # Registered once per client (clients are shared by threads); it acts only inside this block.
+    client.meta.events.register_first("needs-retry.ecs.UpdateService", _refuse_blind_retry,
+                                      unique_id="valetkey-no-blind-retry")
+    _guard.active = True
+    try:
+        yield
+    finally:
+        _guard.active = False
 
 
 def _operations(ctx: JobContext) -> EcsOperations:
