@@ -125,6 +125,24 @@ def sim(aws: str) -> Iterator[Any]:
         ecssim.uninstall()
 
 
+@pytest.fixture
+def realtime_sim(aws: str) -> Iterator[Any]:
+    """ECS as it behaves, in real time (fast timings), for workers in threads or other processes: they
+    reach the moto server in this process, where the simulator runs with a ticker."""
+    import ecssim
+    from cloud.ecs import EcsReader
+    from ecssim import RealClock, Simulator, Throttler, Timings
+
+    EcsReader._td_cache.clear()
+    simulator = ecssim.install(Simulator(clock=RealClock(), timings=Timings.fast(), seed=3,
+                                         throttler=Throttler(enabled=False)))
+    simulator.start_ticker(0.2)
+    try:
+        yield simulator
+    finally:
+        ecssim.uninstall()
+
+
 def boto(service: str) -> Any:
     return boto3.client(service, region_name=REGION)
 

@@ -36,23 +36,6 @@ def worker_env(environ, steady_tasks):
             "VALETKEY_POLL_INTERVAL": "0.2", "VALETKEY_STABILITY_TIMEOUT": "60"}
 
 
-@pytest.fixture
-def realtime_sim(aws):
-    """ECS as it behaves, in real time (fast timings), for workers in other processes: they reach the
-    moto server in this process, where the simulator runs with a ticker."""
-    import ecssim
-    from ecssim import RealClock, Simulator, Timings
-    from ecssim.throttle import Throttler
-
-    sim = ecssim.install(Simulator(clock=RealClock(), timings=Timings.fast(), seed=3,
-                                   throttler=Throttler(enabled=False)))
-    sim.start_ticker(0.2)
-    try:
-        yield sim
-    finally:
-        ecssim.uninstall()
-
-
 def test_worker_killed_mid_job_is_finished_once_by_another(client, rt, make_user, worker_env, tmp_path,
                                                            realtime_sim):
     from collections import Counter

@@ -276,8 +276,10 @@ class EcsOperations:
                 finished = (status == ServiceDeploymentStatus.SUCCESSFUL if sd else mine is not None
                             and len(st.deployments) == 1 and mine.rollout_state != RolloutState.IN_PROGRESS)
                 if finished:
+                    # A finished deployment: ECS itself waited until its tasks counted as healthy (40 s
+                    # after RUNNING without health check or load balancer), no need to wait that again.
                     look = self._look(service, st, originals=set(), started_by=dep_id or None,
-                                      stopped_before=set(), health_checked=self._health_checked(st))
+                                      stopped_before=set(), health_checked=self._health_checked(st), settle=False)
                     if dep_id and len(look.failed) >= FAIL_FAST:
                         # A COMPLETED deployment is no longer watched by the circuit breaker.
                         raise OperationFailed(f"New tasks keep failing after the deployment completed: "
@@ -380,14 +382,14 @@ class EcsOperations:
         return has_health_check(td)
 
     def _look(self, service: str, st: ServiceState, originals: set[str], started_by: str | None,
-              stopped_before: set[str], health_checked: bool) -> Look:
+              stopped_before: set[str], health_checked: bool, settle: bool = True) -> Look:
         running = self._call(f"listing the tasks of {service}", lambda: self.reader.task_arns(service))
         stopped = self._call(f"listing the tasks of {service}",
                              lambda: self.reader.task_arns(service, TaskStatus.STOPPED))
         ask = list(dict.fromkeys([*originals, *running, *(a for a in stopped if a not in stopped_before)]))
         tasks = self._call("describing tasks", lambda: self.reader.tasks(ask))
         by_arn = {t["taskArn"]: t for t in tasks}
-        healthy = self._healthy(st, [t for t in tasks if t["taskArn"] in set(running)], health_checked)
+        healthy = self._healthy(st, [t for t in tasks if t["taskArn"] in set(running)], health_checked, settle)
         replacements = [a for a in healthy if a not in originals
                         and (started_by is None or by_arn[a].get("startedBy") == started_by)]
         failed = [t for t in tasks if t["taskArn"] not in originals and t["taskArn"] not in stopped_before
@@ -401,7 +403,8 @@ class EcsOperations:
         tasks = self._call("describing tasks", lambda: self.reader.tasks([a for a in stopped if a not in exclude]))
         return [t for t in tasks if t.get("startedBy") == started_by and t.get("lastStatus") == TaskStatus.STOPPED]
 
-    def _healthy(self, st: ServiceState, tasks: list[TaskTypeDef], health_checked: bool) -> list[str]:
+    def _healthy(self, st: ServiceState, tasks: list[TaskTypeDef], health_checked: bool,
+                 settle: bool = True) -> list[str]:
         """ARNs of the tasks ECS would count as healthy: RUNNING and wanted, container health HEALTHY
         (with a health check), target healthy (behind a load balancer), else RUNNING for a while."""
         now = self.clock()
@@ -417,7 +420,7 @@ class EcsOperations:
                 ok = self._call("reading target health", partial(healthy_targets, self.elbv2, tg["arn"], ips,
                                                                  tg.get("port")))
                 up = [t for t in up if _ip(t) in ok]
-        elif not health_checked:
+        elif not health_checked and settle:
             up = [t for t in up if now - self._first_running[t["taskArn"]] >= self.settle_seconds]
         return [t["taskArn"] for t in up]
 
