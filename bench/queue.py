@@ -107,33 +107,33 @@ def _task_arns(name: str, generation: str) -> list[str]:
 
 def _tasks(name: str, arns: list[str], stopped: frozenset[str] = frozenset()) -> dict[str, Any]:
     return {"tasks": [{
-        "taskArn": a, "group": f"service:{name}", "taskDefinitionArn": TD_ARN,
+        "taskArn": a, "group": f"service:{name}", "taskDefinitionArn": TD_ARN, "startedBy": f"ecs-svc/{name}",
         "lastStatus": "STOPPED" if a in stopped else "RUNNING",
         "desiredStatus": "STOPPED" if a in stopped else "RUNNING",
+        "healthStatus": "UNKNOWN" if a in stopped else "HEALTHY",
         "containers": [{"name": "app", "imageDigest": DIGEST}]} for a in arns], "failures": []}
 
 
 def restart_answers(name: str) -> list[tuple[str, dict[str, Any]]]:
-    """The calls of ``EcsOperations.restart`` on a 2-task service at 50%, in order, each answered
-    as if ECS had already done its part (stopped tasks gone, service stable at the first look)."""
+    """The calls of ``EcsOperations.restart`` on a 2-task service at 50% without ECR (so in batches of
+    one), in order, each answered as if ECS had already done its part (a stopped task STOPPED and its
+    healthy replacement running at the next look)."""
     old, new = _task_arns(name, "old"), _task_arns(name, "new")
     out: list[tuple[str, dict[str, Any]]] = [
-        ("describe_services", _service(name)),            # before
-        ("list_tasks", {"taskArns": old}),                # before: the tasks to replace ...
+        ("describe_services", _service(name)),            # the plan: the service ...
+        ("list_tasks", {"taskArns": old}),                # ... the tasks to replace ...
         ("describe_tasks", _tasks(name, old)),            # ... and their digests
+        ("list_tasks", {"taskArns": []}),                 # tasks stopped before the restart
     ]
-    stopped: set[str] = set()
-    for i, arn in enumerate(old):  # batch size 1 at 50% of 2; no look first: the originals were just listed
-        out.append(("stop_task", {"task": {"taskArn": arn, "lastStatus": "RUNNING", "desiredStatus": "STOPPED"}}))
-        stopped.add(arn)
-        # The originals not yet known stopped: the batch drained, and which are left for the next one
-        # (none after the last batch).
-        out.append(("describe_tasks", _tasks(name, old[i:], frozenset(stopped))))
-        out.append(("describe_services", _service(name)))  # stable again; after the last batch: "after"
-    out += [
-        ("list_tasks", {"taskArns": new}),  # after: digests
-        ("describe_tasks", _tasks(name, new)),
-    ]
+    for i in range(len(old) + 2):  # a look before each batch, one after the last, one for the outcome
+        running = old[i:] + new[:i]
+        stopped = frozenset(old[:i])
+        out += [("describe_services", _service(name)), ("list_tasks", {"taskArns": running}),
+                ("list_tasks", {"taskArns": sorted(stopped)}),
+                ("describe_tasks", _tasks(name, sorted(set(old) | set(running)), stopped))]
+        if i < len(old):
+            out.append(("stop_task", {"task": {"taskArn": old[i], "lastStatus": "RUNNING",
+                                               "desiredStatus": "STOPPED"}}))
     return out
 
 
@@ -245,7 +245,8 @@ def prewarm_task_definition() -> None:
     with Stubber(client) as stub:
         stub.add_response("describe_task_definition", {"taskDefinition": {
             "taskDefinitionArn": TD_ARN, "family": "bench-app", "revision": 7,
-            "containerDefinitions": [{"name": "app", "essential": True, "image": "repo/bench-app:latest"}]}})
+            "containerDefinitions": [{"name": "app", "essential": True, "image": "repo/bench-app:latest",
+                                      "healthCheck": {"command": ["CMD", "true"]}}]}})
         EcsReader(client, CLUSTER).task_definition(TD_ARN)
         stub.assert_no_pending_responses()
 
@@ -375,7 +376,7 @@ def measure_valetkey(setup: Setup, n: int, threads: int,
                      profiler: Profiled | None = None) -> tuple[float, float, int, int]:
     """jobs/s through the product's actor, process CPU ms per job, ECS calls made, events per job."""
     def product(rt: Runtime, ecs: StubbedEcs) -> None:
-        runner = JobRunner(rt, sleep=lambda s: None, ecs_client=ecs)
+        runner = JobRunner(rt, sleep=lambda s: None, ecs_client=ecs, aws_client=lambda env, service: None)
         declare(rt.broker, runner, max_age_ms=3_600_000)
 
     return _measure(setup, n, threads, product, profiler)
@@ -573,9 +574,9 @@ def _bench(args: argparse.Namespace, url: str, settings: Settings, db_name: str)
     extra = ", ".join(f"{op} +{vk_calls[op] - hand_calls[op]}" for op in sorted(vk_calls)
                       if vk_calls[op] > hand_calls[op])
     print(f"aws calls per restart: valetkey={per_restart:g} hand-written={hand} "
-          f"(2 tasks at minimumHealthyPercent 50; extra: {extra} — the before/after task listings with "
-          f"image digests, and one describe_tasks per batch that verifies the stopped batch drained "
-          f"before trusting describe_services and tells which original tasks are left for the next)")
+          f"(2 tasks at minimumHealthyPercent 50; extra: {extra} — the hand-written loop trusts lagging "
+          f"counts; Valet Key looks at the tasks themselves before each batch: the stopped ones STOPPED, "
+          f"their replacements running and healthy, failed replacements, and the digests before/after)")
     print(f"queue: ratio={statistics.median(ratios):.3f}")
     return 0
 

@@ -10,7 +10,14 @@ import threading
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from cloud.ecs_types import DeploymentStatus, RolloutState, ServiceHealth, ServiceStatus, TaskStatus
+from cloud.ecs_types import (
+    DeploymentController,
+    DeploymentStatus,
+    RolloutState,
+    ServiceHealth,
+    ServiceStatus,
+    TaskStatus,
+)
 from cloud.errors import AWS_ERRORS, aws_error
 from cloud.task_definitions import main_container, short_td
 from scope.errors import NotFound
@@ -38,6 +45,7 @@ class Deployment:
     pending: int
     failed_tasks: int = 0
     reason: str = ""
+    created_at: str | None = None
 
 
 @dataclass
@@ -54,6 +62,14 @@ class ServiceState:
     max_percent: int = 200
     image_digests: list[str] = field(default_factory=list)
     last_deployment_at: str | None = None
+    controller: str = "ECS"  # deploymentController.type: a DeploymentController
+    service_deployment_arn: str = ""  # currentServiceDeployment ("" where ECS reports none)
+    target_groups: list[dict[str, Any]] = field(default_factory=list)  # [{arn, container, port}]
+    circuit_breaker: bool = False
+    rollback: bool = False
+    alarms: list[str] = field(default_factory=list)  # deployment alarms (CloudWatch alarm names)
+    task_definition_arn: str = ""
+    container_digests: dict[str, str] = field(default_factory=dict)  # container name -> running digest
 
     @property
     def primary(self) -> Deployment | None:
@@ -75,10 +91,19 @@ class ServiceState:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["deployments"] = [{f.name: getattr(dep, f.name) for f in fields(dep)} for dep in self.deployments]
         d["image_digests"] = list(self.image_digests)
+        d["container_digests"] = dict(self.container_digests)
+        d["target_groups"] = [dict(tg) for tg in self.target_groups]
+        d["alarms"] = list(self.alarms)
         p = self.primary
         d["deployment_id"] = p.id if p else ""
         d["rollout_state"] = p.rollout_state if p else ""
         return d
+
+    @property
+    def in_progress(self) -> bool:
+        """A deployment is under way: more than one, or the primary still rolling out."""
+        p = self.primary
+        return len(self.deployments) > 1 or (p is not None and p.rollout_state == RolloutState.IN_PROGRESS)
 
 
 def _health(svc: ServiceTypeDef, deployments: list[Deployment]) -> ServiceHealth:
@@ -154,7 +179,8 @@ class EcsReader:
             id=d.get("id", ""), status=d.get("status", ""), rollout_state=d.get("rolloutState", ""),
             task_definition=short_td(d.get("taskDefinition", "")), desired=d.get("desiredCount", 0),
             running=d.get("runningCount", 0), pending=d.get("pendingCount", 0),
-            failed_tasks=d.get("failedTasks", 0), reason=d.get("rolloutStateReason", ""))
+            failed_tasks=d.get("failedTasks", 0), reason=d.get("rolloutStateReason", ""),
+            created_at=d["createdAt"].isoformat() if d.get("createdAt") else None)
             for d in svc.get("deployments", [])]
         td = svc.get("taskDefinition", "")
         dc = svc.get("deploymentConfiguration", {})
@@ -165,7 +191,16 @@ class EcsReader:
             pending=svc.get("pendingCount", 0), task_definition=short_td(td), image=self.image_of(td),
             deployments=deployments, min_healthy_percent=dc.get("minimumHealthyPercent", 100),
             max_percent=dc.get("maximumPercent", 200),
-            last_deployment_at=max(created).isoformat() if created else None)
+            last_deployment_at=max(created).isoformat() if created else None,
+            controller=str(svc.get("deploymentController", {}).get("type") or DeploymentController.ECS),
+            service_deployment_arn=svc.get("currentServiceDeployment", ""),
+            target_groups=[{"arn": lb["targetGroupArn"], "container": lb.get("containerName", ""),
+                            "port": lb.get("containerPort")}
+                           for lb in svc.get("loadBalancers", []) if lb.get("targetGroupArn")],
+            circuit_breaker=bool(dc.get("deploymentCircuitBreaker", {}).get("enable")),
+            rollback=bool(dc.get("deploymentCircuitBreaker", {}).get("rollback")),
+            alarms=list(dc.get("alarms", {}).get("alarmNames", [])) if dc.get("alarms", {}).get("enable") else [],
+            task_definition_arn=td)
         if with_digests:
             state.image_digests = self.image_digests(state.name)
         return state
@@ -200,6 +235,31 @@ class EcsReader:
             raise aws_error(e, f"listing the tasks of {service}") from e
         # Filter by group too: some ECS implementations ignore serviceName.
         return [t for t in tasks if t.get("group") == f"service:{service}" and t.get("lastStatus") == TaskStatus.RUNNING]
+
+    def task_arns(self, service: str, desired_status: str = TaskStatus.RUNNING) -> list[str]:
+        """ARNs of the service's tasks whose desiredStatus is ``desired_status`` (every page)."""
+        arns: list[str] = []
+        kw: ListTasksRequestTypeDef = {"cluster": self.cluster, "serviceName": service,
+                                       "desiredStatus": desired_status}  # type: ignore[typeddict-item]
+        try:
+            while True:
+                page = self.ecs.list_tasks(**kw)
+                arns += page.get("taskArns", [])
+                if not page.get("nextToken"):
+                    return arns
+                kw["nextToken"] = page["nextToken"]
+        except AWS_ERRORS as e:
+            raise aws_error(e, f"listing the tasks of {service}") from e
+
+    def tasks(self, arns: list[str]) -> list[TaskTypeDef]:
+        """DescribeTasks, 100 at a time; a task ECS no longer knows is simply absent."""
+        out: list[TaskTypeDef] = []
+        try:
+            for i in range(0, len(arns), 100):
+                out += self.ecs.describe_tasks(cluster=self.cluster, tasks=arns[i:i + 100]).get("tasks", [])
+        except AWS_ERRORS as e:
+            raise aws_error(e, "describing tasks") from e
+        return out
 
     def image_digests(self, service: str) -> list[str]:
         return self.digests_of(self.running_tasks(service))

@@ -51,6 +51,46 @@ class RolloutState(enum.StrEnum):
     FAILED = "FAILED"
 
 
+class ServiceDeploymentStatus(enum.StrEnum):
+    """A service deployment's ``status`` (ListServiceDeployments / DescribeServiceDeployments)."""
+
+    PENDING = "PENDING"
+    IN_PROGRESS = "IN_PROGRESS"
+    SUCCESSFUL = "SUCCESSFUL"
+    STOPPED = "STOPPED"
+    STOP_REQUESTED = "STOP_REQUESTED"
+    ROLLBACK_REQUESTED = "ROLLBACK_REQUESTED"
+    ROLLBACK_IN_PROGRESS = "ROLLBACK_IN_PROGRESS"
+    ROLLBACK_SUCCESSFUL = "ROLLBACK_SUCCESSFUL"
+    ROLLBACK_FAILED = "ROLLBACK_FAILED"
+
+
+# Terminal service deployment states, and the ones that mean the circuit breaker (or an alarm) rolled back.
+SERVICE_DEPLOYMENT_DONE = frozenset({ServiceDeploymentStatus.SUCCESSFUL, ServiceDeploymentStatus.STOPPED,
+                                     ServiceDeploymentStatus.ROLLBACK_SUCCESSFUL,
+                                     ServiceDeploymentStatus.ROLLBACK_FAILED})
+SERVICE_DEPLOYMENT_ROLLBACK = frozenset({ServiceDeploymentStatus.ROLLBACK_REQUESTED,
+                                         ServiceDeploymentStatus.ROLLBACK_IN_PROGRESS,
+                                         ServiceDeploymentStatus.ROLLBACK_SUCCESSFUL,
+                                         ServiceDeploymentStatus.ROLLBACK_FAILED})
+
+
+class DeploymentController(enum.StrEnum):
+    """A service's ``deploymentController.type``: only ECS services have ``deployments`` and can be force-deployed."""
+
+    ECS = "ECS"
+    CODE_DEPLOY = "CODE_DEPLOY"
+    EXTERNAL = "EXTERNAL"
+
+
+class HealthStatus(enum.StrEnum):
+    """A task's or container's ``healthStatus``."""
+
+    HEALTHY = "HEALTHY"
+    UNHEALTHY = "UNHEALTHY"
+    UNKNOWN = "UNKNOWN"
+
+
 class LaunchType(enum.StrEnum):
     FARGATE = "FARGATE"
     EC2 = "EC2"

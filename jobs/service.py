@@ -110,7 +110,8 @@ class JobService:
     # ---- web side ---------------------------------------------------------
     def create(self, *, action: str, environment: str, target: str, actor: str, source: str,
                request_id: str = "", params: dict[str, Any] | None = None, exclusive: bool = True,
-               detail: str = "", reason: str = "", approval: bool = False) -> Job:
+               detail: str = "", reason: str = "", approval: bool = False,
+               plan: dict[str, Any] | None = None) -> Job:
         """Commit the job row, append its ``requested`` audit event, then enqueue.
 
         Any failure before the enqueue refuses the action (Unavailable) and leaves
@@ -124,7 +125,7 @@ class JobService:
                   active_key=f"{environment}/{target}" if exclusive else None, detail=detail,
                   created_at=self.clock(), attempts=0, before=None, after=None, heartbeat_at=None,
                   started_at=None, finished_at=None, reason=reason, approved_by=None, approved_at=None,
-                  plan=None)
+                  plan=plan)
         try:
             with self.engine.begin() as c:
                 c.execute(self._sql.insert, _columns(job))

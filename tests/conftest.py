@@ -108,6 +108,41 @@ def steady_tasks(aws: str) -> str:
     requests.post(f"{aws}/moto-api/state-manager/unset-transition", timeout=10, json={"model_name": "ecs::task"})
 
 
+@pytest.fixture
+def sim(aws: str) -> Iterator[Any]:
+    """The session's moto with ecssim installed on a FakeClock (ECS as it really behaves; tests/sim/)."""
+    import ecssim
+    from cloud.ecs import EcsReader
+    from ecssim import FakeClock, Simulator, Timings
+
+    # Task definitions are cached per process as immutable, but every test's moto reuses the
+    # same ARNs (stg-web:1) for different definitions.
+    EcsReader._td_cache.clear()
+    simulator = ecssim.install(Simulator(clock=FakeClock(), timings=Timings.fast(), seed=7))
+    try:
+        yield simulator
+    finally:
+        ecssim.uninstall()
+
+
+@pytest.fixture
+def realtime_sim(aws: str) -> Iterator[Any]:
+    """ECS as it behaves, in real time (fast timings), for workers in threads or other processes: they
+    reach the moto server in this process, where the simulator runs with a ticker."""
+    import ecssim
+    from cloud.ecs import EcsReader
+    from ecssim import RealClock, Simulator, Throttler, Timings
+
+    EcsReader._td_cache.clear()
+    simulator = ecssim.install(Simulator(clock=RealClock(), timings=Timings.fast(), seed=3,
+                                         throttler=Throttler(enabled=False)))
+    simulator.start_ticker(0.2)
+    try:
+        yield simulator
+    finally:
+        ecssim.uninstall()
+
+
 def boto(service: str) -> Any:
     return boto3.client(service, region_name=REGION)
 

@@ -9,11 +9,12 @@ import boto3
 import pytest
 from sqlalchemy import update
 
+from ecssim.seed import ServiceSpec, seed
 from jobs.audit_stream import AuditLog
 from jobs.events import JobEvents
 from jobs.service import JobService
 from scope.models import Job
-from tests.conftest import REGION, audit_events, seed_cluster
+from tests.conftest import REGION, audit_events
 from wiring.runtime import Runtime, redis_client
 from workers.runner import JobRunner, Retry
 
@@ -22,8 +23,20 @@ REDEPLOY = "/api/v1/environments/staging/services/orders-api/redeploy"
 
 
 @pytest.fixture
-def staging(steady_tasks):
-    return seed_cluster("stg", ["orders-api", "payments-api"], family_prefix="staging")
+def environ(environ):
+    # Simulated ECS time: polls at the production interval, each sleep moves the simulator's clock.
+    return {**environ, "VALETKEY_POLL_INTERVAL": "3", "VALETKEY_STABILITY_TIMEOUT": "900"}
+
+
+@pytest.fixture
+def staging(sim):
+    """orders-api and payments-api, 2 tasks each, in the ECS simulator (tasks start, stop and lag as on AWS)."""
+    return seed(sim, "stg", [ServiceSpec("orders-api", min_percent=50), ServiceSpec("payments-api")])
+
+
+@pytest.fixture
+def runner(rt, sim):
+    return JobRunner(rt, sleep=sim.advance, clock=sim.clock.now)
 
 
 @pytest.fixture
@@ -54,38 +67,41 @@ def test_restart_answers_202_with_job_and_location(client, rt, dev, staging):
     assert rt.redis.hlen("dramatiq:valetkey.msgs") == 1
 
 
-def test_restart_replaces_tasks_and_reports_healthy(client, rt, dev, staging):
+def test_restart_replaces_tasks_and_reports_healthy(client, rt, dev, staging, runner, sim):
     originals = {t["taskArn"] for t in service_tasks("orders-api")}
     other = {t["taskArn"] for t in service_tasks("payments-api")}
     job = client.post(RESTART, headers=dev).get_json()
-    assert JobRunner(rt).run(job["id"]) == "succeeded"
+    assert runner.run(job["id"]) == "succeeded"
     done = client.get(job["url"], headers=dev).get_json()
     assert done["status"] == "succeeded" and done["detail"].startswith("HEALTHY after ")
+    assert done["detail"].endswith(f"· same image sha:{staging.services['orders-api'].digest[7:13]}")
     assert done["started_at"] and done["finished_at"]
+    # The tag still names the running digest: one new deployment, ECS replaced the tasks.
+    assert sim.calls.count("UpdateService") == 1 and sim.calls.count("StopTask") == 0
     stopped = {t["taskArn"] for t in service_tasks("orders-api", "STOPPED")}
     assert stopped == originals  # exactly the service's own tasks were replaced
     assert other == {t["taskArn"] for t in service_tasks("payments-api")}  # the neighbour untouched
     row = rt.jobs.get(job["id"])
-    assert row.before["task_definition"] == row.after["task_definition"] == "staging-orders-api:1"
+    assert row.before["task_definition"] == row.after["task_definition"] == "stg-orders-api:1"
     assert row.before["desired"] == 2 and "deployment_id" in row.after
     outcome = [e for e in audit_events(rt) if e["job_id"] == job["id"]][-1]
     assert outcome["outcome"] == "succeeded" and outcome["detail"] == done["detail"]
-    assert outcome["before"]["running"] == 2 and outcome["after"]["task_definition"] == "staging-orders-api:1"
+    assert outcome["before"]["running"] == 2 and outcome["after"]["task_definition"] == "stg-orders-api:1"
 
 
-def test_redeploy_starts_new_deployment_and_reports(client, rt, dev, staging):
+def test_redeploy_starts_new_deployment_and_reports(client, rt, dev, staging, runner):
     ecs = boto3.client("ecs", region_name=REGION)
     before = ecs.describe_services(cluster="stg", services=["orders-api"])["services"][0]["deployments"][0]["id"]
     job = client.post(REDEPLOY, headers=dev).get_json()
-    assert JobRunner(rt).run(job["id"]) == "succeeded"
+    assert runner.run(job["id"]) == "succeeded"
     done = rt.jobs.get(job["id"])
     after = ecs.describe_services(cluster="stg", services=["orders-api"])["services"][0]
     assert after["deployments"][0]["id"] != before
-    assert after["taskDefinition"].endswith("staging-orders-api:1")  # no task definition edited
+    assert after["taskDefinition"].endswith("stg-orders-api:1")  # no task definition edited
     assert done.detail.startswith("Deployed ") and done.after["deployment_id"] == after["deployments"][0]["id"]
 
 
-def test_second_job_on_same_service_is_409_naming_the_first(client, rt, dev, staging):
+def test_second_job_on_same_service_is_409_naming_the_first(client, rt, dev, staging, runner):
     first = client.post(RESTART, headers=dev).get_json()
     r = client.post(REDEPLOY, headers=dev)
     assert r.status_code == 409
@@ -95,7 +111,7 @@ def test_second_job_on_same_service_is_409_naming_the_first(client, rt, dev, sta
     assert (refusal["action"], refusal["outcome"], refusal["target"]) == ("service.redeploy", "denied", "orders-api")
     # Another service is not blocked, and the lock is released once the job ends.
     assert client.post("/api/v1/environments/staging/services/payments-api/restart", headers=dev).status_code == 202
-    JobRunner(rt).run(first["id"])
+    runner.run(first["id"])
     assert client.post(REDEPLOY, headers=dev).status_code == 202
 
 
@@ -118,11 +134,11 @@ def test_refused_with_503_when_queue_redis_is_down(rt, dev, staging):
     assert rt.redis.hlen("dramatiq:valetkey.msgs") == 0
 
 
-def test_job_events_poll_without_repeats_and_done(client, rt, dev, staging):
+def test_job_events_poll_without_repeats_and_done(client, rt, dev, staging, runner):
     job = client.post(RESTART, headers=dev).get_json()
     first = client.get(f"{job['url']}/events", headers=dev).get_json()
     assert [e["type"] for e in first["events"]] == ["queued"] and not first["done"]
-    JobRunner(rt).run(job["id"])
+    runner.run(job["id"])
     seen = [e["id"] for e in first["events"]]
     cursor = first["next"]
     while True:
@@ -204,28 +220,28 @@ def test_job_of_another_environment_is_404(client, rt, dev, make_user, staging):
     assert client.get(f"{job['url']}/events", headers=qa).status_code == 404
 
 
-def test_worker_rechecks_scope(client, rt, dev, staging):
+def test_worker_rechecks_scope(client, rt, dev, staging, runner):
     job = client.post(RESTART, headers=dev).get_json()
     rt.users.revoke("dev@acme.test", "staging")
-    assert JobRunner(rt).run(job["id"]) == "failed"
+    assert runner.run(job["id"]) == "failed"
     done = rt.jobs.get(job["id"])
     assert done.detail.startswith("Refused at run time") and service_tasks("orders-api", "STOPPED") == []
 
 
-def test_stale_job_never_runs(client, rt, dev, staging):
+def test_stale_job_never_runs(client, rt, dev, staging, runner):
     job = client.post(RESTART, headers=dev).get_json()
     with rt.sessions.begin() as s:
         s.execute(update(Job).where(Job.id == job["id"]).values(
             created_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)))
-    assert JobRunner(rt).run(job["id"]) == "failed"
+    assert runner.run(job["id"]) == "failed"
     assert rt.jobs.get(job["id"]).detail.startswith("Expired")
     assert service_tasks("orders-api", "STOPPED") == []
 
 
-def test_a_job_runs_once(client, rt, dev, staging):
+def test_a_job_runs_once(client, rt, dev, staging, runner):
     job = client.post(RESTART, headers=dev).get_json()
-    assert JobRunner(rt).run(job["id"]) == "succeeded"
-    assert JobRunner(rt).run(job["id"]) is None  # redelivered after success: nothing happens
+    assert runner.run(job["id"]) == "succeeded"
+    assert runner.run(job["id"]) is None  # redelivered after success: nothing happens
     outcomes = [e["outcome"] for e in audit_events(rt) if e["job_id"] == job["id"]]
     assert outcomes == ["requested", "succeeded"]
 

@@ -7,10 +7,9 @@ import subprocess
 import sys
 import time
 
-import boto3
 import pytest
 
-from tests.conftest import REGION, audit_events, seed_cluster
+from tests.conftest import audit_events
 
 RESTART = "/api/v1/environments/staging/services/slow-api/restart"
 
@@ -37,43 +36,35 @@ def worker_env(environ, steady_tasks):
             "VALETKEY_POLL_INTERVAL": "0.2", "VALETKEY_STABILITY_TIMEOUT": "60"}
 
 
-def test_worker_killed_mid_job_is_finished_once_by_another(client, rt, make_user, worker_env, tmp_path):
-    ids = seed_cluster("stg", ["orders-api"], family_prefix="staging")
-    ecs = boto3.client("ecs", region_name=REGION)
-    net = {"awsvpcConfiguration": {"subnets": [ids["subnet"]], "securityGroups": [ids["sg"]]}}
-    # Desired 3 while moto runs 2: the restart waits for stability until ECS "catches up" below.
-    ecs.create_service(cluster="stg", serviceName="slow-api", taskDefinition="staging-orders-api",
-                       desiredCount=3, launchType="FARGATE", networkConfiguration=net)
-    ecs.run_task(cluster="stg", taskDefinition="staging-orders-api", count=2, launchType="FARGATE",
-                 networkConfiguration=net, group="service:slow-api")
+def test_worker_killed_mid_job_is_finished_once_by_another(client, rt, make_user, worker_env, tmp_path,
+                                                           realtime_sim):
+    from collections import Counter
+
+    from ecssim.seed import ServiceSpec, seed
+
+    sim = realtime_sim
+    s = seed(sim, "stg", [ServiceSpec("slow-api", desired=4, min_percent=50)], settle=False)
+    wait_for(lambda: len([t for t in sim.tasks("stg", "slow-api") if t.wanted_running
+                          and t.counted_healthy(sim.clock.now(), 0)]) == 4, 30, "the service to run 4 tasks")
+    # The tag moved: a new deployment would change the image, so the restart stops tasks in batches.
+    sim.push_image(s.services["slow-api"].repository, "latest")
+    originals = {t.arn for t in sim.tasks("stg", "slow-api") if t.wanted_running}
     dev = make_user("dev@acme.test", ("staging", "developer"))
+    t0 = sim.clock.now()
     job = client.post(RESTART, headers=dev).get_json()
     log = open(tmp_path / "worker.log", "wb")
     a = start(["worker", "--threads", "1"], worker_env, log)
     try:
         def a_is_waiting():
-            row = rt.jobs.get(job["id"])
-            return row.status == "running" and row.params.get("restart_tasks") and any(
-                e.type == "progress" and e.message.startswith("Stopped 1 of 2")
-                for e in rt.events.read(job["id"], None))
-        wait_for(a_is_waiting, 30, "worker A to stop the old tasks and wait")
+            return sim.calls.count("StopTask") == 2 and any(
+                e.message.startswith("Old tasks going") for e in rt.events.read(job["id"], None))
+        wait_for(a_is_waiting, 60, "worker A to stop the first batch and wait for its replacements")
         os.killpg(a.pid, signal.SIGKILL)
         a.wait(10)
-        # ECS catches up: a replacement task runs and the desired count is met again.
-        originals = rt.jobs.get(job["id"]).params["restart_tasks"]
-        replacement = ecs.run_task(cluster="stg", taskDefinition="staging-orders-api", launchType="FARGATE",
-                                   networkConfiguration=net, group="service:slow-api")["tasks"][0]["taskArn"]
-        # moto fixes a service's rollout at creation, so "ECS catching up" is a re-created
-        # service (same name and task definition) that moto reports as fully running.
-        os.environ["MOTO_ECS_SERVICE_RUNNING"] = "3"
-        ecs.delete_service(cluster="stg", service="slow-api", force=True)
-        ecs.create_service(cluster="stg", serviceName="slow-api", taskDefinition="staging-orders-api",
-                           desiredCount=3, launchType="FARGATE", networkConfiguration=net)
-        os.environ["MOTO_ECS_SERVICE_RUNNING"] = "2"
         b = start(["worker", "--threads", "1"], worker_env, log)
         try:
             done = wait_for(lambda: (lambda j: j if j.status in ("succeeded", "failed") else None)(
-                rt.jobs.get(job["id"])), 40, "worker B to finish the job")
+                rt.jobs.get(job["id"])), 90, "worker B to finish the job")
         finally:
             os.killpg(b.pid, signal.SIGTERM)
             b.wait(20)
@@ -83,10 +74,10 @@ def test_worker_killed_mid_job_is_finished_once_by_another(client, rt, make_user
         log.close()
     assert done.status == "succeeded", (done.detail, (tmp_path / "worker.log").read_text()[-3000:])
     assert done.attempts == 2 and done.detail.startswith("HEALTHY after")
-    # Resumed, not repeated: the replacement started after A's snapshot was not stopped.
-    status = {t["taskArn"]: t["lastStatus"] for t in ecs.describe_tasks(
-        cluster="stg", tasks=originals + [replacement])["tasks"]}
-    assert status[replacement] == "RUNNING" and all(status[o] == "STOPPED" for o in originals)
+    # Resumed, not repeated: every original stopped exactly once, and capacity held throughout.
+    stopped = Counter(c.params["task"] for c in sim.calls.of("StopTask"))
+    assert set(stopped) == originals and max(stopped.values()) == 1
+    assert sim.truth.violations("slow-api", since=t0) == []
     outcomes = [e["outcome"] for e in audit_events(rt) if e["job_id"] == job["id"]]
     assert outcomes == ["requested", "succeeded"]
 

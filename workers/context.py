@@ -1,6 +1,7 @@
 """What an operation gets to do its work, and what it returns."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -28,6 +29,9 @@ class JobContext:
     checkpoint: Callable[[dict[str, Any]], None]  # persist params (and params["before"]) to the job row
     sleep: Callable[[float], None]  # sleeps and heartbeats the job
     ecs_client: Callable[[Environment], Any]
+    # Any other AWS client of the environment (ecr, elbv2, ...); None: no such client (tests)
+    aws_client: Callable[[Environment, str], Any] = lambda env, service: None
+    clock: Callable[[], float] = time.monotonic  # what sleep() moves on (a fake clock in tests)
 
     @property
     def reason(self) -> str:

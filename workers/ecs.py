@@ -1,26 +1,62 @@
-"""Restart and redeploy of an ECS service, with the wait until it is stable again.
+"""Restart and redeploy of an ECS service, judged by task identity and health, never by counts.
 
-Neither operation edits a task definition:
-- restart stops the service's running tasks in batches no larger than
-  minimumHealthyPercent allows; the ECS scheduler replaces them from the same
-  deployment, so the image (digest) stays the same;
-- redeploy asks ECS for a new deployment of the task definition already on
-  the service (forceNewDeployment), which resolves a mutable tag anew.
+Both start with the one preflight (cloud/ecs_plan.py, also behind dry runs):
+CODE_DEPLOY/EXTERNAL services, a deployment in progress, a running digest gone
+from ECR and a service with no running task are refused before anything
+changes. Then:
 
-Both checkpoint what they did into the job (through ``checkpoint``), so a
-redelivered message resumes instead of repeating: no double restart.
+- restart, when every running digest is still what its tag names in ECR: a new
+  deployment (UpdateService forceNewDeployment) — ECS surges, drains targets
+  and watches the circuit breaker — and afterwards a per-container check that
+  the digests did not change;
+- restart otherwise: StopTask in batches sized from the tasks healthy now and
+  minimumHealthyPercent; before the next batch the stopped originals must be
+  STOPPED and as many replacements (not originals, startedBy = the primary
+  deployment) RUNNING and healthy; two failed replacements end the job;
+- redeploy: a new deployment, followed through DescribeServiceDeployments
+  until SUCCESSFUL, or reported as a circuit-breaker rollback.
+
+Every mutation is checkpointed first (``params``), and a resumed job looks
+before it acts: it adopts a deployment that appeared after its checkpoint and
+never stops a task whose desiredStatus is already STOPPED.
 """
 from __future__ import annotations
 
-import math
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
+from botocore.exceptions import ReadTimeoutError
+
+from cloud.ecr import EcrImages
 from cloud.ecs import EcsReader, ServiceState
-from cloud.ecs_types import TASK_ENDING, DeploymentStatus, RolloutState, TaskStatus
-from scope.errors import OperationFailed
+from cloud.ecs_plan import (
+    BATCHES,
+    DEPLOYMENT,
+    Plan,
+    batch_size,
+    below_minimum,
+    container_digests,
+    describe_digests,
+    has_health_check,
+    min_allowed,
+    plan_for,
+    short_digest,
+)
+from cloud.ecs_types import (
+    SERVICE_DEPLOYMENT_ROLLBACK,
+    HealthStatus,
+    RolloutState,
+    ServiceDeploymentStatus,
+    TaskStatus,
+)
+from cloud.elb import healthy_targets
+from cloud.errors import AWS_ERRORS, aws_error, error_code
+from scope.errors import OperationFailed, job_error
 from workers.context import JobContext, Outcome
 from workers.errors import aws_call
 
@@ -28,12 +64,41 @@ if TYPE_CHECKING:
     from mypy_boto3_ecs import ECSClient
     from mypy_boto3_ecs.type_defs import TaskTypeDef
 
+__all__ = ["EcsOperations", "redeploy", "restart", "short_digest"]
+
 Progress = Callable[[str, str], None]  # (type, message)
 Checkpoint = Callable[[dict[str, Any]], None]
+# Replacements that stopped before this many failed: enough to tell a crash loop from bad luck.
+FAIL_FAST = 2
+# Without a health check or a load balancer ECS counts a task as healthy 40 s after RUNNING
+# (botocore model, DeploymentConfiguration.minimumHealthyPercent).
+SETTLE_SECONDS = 40.0
 
 
-def short_digest(d: str) -> str:
-    return "sha:" + d.split(":", 1)[-1][:6] if d else "?"
+def _why(t: TaskTypeDef) -> str:
+    """A failed task's reason: its stoppedReason and the essential container's exit code."""
+    reason = t.get("stoppedReason") or t.get("stopCode") or "stopped"
+    codes = [c["exitCode"] for c in t.get("containers", []) if c.get("exitCode") is not None]
+    return f"{reason} (exit code {codes[0]})" if codes else str(reason)
+
+
+def _ip(t: TaskTypeDef) -> str:
+    for c in t.get("containers", []):
+        for ni in c.get("networkInterfaces", []):
+            if ni.get("privateIpv4Address"):
+                return str(ni["privateIpv4Address"])
+    return ""
+
+
+@dataclass
+class Look:
+    """One look at the service's tasks: originals still around, replacements, failures."""
+
+    state: ServiceState
+    by_arn: dict[str, TaskTypeDef]
+    healthy: list[str]  # RUNNING, wanted and healthy, any task of the service
+    replacements: list[str]  # healthy, not originals, started by the primary deployment
+    failed: list[TaskTypeDef]  # replacements that reached STOPPED
 
 
 @dataclass
@@ -47,6 +112,12 @@ class EcsOperations:
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
     reason: str = "Valet Key"
+    ecr: Any = None  # an ECR client of the environment's Region; None: digests cannot be checked
+    elbv2: Any = None  # an elbv2 client; None: target health is not checked
+    autoscaling: Any = None  # an Application Auto Scaling client, for the plan's warning only
+    region: str = ""
+    settle_seconds: float = SETTLE_SECONDS
+    _first_running: dict[str, float] = field(default_factory=dict)
 
     @property
     def reader(self) -> EcsReader:
@@ -57,117 +128,331 @@ class EcsOperations:
     def state(self, service: str, digests: bool = False) -> ServiceState:
         return self._call(f"reading {service}", lambda: self.reader.service(service, with_digests=digests))
 
+    def plan(self, action: str, service: str) -> Plan:
+        ecr = EcrImages(self.ecr, self.region or self.ecs.meta.region_name) if self.ecr is not None else None
+        return self._call(f"checking {service} before the {action}",
+                          lambda: plan_for(action, self.reader, ecr, service, self.autoscaling))
+
+    def _start(self, action: str, service: str) -> Plan:
+        plan = self.plan(action, service)
+        if plan.blocked:
+            raise OperationFailed(f"Refused, nothing was changed: {plan.blocked}")
+        for w in plan.warnings:
+            self.progress("warning", w)
+        self.progress("plan", f"{plan.mechanism}: " + "; ".join(plan.steps))
+        return plan
+
     # ---- restart ----------------------------------------------------------
     def restart(self, service: str, params: dict[str, Any]) -> Outcome:
         started = self.clock()
-        before = self.state(service)
-        tasks = self._call(f"listing tasks of {service}", lambda: self.reader.running_tasks(service))
-        before.image_digests = self.reader.digests_of(tasks)
-        self.progress("state", f"Before: {before.running}/{before.desired} running, "
-                               f"{before.task_definition}, {before.status}")
-        resumed = "restart_tasks" in params
-        if not resumed:
-            params["restart_tasks"] = [t["taskArn"] for t in tasks]
-            params["before"] = before.record()
-            self.checkpoint(params)
-        originals: list[str] = params["restart_tasks"]
-        before_rec = params.get("before") or before.record()
-        began_on = before_rec.get("task_definition") or before.task_definition
-        if began_on != before.task_definition:
-            # Resumed after a crash, and a deployment ran meanwhile: stopping tasks now would
-            # restart a different version than the one this restart was asked for.
-            raise OperationFailed(f"Task definition changed since this restart began ({began_on} → "
-                                  f"{before.task_definition}); another deployment ran. No more tasks were stopped.")
-        if not originals:
-            after = self.wait_stable(service, started)
-            return Outcome(f"Nothing to restart: no running tasks; {after.status} "
-                           f"({after.running}/{after.desired} running)", before_rec, after.record())
-        desired = max(before.desired, 1)
-        # Tasks that may be down at once without going below minimumHealthyPercent;
-        # at least one, or a 100% service could never be restarted task by task.
-        floor = math.ceil(desired * before.min_healthy_percent / 100)
-        batch = max(1, desired - floor)
-        self.progress("plan", f"Replacing {len(originals)} task(s), {batch} at a time "
-                              f"(minimumHealthyPercent {before.min_healthy_percent}%)")
-        # A fresh job listed the originals as RUNNING just now; a redelivered one may
-        # find some already stopped by the attempt that crashed, and must not stop them again.
-        remaining = self._still_running(originals) if resumed else list(originals)
-        if resumed and remaining:
-            # The crashed attempt may have stopped a batch whose replacements are not up
-            # yet: wait for them before taking more tasks down (minimumHealthyPercent).
-            self.wait_stable(service, started)
-        while remaining:
-            group = remaining[:batch]
-            self._stop(service, group)
-            done = len(originals) - len(remaining) + len(group)
-            self.progress("progress", f"Stopped {done} of {len(originals)} original task(s); waiting for replacements")
-            remaining = self._wait_gone(group, remaining, started)
-            if remaining:
-                # The replacements must run before the next batch goes down (minimumHealthyPercent).
-                self.wait_stable(service, started)
-        # After the last batch this wait is both "replacements are up" and the outcome.
-        after = self.wait_stable(service, started, digests=True)
+        if params.get("mechanism") == DEPLOYMENT:
+            self.progress("resume", "Resuming the restart: looking for the deployment it started")
+            return self._finish_deployment_restart(service, params, started)
+        if params.get("mechanism") == BATCHES:
+            self.progress("resume", "Resuming the restart: looking at which tasks are already stopping")
+            return self._batches(service, params, started)
+        plan = self._start("restart", service)
+        assert plan.state is not None
+        st = plan.state
+        params["mechanism"] = plan.mechanism
+        params["before"] = st.record()
+        if plan.mechanism == DEPLOYMENT:
+            self._deploy(service, params, st)
+            return self._finish_deployment_restart(service, params, started)
+        params["restart_tasks"] = [t["taskArn"] for t in plan.tasks]
+        params["stopped_before"] = self._call(f"listing the tasks of {service}", lambda: self.reader.task_arns(
+            service, TaskStatus.STOPPED))
+        params["health_checked"] = plan.health_checked
+        self.checkpoint(params)
+        return self._batches(service, params, started)
+
+    def _finish_deployment_restart(self, service: str, params: dict[str, Any], started: float) -> Outcome:
+        before = params["before"]
+        if not params.get("deployment_id"):
+            self._adopt_or_deploy(service, params)
+        after = self._follow(service, params, started)
+        return self._same_image(before, after, started, "the tag moved while the deployment ran")
+
+    def _same_image(self, before: dict[str, Any], after: ServiceState, started: float, cause: str) -> Outcome:
+        was: dict[str, str] = before.get("container_digests") or {}
+        now = after.container_digests
+        changed = {c: (was.get(c, ""), d) for c, d in now.items() if was.get(c) and was[c] != d}
+        if changed:
+            what = ", ".join(f"{c} {short_digest(a)} → {short_digest(b)}" for c, (a, b) in changed.items())
+            raise OperationFailed(f"The image changed during the restart ({cause}): {what}. "
+                                  "The service runs the new image now; Redeploy or roll back on purpose.")
         secs = round(self.clock() - started)
-        if after.task_definition != began_on:
-            raise OperationFailed(f"Task definition changed during restart ({began_on} → "
-                                  f"{after.task_definition}); another deployment ran at the same time.")
-        return Outcome(f"HEALTHY after {secs}s", before_rec, after.record())
+        image = f" · same image {describe_digests(now)}" if now else ""
+        return Outcome(f"HEALTHY after {secs}s{image}", before, after.record())
 
-    def _stop(self, service: str, arns: list[str]) -> None:
-        for arn in arns:
-            self._call(f"stopping a task of {service}", partial(
-                self.ecs.stop_task, cluster=self.cluster, task=arn, reason=self.reason[:255]))
+    # ---- deployments (restart by deployment, redeploy) ----------------------------------
+    def _deploy(self, service: str, params: dict[str, Any], st: ServiceState) -> None:
+        """Checkpoint, then UpdateService(forceNewDeployment); never retried blindly."""
+        params["deploy_from"] = st.primary.id if st.primary else ""
+        params["deploy_from_sd"] = st.service_deployment_arn
+        self.checkpoint(params)
+        try:
+            with no_blind_retry(self.ecs):
+                resp = self.ecs.update_service(cluster=self.cluster, service=service, forceNewDeployment=True)
+        except ReadTimeoutError:
+            # The request may have reached ECS: look instead of asking again.
+            self.progress("deployment", "ECS did not answer in time; looking whether the deployment started")
+            if not self._adopt(service, params, looks=3):
+                raise OperationFailed("ECS did not answer the request for a new deployment, and none appeared "
+                                      "since; nothing else was changed. Try again.") from None
+            return
+        except AWS_ERRORS as e:
+            raise job_error(aws_error(e, f"starting a deployment of {service}")) from e
+        svc = resp["service"]
+        primary = next((d for d in svc.get("deployments", []) if d.get("status") == "PRIMARY"), None)
+        params["deployment_id"] = primary.get("id", "") if primary else ""
+        params["service_deployment"] = svc.get("currentServiceDeployment", "")
+        self.checkpoint(params)
+        self.progress("deployment", f"Started deployment {params['deployment_id']} of {st.task_definition}")
 
-    def _still_running(self, arns: list[str]) -> list[str]:
-        if not arns:
-            return []
-        got: list[TaskTypeDef] = []
-        for i in range(0, len(arns), 100):  # DescribeTasks takes at most 100
-            got += self._call("describing tasks", partial(
-                self.ecs.describe_tasks, cluster=self.cluster, tasks=arns[i:i + 100])).get("tasks", [])
-        alive = {t["taskArn"] for t in got if t.get("lastStatus") not in TASK_ENDING
-                 and t.get("desiredStatus") != TaskStatus.STOPPED}
-        return [a for a in arns if a in alive]
+    def _adopt(self, service: str, params: dict[str, Any], looks: int) -> bool:
+        """A deployment newer than the checkpointed one is ours (it appeared after the checkpoint): adopt it."""
+        for i in range(looks):
+            st = self.state(service)
+            p = st.primary
+            if p is not None and p.id != params.get("deploy_from"):
+                params["deployment_id"] = p.id
+                params["service_deployment"] = (st.service_deployment_arn
+                                                if st.service_deployment_arn != params.get("deploy_from_sd") else "")
+                self.checkpoint(params)
+                self.progress("deployment", f"Adopted deployment {p.id}, started after this job's checkpoint")
+                return True
+            if i + 1 < looks:
+                self.sleep(self.poll_interval)
+        return False
 
-    def _wait_gone(self, stopped: list[str], remaining: list[str], started: float) -> list[str]:
-        """Poll until none of ``stopped`` runs; the originals of ``remaining`` that still run.
+    def _adopt_or_deploy(self, service: str, params: dict[str, Any]) -> None:
+        """Resumed after the checkpoint of an UpdateService: adopt its deployment; ask only if none appeared."""
+        if self._adopt(service, params, looks=2):
+            return
+        st = self.state(service)
+        self._deploy(service, params, st)
 
-        Describing every remaining original, not only the stopped batch, makes the
-        last poll the next batch's list: an original that stopped on its own drops
-        out there, and an empty answer after the last batch means none is left.
-        """
+    def _service_deployment(self, arn: str) -> dict[str, Any] | None:
+        try:
+            got = self.ecs.describe_service_deployments(serviceDeploymentArns=[arn]).get("serviceDeployments", [])
+        except AWS_ERRORS as e:
+            if error_code(e) in ("UnknownOperationException", "InvalidAction"):
+                return None  # an ECS without service deployments: the rollout state decides
+            raise job_error(aws_error(e, "reading the deployment")) from e
+        return dict(got[0]) if got else None
+
+    def _follow(self, service: str, params: dict[str, Any], started: float) -> ServiceState:
+        """Wait until our deployment succeeded and its tasks are healthy; fail on rollback, stop, crash loop."""
+        dep_id, sd_arn = params.get("deployment_id", ""), params.get("service_deployment", "")
+        last = ""
         while True:
-            alive = self._still_running(remaining)
-            if not set(stopped) & set(alive):
-                return alive
-            self._tick(started, "waiting for stopped tasks to drain")
+            st = self.state(service)
+            p = st.primary
+            sd = self._service_deployment(sd_arn) if sd_arn else None
+            status = str(sd.get("status", "")) if sd else ""
+            if status in SERVICE_DEPLOYMENT_ROLLBACK:
+                why = (sd or {}).get("statusReason") or "the deployment failed"
+                if status in (ServiceDeploymentStatus.ROLLBACK_SUCCESSFUL, ServiceDeploymentStatus.ROLLBACK_FAILED):
+                    done = "" if status == ServiceDeploymentStatus.ROLLBACK_SUCCESSFUL else " (the rollback FAILED too)"
+                    raise OperationFailed(f"Rolled back by the deployment circuit breaker: {why}{done}")
+                line = f"Rolling back: {why}"
+            elif status in (ServiceDeploymentStatus.STOPPED, ServiceDeploymentStatus.STOP_REQUESTED):
+                raise OperationFailed(f"Deployment stopped: {(sd or {}).get('statusReason') or 'by ECS'}")
+            else:
+                mine = next((d for d in st.deployments if d.id == dep_id), None)
+                if mine is not None and mine.rollout_state == RolloutState.FAILED:
+                    why = mine.reason or "the deployment circuit breaker stopped it"
+                    if p is not None and p.id != dep_id:
+                        raise OperationFailed(f"Rolled back by the deployment circuit breaker: {why}")
+                    raise OperationFailed(f"Rollout FAILED: {why}")
+                if dep_id and p is not None and p.id != dep_id:
+                    raise OperationFailed(f"Deployment {dep_id} was replaced by {p.id} (another deployment) "
+                                          "before it finished.")
+                line = (f"New tasks: {mine.running if mine else 0} of {st.desired} running"
+                        + (f", {mine.pending} starting" if mine and mine.pending else "")
+                        + (f"; old tasks still running: {sum(d.running for d in st.deployments if d.id != dep_id)}"
+                           if len(st.deployments) > 1 else ""))
+                finished = (status == ServiceDeploymentStatus.SUCCESSFUL if sd else mine is not None
+                            and len(st.deployments) == 1 and mine.rollout_state != RolloutState.IN_PROGRESS)
+                if finished:
+                    # A finished deployment: ECS itself waited until its tasks counted as healthy (40 s
+                    # after RUNNING without health check or load balancer), no need to wait that again.
+                    look = self._look(service, st, originals=set(), started_by=dep_id or None,
+                                      stopped_before=set(), health_checked=self._health_checked(st), settle=False)
+                    if dep_id and len(look.failed) >= FAIL_FAST:
+                        # A COMPLETED deployment is no longer watched by the circuit breaker.
+                        raise OperationFailed(f"New tasks keep failing after the deployment completed: "
+                                              f"{_why(look.failed[0])}.")
+                    if len(look.replacements) >= st.desired:
+                        st.container_digests = container_digests(
+                            [look.by_arn[a] for a in look.replacements])
+                        st.image_digests = sorted(set(st.container_digests.values()))
+                        return st
+                    line = f"Deployment done; {len(look.replacements)} of {st.desired} new tasks healthy so far"
+                elif not st.circuit_breaker and dep_id:
+                    failed = self._failed(service, started_by=dep_id, exclude=set())
+                    if len(failed) >= FAIL_FAST:
+                        raise OperationFailed(
+                            f"New tasks keep failing: {_why(failed[0])}. ECS keeps the old tasks serving while the "
+                            f"deployment {dep_id} stays in progress; fix the image or roll back.")
+            if line != last:
+                self.progress("progress", line)
+                last = line
+            self._tick(started, f"waiting for deployment {dep_id or ''} ({line})")
+
+    # ---- batches ------------------------------------------------------------------------
+    def _batches(self, service: str, params: dict[str, Any], started: float) -> Outcome:
+        originals: list[str] = params["restart_tasks"]
+        before: dict[str, Any] = params["before"]
+        stopped_before = set(params.get("stopped_before") or [])
+        health_checked = bool(params.get("health_checked"))
+        began_on = before.get("deployment_id", "")
+        total = len(originals)
+        for arn in originals:  # they ran before the job began: settled long ago
+            self._first_running.setdefault(arn, float("-inf"))
+        minimum_note = ""
+        rounds = 0
+        while True:
+            look = self._wait_batch(service, params, started, began_on, stopped_before, health_checked)
+            st = look.state
+            # Originals still wanted: desiredStatus RUNNING (StopTask sets STOPPED at once).
+            remaining = [a for a in originals if a in look.by_arn
+                         and look.by_arn[a].get("desiredStatus") == TaskStatus.RUNNING]
+            if not remaining:
+                break
+            minimum = min_allowed(st.desired, st.min_healthy_percent)
+            if refusal := below_minimum(st, len(look.healthy)):
+                raise OperationFailed(f"Stopped before the next batch: {refusal}")
+            batch = batch_size(len(look.healthy), minimum, len(remaining), total)
+            group = remaining[:batch]
+            rounds += 1
+            if len(look.healthy) - batch < minimum and not minimum_note:
+                minimum_note = (f"{len(look.healthy)} healthy task(s), {minimum} required: replacing one at a time; "
+                                "the service is briefly at reduced capacity")
+                self.progress("warning", minimum_note)
+            left = len(remaining)
+            batches_left = -(-left // batch)
+            self.progress("progress", f"Batch {rounds} of {rounds + batches_left - 1}: stopping {len(group)} old "
+                                      f"task(s); {max(len(look.healthy) - len(group), 0)} keep serving")
+            params["stopping"] = group
+            self.checkpoint(params)
+            for arn in group:
+                self._call(f"stopping a task of {service}", partial(
+                    self.ecs.stop_task, cluster=self.cluster, task=arn, reason=self.reason[:255]))
+        after = self.state(service)
+        last = self._look(service, after, set(originals), None, stopped_before, health_checked)
+        after.container_digests = container_digests([last.by_arn[a] for a in last.healthy])
+        after.image_digests = sorted(set(after.container_digests.values()))
+        return self._same_image(before, after, started, "a container with versionConsistency disabled pulled "
+                                                        "its tag again")
+
+    def _wait_batch(self, service: str, params: dict[str, Any], started: float, began_on: str,
+                    stopped_before: set[str], health_checked: bool) -> Look:
+        """Wait until every original told to stop is STOPPED and as many replacements are healthy."""
+        originals = set(params["restart_tasks"])
+        last = ""
+        while True:
+            st = self.state(service)
+            p = st.primary
+            if began_on and p is not None and p.id != began_on:
+                raise OperationFailed(f"Another deployment ({p.id}) started during the restart; no more tasks "
+                                      "were stopped.")
+            look = self._look(service, st, originals, p.id if p else None, stopped_before, health_checked)
+            if len(look.failed) >= FAIL_FAST:
+                raise OperationFailed(f"Replacement tasks keep failing: {_why(look.failed[0])}. No further task was "
+                                      f"stopped; {len(look.healthy)} task(s) still serve.")
+            told = [a for a in originals if a not in look.by_arn
+                    or look.by_arn[a].get("desiredStatus") == TaskStatus.STOPPED]
+            draining = [a for a in told if a in look.by_arn and look.by_arn[a].get("lastStatus") != TaskStatus.STOPPED]
+            still = len(originals) - len(told)
+            need = min(len(told), max(st.desired - still, 0))
+            if not draining and len(look.replacements) >= need:
+                return look
+            line = (f"Old tasks going: {len(draining)} still stopping; new tasks: {len(look.replacements)} of "
+                    f"{need} running and healthy")
+            if line != last:
+                self.progress("progress", line)
+                last = line
+            self._tick(started, f"waiting for replacement tasks ({line})")
+
+    # ---- looking at tasks ---------------------------------------------------------------
+    def _health_checked(self, st: ServiceState) -> bool:
+        td = self._call("reading the task definition", lambda: self.reader.task_definition(st.task_definition_arn))
+        return has_health_check(td)
+
+    def _look(self, service: str, st: ServiceState, originals: set[str], started_by: str | None,
+              stopped_before: set[str], health_checked: bool, settle: bool = True) -> Look:
+        running = self._call(f"listing the tasks of {service}", lambda: self.reader.task_arns(service))
+        stopped = self._call(f"listing the tasks of {service}",
+                             lambda: self.reader.task_arns(service, TaskStatus.STOPPED))
+        ask = list(dict.fromkeys([*originals, *running, *(a for a in stopped if a not in stopped_before)]))
+        tasks = self._call("describing tasks", lambda: self.reader.tasks(ask))
+        by_arn = {t["taskArn"]: t for t in tasks}
+        healthy = self._healthy(st, [t for t in tasks if t["taskArn"] in set(running)], health_checked, settle)
+        replacements = [a for a in healthy if a not in originals
+                        and (started_by is None or by_arn[a].get("startedBy") == started_by)]
+        failed = [t for t in tasks if t["taskArn"] not in originals and t["taskArn"] not in stopped_before
+                  and t.get("lastStatus") == TaskStatus.STOPPED
+                  and (started_by is None or t.get("startedBy") == started_by)]
+        return Look(st, by_arn, healthy, replacements, failed)
+
+    def _failed(self, service: str, started_by: str, exclude: set[str]) -> list[TaskTypeDef]:
+        stopped = self._call(f"listing the tasks of {service}",
+                             lambda: self.reader.task_arns(service, TaskStatus.STOPPED))
+        tasks = self._call("describing tasks", lambda: self.reader.tasks([a for a in stopped if a not in exclude]))
+        return [t for t in tasks if t.get("startedBy") == started_by and t.get("lastStatus") == TaskStatus.STOPPED]
+
+    def _healthy(self, st: ServiceState, tasks: list[TaskTypeDef], health_checked: bool,
+                 settle: bool = True) -> list[str]:
+        """ARNs of the tasks ECS would count as healthy: RUNNING and wanted, container health HEALTHY
+        (with a health check), target healthy (behind a load balancer), else RUNNING for a while."""
+        now = self.clock()
+        up = [t for t in tasks if t.get("lastStatus") == TaskStatus.RUNNING
+              and t.get("desiredStatus") == TaskStatus.RUNNING]
+        for t in up:
+            self._first_running.setdefault(t["taskArn"], now)
+        if health_checked:
+            up = [t for t in up if t.get("healthStatus") == HealthStatus.HEALTHY]
+        if st.target_groups and self.elbv2 is not None:
+            for tg in st.target_groups:
+                ips = [ip for t in up if (ip := _ip(t))]
+                ok = self._call("reading target health", partial(healthy_targets, self.elbv2, tg["arn"], ips,
+                                                                 tg.get("port")))
+                up = [t for t in up if _ip(t) in ok]
+        elif not health_checked and settle:
+            up = [t for t in up if now - self._first_running[t["taskArn"]] >= self.settle_seconds]
+        return [t["taskArn"] for t in up]
 
     # ---- redeploy ---------------------------------------------------------
     def redeploy(self, service: str, params: dict[str, Any]) -> Outcome:
         started = self.clock()
-        before = self.state(service, digests=True)
-        if "deployment_id" not in params:
-            params["before"] = before.record()
-            resp = self._call(f"starting a deployment of {service}", lambda: self.ecs.update_service(
-                cluster=self.cluster, service=service, forceNewDeployment=True))
-            primary = next((d for d in resp["service"].get("deployments", [])
-                            if d.get("status") == DeploymentStatus.PRIMARY), None)
-            params["deployment_id"] = primary.get("id", "") if primary else ""
-            self.checkpoint(params)
-            self.progress("deployment", f"Started deployment {params['deployment_id']} of {before.task_definition}")
+        if "deploy_from" not in params:
+            plan = self._start("redeploy", service)
+            assert plan.state is not None
+            params["before"] = plan.state.record()
+            self._deploy(service, params, plan.state)
         else:
-            self.progress("deployment", f"Resuming: waiting for deployment {params['deployment_id']}")
-        before_rec = params.get("before") or before.record()
-        after = self.wait_stable(service, started, deployment_id=params["deployment_id"] or None, digests=True)
-        secs = round(self.clock() - started)
-        old, new = before_rec.get("image_digests") or [], after.image_digests
-        if new:
-            was = ", ".join(short_digest(d) for d in old) or "unknown"
-            now = ", ".join(short_digest(d) for d in new)
-            detail = f"Deployed {now} (unchanged)" if old == new else f"Deployed {now} (was {was})"
+            self.progress("resume", "Resuming: looking for the deployment this job started")
+            if not params.get("deployment_id"):
+                self._adopt_or_deploy(service, params)
+        before = params["before"]
+        after = self._follow(service, params, started)
+        was: dict[str, str] = before.get("container_digests") or {}
+        now = after.container_digests
+        if not now:
+            secs = round(self.clock() - started)
+            return Outcome(f"Deployed {after.image or after.task_definition}: HEALTHY after {secs}s", before,
+                           after.record())
+        if len(now) == 1:
+            (name, d), = now.items()
+            old = was.get(name, "")
+            detail = f"Deployed {short_digest(d)} " + ("(unchanged)" if old == d else f"(was {short_digest(old)})")
         else:
-            detail = f"Deployed {after.image or after.task_definition}: HEALTHY after {secs}s"
-        return Outcome(detail, before_rec, after.record())
+            detail = "Deployed " + ", ".join(
+                f"{c} {short_digest(d)} " + ("(unchanged)" if was.get(c) == d else f"(was {short_digest(was.get(c, ''))})")
+                for c, d in now.items())
+        return Outcome(detail, before, after.record())
 
     # ---- waiting ----------------------------------------------------------
     def _tick(self, started: float, what: str) -> None:
@@ -175,39 +460,36 @@ class EcsOperations:
             raise OperationFailed(f"Timed out after {round(self.timeout)}s {what}.")
         self.sleep(self.poll_interval)
 
-    def wait_stable(self, service: str, started: float, deployment_id: str | None = None,
-                    digests: bool = False) -> ServiceState:
-        """Poll until one deployment (ours, if given) runs every desired task; fail on FAILED rollouts."""
-        last = ""
-        while True:
-            st = self.state(service)
-            p = st.primary
-            if p and p.rollout_state == RolloutState.FAILED:
-                why = p.reason or "the deployment circuit breaker stopped it"
-                raise OperationFailed(f"Rollout FAILED: {why}")
-            if deployment_id and p and p.id != deployment_id:
-                raise OperationFailed(f"Deployment {deployment_id} was replaced by {p.id} before it finished.")
-            line = (f"{st.running}/{st.desired} running, {st.pending} pending, "
-                    f"{len(st.deployments)} deployment(s){', rollout ' + p.rollout_state if p and p.rollout_state else ''}")
-            if line != last:
-                self.progress("state", line)
-                last = line
-            if st.stable:
-                if digests:
-                    st.image_digests = self._call(f"reading the image digests of {service}",
-                                                  lambda: self.reader.image_digests(service))
-                return st
-            elapsed = self.clock() - started
-            if elapsed > self.timeout:
-                raise OperationFailed(f"Timed out after {round(elapsed)}s: {line}.")
-            self.sleep(self.poll_interval)
+
+_guard = threading.local()
+
+
+def _refuse_blind_retry(caught_exception: BaseException | None = None, **_: Any) -> None:
+    """botocore's standard retry mode resends a request whose answer timed out; for a mutating call
+    that may do it twice. Within ``no_blind_retry`` the timeout reaches the caller instead, who looks."""
+    if getattr(_guard, "active", False) and isinstance(caught_exception, ReadTimeoutError):
+        raise caught_exception
+
+
+@contextmanager
+def no_blind_retry(client: Any) -> Iterator[None]:
+    # Registered once per client (clients are shared by threads); it acts only inside this block.
+    client.meta.events.register_first("needs-retry.ecs.UpdateService", _refuse_blind_retry,
+                                      unique_id="valetkey-no-blind-retry")
+    _guard.active = True
+    try:
+        yield
+    finally:
+        _guard.active = False
 
 
 def _operations(ctx: JobContext) -> EcsOperations:
     s = ctx.settings
-    return EcsOperations(ctx.ecs_client(ctx.env), ctx.env.cluster, ctx.progress, ctx.checkpoint,
+    env = ctx.env
+    return EcsOperations(ctx.ecs_client(env), env.cluster, ctx.progress, ctx.checkpoint,
                          poll_interval=s.poll_interval, timeout=s.stability_timeout, sleep=ctx.sleep,
-                         reason=ctx.reason)
+                         clock=ctx.clock, reason=ctx.reason, ecr=ctx.aws_client(env, "ecr"),
+                         elbv2=ctx.aws_client(env, "elbv2"), region=env.region)
 
 
 def restart(ctx: JobContext) -> Outcome:

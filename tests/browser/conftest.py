@@ -6,10 +6,11 @@ import shutil
 import threading
 from typing import Any, Iterator
 
+import boto3
 import pytest
 from werkzeug.serving import make_server
 
-from tests.conftest import PASSWORD, free_port, seed_cluster
+from tests.conftest import PASSWORD, REGION, free_port, seed_cluster
 
 CHROMIUM = os.environ.get("VALETKEY_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
 
@@ -42,14 +43,30 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def live(app, rt, steady_tasks) -> Iterator[str]:
-    """The app on a free port plus an in-process worker, with staging seeded in moto."""
+def environ(environ):
+    # Real time against the simulator: a restart takes seconds, not the unit tests' instant.
+    return {**environ, "VALETKEY_POLL_INTERVAL": "0.5", "VALETKEY_STABILITY_TIMEOUT": "60"}
+
+
+@pytest.fixture
+def live(app, rt, realtime_sim) -> Iterator[str]:
+    """The app on a free port plus an in-process worker, with staging in the ECS simulator (real time)."""
     from dramatiq import Worker
 
     from workers.actors import declare
     from workers.runner import JobRunner
 
-    seed_cluster("stg", ["orders-api", "payments-api"], family_prefix="staging")
+    services = ["orders-api", "payments-api"]
+    for svc in services:  # the images the task definitions name, in the simulator's ECR
+        realtime_sim.push_image(f"staging-{svc}", "latest")
+    seed_cluster("stg", services, family_prefix="staging", running=0)  # the service scheduler starts them
+    ecs = boto3.client("ecs", region_name=REGION)
+
+    def steady() -> bool:  # what the environment page will show: HEALTHY (counts lag on ECS)
+        found = ecs.describe_services(cluster="stg", services=services)["services"]
+        return all(s["runningCount"] == s["desiredCount"] == 2 and len(s["deployments"]) == 1
+                   and s["deployments"][0].get("rolloutState") == "COMPLETED" for s in found)
+    wait_until(steady)
     declare(rt.broker, JobRunner(rt), max_age_ms=600_000)
     worker = Worker(rt.broker, worker_threads=2, worker_timeout=100)
     worker.start()
@@ -67,6 +84,16 @@ def live(app, rt, steady_tasks) -> Iterator[str]:
     stop.set()
     worker.stop(timeout=5_000)
     exporter.join(10)
+
+
+def wait_until(predicate: Any, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("the simulated services did not start in time")
+        time.sleep(0.2)
 
 
 @pytest.fixture

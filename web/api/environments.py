@@ -3,14 +3,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import Response, jsonify
+
 from jobs.kinds import REDEPLOY, RESTART
 from scope.access import visible_environments
 from scope.roles import Permission
 from web.api.blueprint import Blueprint
-from web.api.schemas import EnvironmentDetailSchema, EnvironmentListSchema, JobSchema, ReasonSchema
+from web.api.schemas import (
+    EnvironmentDetailSchema,
+    EnvironmentListSchema,
+    JobSchema,
+    PlanSchema,
+    ServiceActionRequestSchema,
+)
 from web.context import principal, runtime
 from web.guard import allow
-from web.services.environments import environment_detail, start_service_job
+from web.services.environments import environment_detail, plan_service_action, start_service_job
 
 blp = Blueprint("environments", __name__, url_prefix="/api/v1", description="Environments and services")
 
@@ -32,17 +40,33 @@ def get_environment(env: str) -> dict[str, Any]:
     return environment_detail(environment, role)
 
 
+def _service_action(args: dict[str, Any], env: str, svc: str, action: str, permission: Permission) -> Any:
+    if args.get("dry_run"):
+        return plan_service_action(env, svc, action, permission)
+    body, status, headers = start_service_job(env, svc, action, permission, args.get("reason"))
+    resp: Response = jsonify(JobSchema().dump(body))
+    return resp, status, headers
+
+
 @blp.post("/environments/<env>/services/<svc>/restart")
-@blp.arguments(ReasonSchema, error_status_code=400)
-@blp.response(202, JobSchema)
-def restart(args: dict[str, Any], env: str, svc: str) -> tuple[dict[str, Any], int, dict[str, str]]:
-    """Replace the service's tasks with fresh ones of the same version, then wait until healthy."""
-    return start_service_job(env, svc, RESTART, Permission.RESTART, args.get("reason"))
+@blp.arguments(ServiceActionRequestSchema, required=False, error_status_code=400)
+@blp.response(200, PlanSchema, description="dry run: the plan; nothing was done")
+@blp.alt_response(202, schema=JobSchema, description="the restart job was queued")
+def restart(args: dict[str, Any], env: str, svc: str) -> Any:
+    """Replace the service's tasks with fresh ones of the same image, then wait until they are healthy.
+
+    A new ECS deployment when every running digest is still what its tag names in ECR, else StopTask in
+    batches; refused for CODE_DEPLOY/EXTERNAL services, a deployment in progress, a running image deleted
+    from ECR, no running task. ``dry_run: true`` answers the plan and does nothing."""
+    return _service_action(args, env, svc, RESTART, Permission.RESTART)
 
 
 @blp.post("/environments/<env>/services/<svc>/redeploy")
-@blp.arguments(ReasonSchema, error_status_code=400)
-@blp.response(202, JobSchema)
-def redeploy(args: dict[str, Any], env: str, svc: str) -> tuple[dict[str, Any], int, dict[str, str]]:
-    """Start a new deployment of the service's task definition so its image tag is resolved anew."""
-    return start_service_job(env, svc, REDEPLOY, Permission.REDEPLOY, args.get("reason"))
+@blp.arguments(ServiceActionRequestSchema, required=False, error_status_code=400)
+@blp.response(200, PlanSchema, description="dry run: the plan; nothing was done")
+@blp.alt_response(202, schema=JobSchema, description="the redeploy job was queued")
+def redeploy(args: dict[str, Any], env: str, svc: str) -> Any:
+    """Start a new deployment of the service's task definition so its image tags are resolved anew.
+
+    ``dry_run: true`` answers the plan and does nothing."""
+    return _service_action(args, env, svc, REDEPLOY, Permission.REDEPLOY)

@@ -173,6 +173,28 @@ class AuditPageSchema(ma.Schema):
         "description": "pass it back as cursor for the next page; null after the last one"})
 
 
+# ---- restart and redeploy ------------------------------------------------------------
+class ServiceActionRequestSchema(ma.Schema):
+    """The body of POST .../restart and .../redeploy (optional: no body is a real request)."""
+
+    class Meta:
+        unknown = ma.RAISE  # an unexpected field is refused, never ignored
+
+    reason = ma.fields.String(validate=validate.Length(max=500), metadata={
+        "description": "why (shown to approvers and in the audit trail)"})
+    dry_run = ma.fields.Boolean(load_default=False, metadata={
+        "description": "true: answer 200 with the plan and do nothing (no job, no audit entry)"})
+
+
+class PlanSchema(ma.Schema):
+    mechanism = ma.fields.String(required=True, validate=validate.OneOf(["deployment", "batches"]), metadata={
+        "description": "deployment: a new ECS deployment of the same image; batches: StopTask in batches"})
+    steps = ma.fields.List(ma.fields.String(), required=True, metadata={"description": "what would happen, in words"})
+    warnings = ma.fields.List(ma.fields.String(), required=True)
+    blocked = ma.fields.String(allow_none=True, required=True, metadata={
+        "description": "null, or why a real request would be refused (the same reason its job would give)"})
+
+
 # ---- Redis flush and one-off tasks ------------------------------------------------
 def reason_field() -> ma.fields.String:
     return ma.fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500), metadata={

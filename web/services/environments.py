@@ -3,10 +3,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from cloud.ecr import EcrImages
 from cloud.ecs import EcsReader
+from cloud.ecs_plan import plan_for
+from jobs.kinds import RESTART
 from jobs.service import job_dict
 from scope.catalog import Environment
-from scope.errors import NotFound
+from scope.errors import NotFound, UpstreamError
 from scope.roles import DISABLED_REFUSES, Permission, Role, allows
 from scope.schedule_store import ScheduleStore
 from web.context import principal, request_id, runtime, source
@@ -41,6 +44,29 @@ def environment_detail(env: Environment, role: Role) -> dict[str, Any]:
             "approval": env.approval, "require_reason": env.require_reason}
 
 
+def plan_service_action(env: str, svc: str, action: str, permission: Permission) -> dict[str, Any]:
+    """A dry run: what a restart/redeploy would do, or why it would be refused. Reads only: no job, no
+    audit entry (authorization refusals are audited by ``allow`` as for a real request)."""
+    environment, _ = allow(env, permission, action=action, target=svc)
+    rt = runtime()
+    kind = "restart" if action == RESTART else "redeploy"
+    ecr = EcrImages(rt.aws.client(environment, "ecr"), environment.region)
+    try:
+        plan = plan_for(kind, EcsReader(rt.aws.ecs(environment), environment.cluster), ecr, svc,
+                        autoscaling=rt.aws.client(environment, "application-autoscaling"))
+    except NotFound as e:
+        audit_denied(action, env, svc, e.detail)
+        raise
+    return plan.as_dict()
+
+
+def _plan_for_approvers(env: str, svc: str, action: str, permission: Permission) -> dict[str, Any] | None:
+    try:
+        return plan_service_action(env, svc, action, permission)
+    except UpstreamError:  # AWS unreadable right now: approvers still see the request, without a plan
+        return None
+
+
 def start_service_job(env: str, svc: str, action: str, permission: Permission,
                       reason: str | None = None) -> tuple[dict[str, Any], int, dict[str, str]]:
     environment, _ = allow(env, permission, action=action, target=svc)
@@ -51,8 +77,10 @@ def start_service_job(env: str, svc: str, action: str, permission: Permission,
     except NotFound as e:
         audit_denied(action, env, svc, e.detail)
         raise
+    # Approvers decide on what would happen, so a job that waits for them carries the plan.
+    plan = _plan_for_approvers(env, svc, action, permission) if approval else None
     job = rt.jobs.create(action=action, environment=env, target=svc, actor=principal().actor, source=source(),
-                         request_id=request_id(), reason=why, approval=approval,
+                         request_id=request_id(), reason=why, approval=approval, plan=plan,
                          params={"requested_task_definition": state.task_definition})
     body = job_dict(job)
     return body, 202, {"Location": body["url"]}
