@@ -15,9 +15,10 @@ import pytest
 from sqlalchemy import update
 
 from audit.queries import verify_chain
+from ecssim.seed import ServiceSpec, seed
 from scope.models import Grant, utcnow
 from tests import test_saml
-from tests.conftest import BASE_TOML, REGION, audit_events, seed_cluster
+from tests.conftest import BASE_TOML, REGION, audit_events
 from tests.test_admin_and_login import csrf, login
 from tests.test_audit_exporter import export_all
 from wiring.access_changes import add_grant, record_grant_expiries, remove_grant
@@ -36,13 +37,15 @@ MSGS = "dramatiq:valetkey.msgs"
 @pytest.fixture
 def environ(environ: dict[str, str], config_file: Any) -> dict[str, str]:
     environ["VALETKEY_ENVIRONMENTS"] = config_file(TOML)
-    return environ
+    # Simulated ECS takes simulated minutes: poll and wait as a worker would.
+    return {**environ, "VALETKEY_POLL_INTERVAL": "3", "VALETKEY_STABILITY_TIMEOUT": "900"}
 
 
 @pytest.fixture
-def staging(steady_tasks: str) -> dict[str, Any]:
-    seed_cluster("qa", ["search-api"])
-    return seed_cluster("stg", ["orders-api"], family_prefix="staging")
+def staging(sim: Any) -> Any:
+    """orders-api in the ECS simulator (tasks start, stop and lag as on AWS), and a qa cluster."""
+    seed(sim, "qa", [ServiceSpec("search-api")], cidr="10.8")
+    return seed(sim, "stg", [ServiceSpec("orders-api", min_percent=50)], cidr="10.9")
 
 
 @pytest.fixture
@@ -73,11 +76,14 @@ def events_of(rt: Any, action: str) -> list[dict[str, Any]]:
 
 
 # ---- two-person jobs --------------------------------------------------------------------
-def test_a_job_does_nothing_until_a_second_person_approves(client, rt, people, staging):
+def test_a_job_does_nothing_until_a_second_person_approves(client, rt, people, staging, sim):
     before = running_tasks()
     job = request_restart(client, people["dev"])
     assert job["status"] == "awaiting_approval" and job["reason"] == "stuck consumers"
-    assert job["approved_by"] is None and job["approval_expires_at"] and job["plan"] is None
+    assert job["approved_by"] is None and job["approval_expires_at"]
+    # Approvers decide on what would happen: the dry run's plan travels with the job.
+    assert job["plan"]["mechanism"] in ("deployment", "batches") and job["plan"]["blocked"] is None
+    assert job["plan"]["steps"]
     assert rt.redis.hlen(MSGS) == 0  # nothing enqueued
     assert JobRunner(rt).run(job["id"]) is None  # a worker cannot claim it
     assert running_tasks() == before  # no ECS call changed anything
@@ -94,7 +100,8 @@ def test_a_job_does_nothing_until_a_second_person_approves(client, rt, people, s
     assert rt.redis.hlen(MSGS) == 1
     [ev] = events_of(rt, "approval.approve")
     assert ev["actor"] == "op@acme.test" and ev["job_id"] == job["id"] and ev["reason"] == "ok"
-    assert JobRunner(rt).run(job["id"]) == "succeeded"
+    outcome = JobRunner(rt, sleep=sim.advance, clock=sim.clock.now).run(job["id"])
+    assert outcome == "succeeded", rt.jobs.get(job["id"]).detail
     assert running_tasks().isdisjoint(before)
 
 
