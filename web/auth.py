@@ -1,8 +1,10 @@
 """Authentication: Flask-Login sessions for the browser, bearer tokens for scripts, local login."""
 from __future__ import annotations
 
+import json
 import secrets
 import time
+from typing import Mapping
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, redirect, render_template, request, session, url_for
@@ -111,6 +113,23 @@ def end_session() -> None:
     session.clear()
 
 
+def demo_logins(environ: Mapping[str, str]) -> list[dict[str, str]]:
+    """The one-click sign-in buttons of ``valetkey demo`` (which alone sets VALETKEY_DEMO_LOGINS); else none.
+
+    Each button POSTs the account's e-mail and password to the ordinary login
+    form, CSRF token included: the same check, audit entry and throttling.
+    """
+    try:
+        rows = json.loads(environ.get("VALETKEY_DEMO_LOGINS") or "[]")
+    except ValueError:
+        return []
+    keys = ("email", "password", "name", "roles")
+    if not isinstance(rows, list):
+        return []
+    return [{k: str(r.get(k, "")) for k in keys} for r in rows
+            if isinstance(r, dict) and r.get("email") and r.get("password")]
+
+
 @bp.get("/login")
 def login() -> str | WResponse:
     """The sign-in page (SSO button and/or the local form)."""
@@ -118,7 +137,8 @@ def login() -> str | WResponse:
         return redirect(safe_next(request.args.get("next")))
     rt = runtime()
     return render_template("login.html", next=safe_next(request.args.get("next")),
-                           local_login=rt.settings.local_login, sso=bool(rt.settings.saml_path), error=None)
+                           local_login=rt.settings.local_login, sso=bool(rt.settings.saml_path), error=None,
+                           demo_logins=demo_logins(rt.settings.environ) if rt.settings.local_login else [])
 
 
 @bp.post("/login")
@@ -136,7 +156,8 @@ def login_post() -> str | WResponse:
                                detail="local password" if user else "local password: wrong e-mail or password"))
     if user is None:
         return render_template("login.html", next=nxt, local_login=True, sso=bool(rt.settings.saml_path),
-                               error="Wrong e-mail or password."), 401  # type: ignore[return-value]
+                               error="Wrong e-mail or password.",
+                               demo_logins=demo_logins(rt.settings.environ)), 401  # type: ignore[return-value]
     start_session(user)
     return redirect(nxt)
 
