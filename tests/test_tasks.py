@@ -261,8 +261,17 @@ def expect_describe(s: Stubber, body: dict[str, Any], cluster: str = "stg") -> N
     s.add_response("describe_tasks", body, {"cluster": cluster, "tasks": [task_arn(cluster)]})
 
 
-def runner(rt: Any, ecs: Any, sleep: Callable[[float], None] = lambda s: None) -> JobRunner:
-    return JobRunner(rt, sleep=sleep, ecs_client=lambda env: ecs)
+def unreachable_logs() -> Any:
+    """A Logs client whose every call fails (a Stubber with nothing queued): output capture is best effort."""
+    logs = boto3.client("logs", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x",
+                        endpoint_url="https://logs.stub.invalid", config=Config(retries={"total_max_attempts": 1}))
+    Stubber(logs).activate()
+    return logs
+
+
+def runner(rt: Any, ecs: Any, sleep: Callable[[float], None] = lambda s: None, logs: Any = None) -> JobRunner:
+    logs = logs or unreachable_logs()
+    return JobRunner(rt, sleep=sleep, ecs_client=lambda env: ecs, logs_client=lambda env: logs)
 
 
 def test_redelivery_follows_the_started_task_instead_of_running_another(client, dev, rt, stub) -> None:

@@ -28,6 +28,7 @@ class JobContext:
     checkpoint: Callable[[dict[str, Any]], None]  # persist params (and params["before"]) to the job row
     sleep: Callable[[float], None]  # sleeps and heartbeats the job
     ecs_client: Callable[[Environment], Any]
+    logs_client: Callable[[Environment], Any] | None = None  # CloudWatch Logs (a one-off task's output)
 
     @property
     def reason(self) -> str:

@@ -38,10 +38,12 @@ class LeaseLost(Exception):
 
 class JobRunner:
     def __init__(self, rt: Runtime, *, sleep: Callable[[float], None] = time.sleep,
-                 ecs_client: Callable[[Environment], Any] | None = None) -> None:
+                 ecs_client: Callable[[Environment], Any] | None = None,
+                 logs_client: Callable[[Environment], Any] | None = None) -> None:
         self.rt = rt
         self._sleep = sleep
         self._ecs_client = ecs_client or rt.aws.ecs
+        self._logs_client = logs_client or rt.aws.logs
 
     def run(self, job_id: str, retries: int = 0, max_retries: int = 3) -> str | None:
         """Run the job; returns its final status, or None if it was not ours to run."""
@@ -125,5 +127,6 @@ class JobRunner:
             self._sleep(seconds)
 
         ctx = JobContext(settings=self.rt.settings, job=job, env=env, params=params, progress=progress,
-                         checkpoint=checkpoint, sleep=sleep, ecs_client=self._ecs_client)
+                         checkpoint=checkpoint, sleep=sleep, ecs_client=self._ecs_client,
+                         logs_client=self._logs_client)
         return OPERATIONS[job.action][1](ctx)
