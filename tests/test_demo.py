@@ -28,7 +28,6 @@ from scope.catalog import load_catalog
 from scope.errors import ValetKeyError
 from scope.schedule_windows import parse_schedule
 from tests.conftest import free_port
-from tests.sim.conftest import sim  # noqa: F401 - the simulator fixture, shared with tests/sim
 from valetkey import demo, demo_seed
 
 START_TIMEOUT = 120.0  # generous: a cold start imports moto, boto3, Flask and gunicorn
@@ -66,7 +65,7 @@ def messages(group: str, region: str = "us-east-1", stream_prefix: str | None = 
 
 
 @pytest.fixture
-def seeded(aws: str, sim: Simulator) -> list[demo_seed.SeededEnvironment]:  # noqa: F811
+def seeded(aws: str, sim: Simulator) -> list[demo_seed.SeededEnvironment]:
     return demo_seed.seed_aws(aws, sim)
 
 
@@ -80,7 +79,7 @@ class FakeClock:
 
 # ---- seeding ------------------------------------------------------------------------------
 def test_seeded_services_get_their_tasks_from_the_simulated_scheduler(
-        sim: Simulator, seeded: list[demo_seed.SeededEnvironment]) -> None:  # noqa: F811
+        sim: Simulator, seeded: list[demo_seed.SeededEnvironment]) -> None:
     assert [s.spec.name for s in seeded] == ["staging", "qa-eu", "prod"]
     # CreateService only: nothing runs yet; the scheduler starts the tasks as time passes.
     assert running("staging") == []
@@ -102,7 +101,7 @@ def test_seeded_services_get_their_tasks_from_the_simulated_scheduler(
             assert c.describe_task_definition(taskDefinition=fam)["taskDefinition"]["family"] == fam
 
 
-def test_pdf_renderer_crash_loops_with_exit_137(sim: Simulator, seeded: list[demo_seed.SeededEnvironment]) -> None:  # noqa: F811
+def test_pdf_renderer_crash_loops_with_exit_137(sim: Simulator, seeded: list[demo_seed.SeededEnvironment]) -> None:
     sim.advance(90)
     crashed = [t for t in tasks_of("staging") if t["group"] == "service:pdf-renderer" and t["lastStatus"] == "STOPPED"]
     assert len(crashed) >= 2
@@ -118,7 +117,7 @@ def test_web_frontend_has_an_autoscaling_target(seeded: list[demo_seed.SeededEnv
     assert [(t["ResourceId"], t["MinCapacity"]) for t in targets] == [("service/staging/web-frontend", 1)]
 
 
-def test_seeded_images_are_in_ecr_with_digests(sim: Simulator, seeded: list[demo_seed.SeededEnvironment]) -> None:  # noqa: F811
+def test_seeded_images_are_in_ecr_with_digests(sim: Simulator, seeded: list[demo_seed.SeededEnvironment]) -> None:
     images = boto3.client("ecr", region_name="us-east-1").describe_images(
         repositoryName="orders-api", imageIds=[{"imageTag": "main"}])["imageDetails"]
     assert len(images) == 1 and images[0]["imageDigest"].startswith("sha256:")
@@ -182,7 +181,7 @@ def test_seed_redis_writes_flushable_keys_idempotently(target_redis: redis_lib.R
 
 
 # ---- the log writer ------------------------------------------------------------------------------
-def test_new_service_tasks_log_their_start_up(aws: str, sim: Simulator,  # noqa: F811
+def test_new_service_tasks_log_their_start_up(aws: str, sim: Simulator,
                                              seeded: list[demo_seed.SeededEnvironment]) -> None:
     logs = demo_seed.DemoLogs(aws, sim, seeded[:1], clock=FakeClock())
     sim.advance(60)
@@ -202,7 +201,7 @@ def test_new_service_tasks_log_their_start_up(aws: str, sim: Simulator,  # noqa:
     assert any("SIGTERM" in m for m in stopped)
 
 
-def test_crashing_tasks_log_why_they_died(aws: str, sim: Simulator,  # noqa: F811
+def test_crashing_tasks_log_why_they_died(aws: str, sim: Simulator,
                                          seeded: list[demo_seed.SeededEnvironment]) -> None:
     logs = demo_seed.DemoLogs(aws, sim, seeded[:1], clock=FakeClock())
     for _ in range(60):
@@ -217,7 +216,7 @@ def test_crashing_tasks_log_why_they_died(aws: str, sim: Simulator,  # noqa: F81
     ("staging-orders-migrate", "INFO  migrate: connecting to the database", "migration(s) applied"),
     ("staging-backfill-invoices", "INFO  staging-backfill-invoices: started", "exiting with code 2"),
 ])
-def test_one_off_tasks_write_output_and_exit_as_set(aws: str, sim: Simulator,  # noqa: F811
+def test_one_off_tasks_write_output_and_exit_as_set(aws: str, sim: Simulator,
                                                     seeded: list[demo_seed.SeededEnvironment],
                                                     family: str, first: str, last: str) -> None:
     logs = demo_seed.DemoLogs(aws, sim, seeded[:1], clock=FakeClock())
@@ -233,7 +232,7 @@ def test_one_off_tasks_write_output_and_exit_as_set(aws: str, sim: Simulator,  #
     assert lines[0] == first and last in lines[-1]
 
 
-def test_running_services_get_fresh_lines(aws: str, sim: Simulator,  # noqa: F811
+def test_running_services_get_fresh_lines(aws: str, sim: Simulator,
                                          seeded: list[demo_seed.SeededEnvironment]) -> None:
     clock = FakeClock()
     sim.advance(60)
@@ -258,7 +257,7 @@ def test_running_services_get_fresh_lines(aws: str, sim: Simulator,  # noqa: F81
     assert fresh() > first
 
 
-def test_log_writer_survives_a_broken_endpoint(sim: Simulator) -> None:  # noqa: F811
+def test_log_writer_survives_a_broken_endpoint(sim: Simulator) -> None:
     logs = demo_seed.DemoLogs(f"http://127.0.0.1:{free_port()}", sim, [], interval=0.01)
     logs.start()
     logs.stop()  # nothing to do, nothing raised, the thread ends
