@@ -20,8 +20,9 @@ or FARGATE — never on a copied FARGATE_SPOT strategy, where a migration could
 be interrupted; ``task_capacity_provider`` in the catalog chooses a provider.
 
 When the task has stopped, the last lines (at most 50 lines / 8 KB) of each
-essential container's awslogs stream are added to the job's events (and to
-the outcome): only what the task printed, never its environment or secrets.
+essential container's awslogs stream are added to the job's events (shown on
+the job page): only what the task printed, never its environment or secrets,
+and never copied into the audit trail.
 """
 from __future__ import annotations
 
@@ -254,8 +255,10 @@ class OneOffTask:
             arn = self.start(family, params, client_token)
         started = float(params.get("started_epoch") or self.clock())
         task = self.wait_stopped(arn, started)
-        output = self.output(params)
-        return self.outcome(task, params, started, output)
+        # The output goes to the job's events only, never into the outcome's ``after``: that is copied
+        # into the audit trail, which is kept and exported, and a task prints whatever it likes.
+        self.output(params)
+        return self.outcome(task, params, started)
 
     def describe(self, arn: str) -> TaskTypeDef:
         resp = self._call("describing the task", lambda: self.ecs.describe_tasks(cluster=self.cluster, tasks=[arn]))
@@ -282,8 +285,7 @@ class OneOffTask:
                 raise OperationFailed(f"Timed out after {round(elapsed)}s ({status}); the task was stopped.")
             self.sleep(self.poll_interval)
 
-    def outcome(self, task: TaskTypeDef, params: dict[str, Any], started: float,
-                output: dict[str, list[str]] | None = None) -> Outcome:
+    def outcome(self, task: TaskTypeDef, params: dict[str, Any], started: float) -> Outcome:
         td_arn = str(params.get("task_definition") or task.get("taskDefinitionArn", ""))
         secs = _runtime_seconds(task, self.clock() - started)
         essential = set(params.get("essential") or [])
@@ -292,8 +294,6 @@ class OneOffTask:
         reason = (task.get("stoppedReason") or "").strip()
         after: dict[str, Any] = {"task": task_id(str(task.get("taskArn", ""))), "task_definition": short_td(td_arn),
                  "exit_code": None, "stopped_reason": reason[:MAX_REASON]}
-        if output:
-            after["output"] = output
         failing = next((c for c in containers if c.get("exitCode") not in (0, None)), None)
         if containers and failing is None and None not in codes:
             after["exit_code"] = 0
