@@ -8,6 +8,7 @@ reason, so start-up can stop with one line.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -19,7 +20,7 @@ from scope.schedule_windows import Schedule, ScheduleSyntaxError, parse_schedule
 CLASSES = ("staging", "prod")
 ENV_KEYS = {"class", "enabled", "region", "cluster", "role_arn", "external_id", "run_tasks",
             "webhook_secret_env", "schedule", "redis", "github", "network", "description",
-            "approval", "require_reason", "webhook_require_timestamp"}
+            "approval", "require_reason", "webhook_require_timestamp", "task_capacity_provider"}
 APPROVALS = ("none", "two-person")
 REDIS_KEYS = {"url_env", "max_keys"}
 GITHUB_KEYS = {"repository", "repository_owner_id", "ref", "environment", "job_workflow_ref"}
@@ -64,6 +65,8 @@ class Environment:
     github: Mapping[str, str] = field(default_factory=dict)
     network: NetworkConfig | None = None
     description: str = ""
+    # One-off tasks run on this capacity provider; unset: on-demand (launch type, never FARGATE_SPOT).
+    task_capacity_provider: str | None = None
     # HMAC webhooks must carry a signed Unix-seconds "timestamp" in the body (replay window of minutes).
     webhook_require_timestamp: bool = False
     approval: str = "none"  # "two-person": mutating jobs wait for a second person (docs/approvals.md)
@@ -221,7 +224,17 @@ class _Loader:
             webhook_secret_env=secret_env, schedule=schedule, redis=redis,
             github={gk: str(gv) for gk, gv in github.items()},
             network=self.network(k, body.get("network")), description=description,
-            webhook_require_timestamp=require_timestamp)
+            webhook_require_timestamp=require_timestamp,
+            task_capacity_provider=self.capacity_provider(k, body.get("task_capacity_provider")))
+
+    def capacity_provider(self, k: str, value: Any) -> str | None:
+        if value is None:
+            return None
+        # ECS: "up to 255 characters: letters (upper and lowercase), numbers, underscores and hyphens".
+        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,255}", value):
+            raise self.fail(f"{k}.task_capacity_provider", "must be a capacity provider name "
+                                                          "(letters, digits, _ and -)")
+        return value
 
     def redis_targets(self, k: str, table: Any) -> dict[str, RedisTarget]:
         if not isinstance(table, dict):

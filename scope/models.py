@@ -217,6 +217,8 @@ class ScheduledService(Base):
     desired: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(20))
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # The Application Auto Scaling MinCapacity lowered to 0 for the night (restored with the count).
+    min_capacity: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class SchedulePeriod(Base):

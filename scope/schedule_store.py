@@ -62,6 +62,7 @@ class Remembered:
     service: str
     desired: int
     state: str
+    min_capacity: int | None = None  # an autoscaling MinCapacity lowered to 0, to restore
 
 
 def _pause(row: SchedulePause) -> Pause:
@@ -176,10 +177,12 @@ class ScheduleStore:
     def remembered(self, environment: str) -> dict[str, Remembered]:
         rows = self._run("read", lambda s: list(s.scalars(
             select(ScheduledService).where(ScheduledService.environment == environment))))
-        return {r.service: Remembered(r.environment, r.service, r.desired, r.state) for r in rows}
+        return {r.service: Remembered(r.environment, r.service, r.desired, r.state, r.min_capacity) for r in rows}
 
-    def remember(self, environment: str, service: str, desired: int, state: str) -> Remembered:
-        """Insert or update the row of one service (the caller holds the environment's lock)."""
+    def remember(self, environment: str, service: str, desired: int, state: str,
+                 min_capacity: int | None = None) -> Remembered:
+        """Insert or update the row of one service (the caller holds the environment's lock);
+        a remembered ``min_capacity`` is kept unless a new one is given."""
         def write(s: Session) -> Remembered:
             row = s.scalar(select(ScheduledService).where(ScheduledService.environment == environment,
                                                           ScheduledService.service == service))
@@ -187,7 +190,9 @@ class ScheduleStore:
                 row = ScheduledService(environment=environment, service=service)
                 s.add(row)
             row.desired, row.state, row.updated_at = desired, state, self.clock()
-            return Remembered(environment, service, desired, state)
+            if min_capacity is not None:
+                row.min_capacity = min_capacity
+            return Remembered(environment, service, desired, state, row.min_capacity)
 
         return self._run("written", write)
 

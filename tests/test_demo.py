@@ -1,8 +1,10 @@
-"""``valetkey demo``: its seeding and moto-animating parts against a moto server, and the whole
-command as a subprocess (start, log in, act, stop on SIGINT/SIGTERM, nothing left behind)."""
+"""``valetkey demo``: its seeding and log writer against moto with the ECS simulator (on a fake clock),
+its one-click sign-in, and the whole command as a subprocess (ECS at real speed through the
+simulator, its own Redis, start, sign in, restart, a crash loop explained, stop, nothing left behind)."""
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
 import os
 import re
@@ -13,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -22,15 +23,16 @@ import pytest
 import redis as redis_lib
 import requests
 
+from ecssim import Simulator
 from scope.catalog import load_catalog
 from scope.errors import ValetKeyError
 from scope.schedule_windows import parse_schedule
 from tests.conftest import free_port
 from valetkey import demo, demo_seed
 
-DEMO_REDIS_URL = "redis://127.0.0.1:6379/11"
 START_TIMEOUT = 120.0  # generous: a cold start imports moto, boto3, Flask and gunicorn
 STOP_TIMEOUT = 25.0
+UP_TIMEOUT = 120.0  # real seconds for the simulated services to run their tasks (Fargate-like: 10-30 s each)
 
 
 # ---- helpers --------------------------------------------------------------------------------
@@ -38,37 +40,33 @@ def ecs(region: str = "us-east-1") -> Any:
     return boto3.client("ecs", region_name=region)
 
 
-def running(cluster: str, region: str = "us-east-1", client: Any = None) -> list[dict[str, Any]]:
+def tasks_of(cluster: str, region: str = "us-east-1", client: Any = None) -> list[dict[str, Any]]:
     c = client or ecs(region)
-    arns = c.list_tasks(cluster=cluster, desiredStatus="RUNNING")["taskArns"]
-    if not arns:
-        return []
-    return [t for t in c.describe_tasks(cluster=cluster, tasks=arns)["tasks"] if t["lastStatus"] == "RUNNING"]
+    arns = c.list_tasks(cluster=cluster)["taskArns"] + c.list_tasks(cluster=cluster, desiredStatus="STOPPED")["taskArns"]
+    return c.describe_tasks(cluster=cluster, tasks=arns)["tasks"] if arns else []
+
+
+def running(cluster: str, region: str = "us-east-1", client: Any = None) -> list[dict[str, Any]]:
+    return [t for t in tasks_of(cluster, region, client) if t["lastStatus"] == "RUNNING"
+            and t["desiredStatus"] == "RUNNING"]
 
 
 def in_group(tasks: list[dict[str, Any]], service: str) -> list[str]:
     return sorted(t["taskArn"] for t in tasks if t["group"] == f"service:{service}")
 
 
-def messages(group: str, region: str = "us-east-1", stream_prefix: str | None = None) -> list[str]:
+def messages(group: str, region: str = "us-east-1", stream_prefix: str | None = None,
+             endpoint: str | None = None) -> list[str]:
     kw = {"logStreamNamePrefix": stream_prefix} if stream_prefix else {}
-    events = boto3.client("logs", region_name=region).filter_log_events(logGroupName=group, **kw)["events"]
+    extra: dict[str, Any] = {"endpoint_url": endpoint, "aws_access_key_id": "demo",
+                             "aws_secret_access_key": "demo"} if endpoint else {}
+    events = boto3.client("logs", region_name=region, **extra).filter_log_events(logGroupName=group, **kw)["events"]
     return [e["message"] for e in events]
 
 
 @pytest.fixture
-def pinned(aws: str) -> Iterator[str]:
-    """moto with task states pinned as the demo pins them; unpinned afterwards (moto's state is global)."""
-    demo_seed.keep_tasks_in_state(aws)
-    yield aws
-    req = urllib.request.Request(f"{aws}/moto-api/state-manager/unset-transition", method="POST",
-                                 data=json.dumps({"model_name": "ecs::task"}).encode())
-    urllib.request.urlopen(req, timeout=10).read()
-
-
-@pytest.fixture
-def seeded(pinned: str) -> list[demo_seed.SeededEnvironment]:
-    return demo_seed.seed_aws(pinned)
+def seeded(aws: str, sim: Simulator) -> list[demo_seed.SeededEnvironment]:
+    return demo_seed.seed_aws(aws, sim)
 
 
 class FakeClock:
@@ -80,22 +78,49 @@ class FakeClock:
 
 
 # ---- seeding ------------------------------------------------------------------------------
-def test_seed_creates_services_with_running_tasks_and_awslogs(seeded: list[demo_seed.SeededEnvironment]) -> None:
+def test_seeded_services_get_their_tasks_from_the_simulated_scheduler(
+        sim: Simulator, seeded: list[demo_seed.SeededEnvironment]) -> None:
     assert [s.spec.name for s in seeded] == ["staging", "qa-eu", "prod"]
+    # CreateService only: nothing runs yet; the scheduler starts the tasks as time passes.
+    assert running("staging") == []
+    sim.advance(60)
     for s in seeded:
         c = ecs(s.spec.region)
         tasks = running(s.spec.cluster, s.spec.region)
         svcs = c.describe_services(cluster=s.spec.cluster, services=[v.name for v in s.spec.services])["services"]
         for svc, spec in zip(svcs, s.spec.services):
-            # desired, moto's runningCount and the RUNNING tasks in the group all agree
-            assert (svc["desiredCount"], svc["runningCount"]) == (spec.desired, spec.desired)
-            assert len(in_group(tasks, spec.name)) == spec.desired
             td = c.describe_task_definition(taskDefinition=svc["taskDefinition"])["taskDefinition"]
             opts = td["containerDefinitions"][0]["logConfiguration"]
-            assert opts["logDriver"] == "awslogs"
-            assert opts["options"]["awslogs-group"] == f"/ecs/{s.spec.name}-{spec.name}"
+            assert (opts["logDriver"], opts["options"]["awslogs-group"]) == ("awslogs", f"/ecs/{s.spec.name}-{spec.name}")
+            if spec.crash_after is not None:
+                continue
+            assert svc["desiredCount"] == spec.desired
+            assert len(in_group(tasks, spec.name)) == spec.desired, spec.name
+            assert svc["deployments"][0]["rolloutState"] == "COMPLETED"
         for fam in s.spec.run_task_families:
             assert c.describe_task_definition(taskDefinition=fam)["taskDefinition"]["family"] == fam
+
+
+def test_pdf_renderer_crash_loops_with_exit_137(sim: Simulator, seeded: list[demo_seed.SeededEnvironment]) -> None:
+    sim.advance(90)
+    crashed = [t for t in tasks_of("staging") if t["group"] == "service:pdf-renderer" and t["lastStatus"] == "STOPPED"]
+    assert len(crashed) >= 2
+    assert {t["stoppedReason"] for t in crashed} == {"Essential container in task exited"}
+    assert {t["containers"][0]["exitCode"] for t in crashed} == {137}
+    # and the scheduler keeps replacing them: a crash loop
+    assert len([t for t in tasks_of("staging") if t["group"] == "service:pdf-renderer"]) > 2
+
+
+def test_web_frontend_has_an_autoscaling_target(seeded: list[demo_seed.SeededEnvironment]) -> None:
+    targets = boto3.client("application-autoscaling", region_name="us-east-1").describe_scalable_targets(
+        ServiceNamespace="ecs")["ScalableTargets"]
+    assert [(t["ResourceId"], t["MinCapacity"]) for t in targets] == [("service/staging/web-frontend", 1)]
+
+
+def test_seeded_images_are_in_ecr_with_digests(sim: Simulator, seeded: list[demo_seed.SeededEnvironment]) -> None:
+    images = boto3.client("ecr", region_name="us-east-1").describe_images(
+        repositoryName="orders-api", imageIds=[{"imageTag": "main"}])["imageDetails"]
+    assert len(images) == 1 and images[0]["imageDigest"].startswith("sha256:")
 
 
 def test_seeded_logs_have_realistic_lines_with_some_errors(seeded: list[demo_seed.SeededEnvironment]) -> None:
@@ -155,76 +180,64 @@ def test_seed_redis_writes_flushable_keys_idempotently(target_redis: redis_lib.R
     assert target_redis.dbsize() == n  # a second demo start rewrites the same keys
 
 
-# ---- the animator -----------------------------------------------------------------------------
-def test_pinned_tasks_stay_running_when_described(seeded: list[demo_seed.SeededEnvironment]) -> None:
-    before = in_group(running("staging"), "orders-api")
-    for _ in range(3):
-        assert in_group(running("staging"), "orders-api") == before
-
-
-def test_animator_replaces_stopped_service_tasks(aws: str, seeded: list[demo_seed.SeededEnvironment]) -> None:
-    anim = demo_seed.MotoAnimator(aws, seeded[:1])
-    anim.tick()  # first pass only learns the deployments
+# ---- the log writer ------------------------------------------------------------------------------
+def test_new_service_tasks_log_their_start_up(aws: str, sim: Simulator,
+                                             seeded: list[demo_seed.SeededEnvironment]) -> None:
+    logs = demo_seed.DemoLogs(aws, sim, seeded[:1], clock=FakeClock())
+    sim.advance(60)
+    logs.tick()
     old = in_group(running("staging"), "orders-api")
+    assert len(old) == 2
+    for arn in old:
+        assert any("listening" in m for m in messages("/ecs/staging-orders-api", stream_prefix=demo_seed.stream_of(arn)))
     ecs().stop_task(cluster="staging", task=old[0], reason="restart")
-    assert len(in_group(running("staging"), "orders-api")) == 1
-    anim.tick()
+    sim.advance(60)  # the scheduler replaces it once it is STOPPED
+    logs.tick()
     now = in_group(running("staging"), "orders-api")
-    assert len(now) == 2 and old[0] not in now and old[1] in now
-    new = next(a for a in now if a not in old)
-    started = messages("/ecs/staging-orders-api", stream_prefix=demo_seed.stream_of(new))
-    assert any("listening" in m for m in started)  # a replacement logs its start-up
+    new = [a for a in now if a not in old]
+    assert len(now) == 2 and len(new) == 1
+    assert any("listening" in m for m in messages("/ecs/staging-orders-api", stream_prefix=demo_seed.stream_of(new[0])))
+    stopped = messages("/ecs/staging-orders-api", stream_prefix=demo_seed.stream_of(old[0]))
+    assert any("SIGTERM" in m for m in stopped)
 
 
-def test_animator_follows_desired_count_down_and_up(aws: str, seeded: list[demo_seed.SeededEnvironment]) -> None:
-    anim = demo_seed.MotoAnimator(aws, seeded[:1])
-    ecs().update_service(cluster="staging", service="payments-api", desiredCount=0)
-    anim.tick()
-    assert in_group(running("staging"), "payments-api") == []
-    ecs().update_service(cluster="staging", service="payments-api", desiredCount=3)
-    anim.tick()
-    assert len(in_group(running("staging"), "payments-api")) == 3
+def test_crashing_tasks_log_why_they_died(aws: str, sim: Simulator,
+                                         seeded: list[demo_seed.SeededEnvironment]) -> None:
+    logs = demo_seed.DemoLogs(aws, sim, seeded[:1], clock=FakeClock())
+    for _ in range(60):
+        sim.advance(1)
+        logs.tick()
+    lines = messages("/ecs/staging-pdf-renderer")
+    assert any("OutOfMemoryError" in m for m in lines)
+    assert any("exit code 137" in m for m in lines)
 
 
-def test_animator_rolls_tasks_on_a_new_deployment(aws: str, seeded: list[demo_seed.SeededEnvironment]) -> None:
-    anim = demo_seed.MotoAnimator(aws, seeded[:1])
-    anim.tick()
-    old = in_group(running("staging"), "web-frontend")
-    ecs().update_service(cluster="staging", service="web-frontend", forceNewDeployment=True)
-    anim.tick()
-    new = in_group(running("staging"), "web-frontend")
-    assert len(new) == 2 and not set(new) & set(old)
-    stopped = ecs().describe_tasks(cluster="staging", tasks=old)["tasks"]
-    assert {t["lastStatus"] for t in stopped} == {"STOPPED"}
-    assert all("replaced" in t["stoppedReason"] for t in stopped)
-
-
-def test_animator_lets_one_off_tasks_exit_zero_after_a_while(aws: str, seeded: list[demo_seed.SeededEnvironment]) -> None:
-    clock = FakeClock()
-    anim = demo_seed.MotoAnimator(aws, seeded[:1], clock=clock, one_off_seconds=8)
-    s = seeded[0]
-    arn = ecs().run_task(cluster="staging", taskDefinition="staging-orders-migrate", launchType="FARGATE",
-                         networkConfiguration=s.network, startedBy="valetkey/job1")["tasks"][0]["taskArn"]
-    anim.tick()
-    clock.now += 7
-    anim.tick()
-    task = ecs().describe_tasks(cluster="staging", tasks=[arn])["tasks"][0]
-    assert task["lastStatus"] == "RUNNING"  # still "running" its migrations
-    clock.now += 2
-    anim.tick()
+@pytest.mark.parametrize(("family", "first", "last"), [
+    ("staging-orders-migrate", "INFO  migrate: connecting to the database", "migration(s) applied"),
+    ("staging-backfill-invoices", "INFO  staging-backfill-invoices: started", "exiting with code 2"),
+])
+def test_one_off_tasks_write_output_and_exit_as_set(aws: str, sim: Simulator,
+                                                    seeded: list[demo_seed.SeededEnvironment],
+                                                    family: str, first: str, last: str) -> None:
+    logs = demo_seed.DemoLogs(aws, sim, seeded[:1], clock=FakeClock())
+    arn = ecs().run_task(cluster="staging", taskDefinition=family, launchType="FARGATE",
+                         networkConfiguration=seeded[0].network, startedBy="valetkey/job1")["tasks"][0]["taskArn"]
+    for _ in range(60):
+        sim.advance(1)
+        logs.tick()
     task = ecs().describe_tasks(cluster="staging", tasks=[arn])["tasks"][0]
     assert task["lastStatus"] == "STOPPED"
-    assert task["containers"][0]["exitCode"] == 0
-    assert task["stoppedReason"] == "Essential container in task exited"
-    lines = messages("/ecs/staging-orders-migrate", stream_prefix=demo_seed.stream_of(arn))
-    assert lines[0] == "INFO  migrate: connecting to the database" and "applied" in lines[-1]
-    # service tasks were left alone meanwhile
-    assert len(in_group(running("staging"), "orders-api")) == 2
+    assert task["containers"][0]["exitCode"] == (2 if "backfill" in family else 0)
+    lines = messages(f"/ecs/{family}", stream_prefix=demo_seed.stream_of(arn))
+    assert lines[0] == first and last in lines[-1]
 
 
-def test_animator_appends_fresh_log_lines(aws: str, seeded: list[demo_seed.SeededEnvironment]) -> None:
+def test_running_services_get_fresh_lines(aws: str, sim: Simulator,
+                                         seeded: list[demo_seed.SeededEnvironment]) -> None:
     clock = FakeClock()
-    anim = demo_seed.MotoAnimator(aws, seeded[:2], clock=clock, log_every=3)
+    sim.advance(60)
+    logs = demo_seed.DemoLogs(aws, sim, seeded[:2], clock=clock, log_every=3)
+    logs.tick()  # start-up lines of every task, and a first burst
     since = int(time.time() * 1000)
 
     def fresh() -> int:
@@ -236,21 +249,75 @@ def test_animator_appends_fresh_log_lines(aws: str, seeded: list[demo_seed.Seede
                                               startTime=since)["events"])
         return n
 
-    anim.tick()
     first = fresh()
-    assert first >= 1
-    anim.tick()  # within log_every: nothing new
+    logs.tick()  # within log_every: nothing new
     assert fresh() == first
     clock.now += 3
-    anim.tick()
+    logs.tick()
     assert fresh() > first
 
 
-def test_animator_survives_a_broken_endpoint() -> None:
-    anim = demo_seed.MotoAnimator(f"http://127.0.0.1:{free_port()}", [], interval=0.01)
-    anim.start()
-    anim.stop()  # nothing to do, nothing raised, the thread ends
-    assert anim._thread is not None and not anim._thread.is_alive()
+def test_log_writer_survives_a_broken_endpoint(sim: Simulator) -> None:
+    logs = demo_seed.DemoLogs(f"http://127.0.0.1:{free_port()}", sim, [], interval=0.01)
+    logs.start()
+    logs.stop()  # nothing to do, nothing raised, the thread ends
+    assert logs._thread is not None and not logs._thread.is_alive()
+
+
+# ---- one-click sign-in ------------------------------------------------------------------------------
+DEMO_ACCOUNTS = [{"email": "dev@acme.test", "password": "correct-horse-battery", "name": "Dana Developer",
+                  "roles": "developer in staging"}]
+
+
+def _buttons(page: str) -> list[dict[str, str]]:
+    forms = re.findall(r'<form method="post" action="/login">(.*?)</form>', page, re.S)
+    out = []
+    for f in forms:
+        fields = {k: html.unescape(v) for k, v in re.findall(r'name="([a-z_]+)" value="([^"]*)"', f)}
+        if "password" in fields:
+            out.append(fields)
+    return out
+
+
+def test_login_page_has_no_demo_buttons_outside_the_demo(client: Any) -> None:
+    page = client.get("/login").get_data(as_text=True)
+    assert "one click" not in page and _buttons(page) == []
+
+
+@pytest.fixture
+def demo_environ(environ: dict[str, str]) -> dict[str, str]:
+    return {**environ, "VALETKEY_DEMO_LOGINS": json.dumps(DEMO_ACCOUNTS)}
+
+
+def test_demo_buttons_post_the_demo_credentials_with_csrf(demo_environ: dict[str, str]) -> None:
+    from scope.settings import Settings
+    from web import create_app
+    from wiring.runtime import Runtime
+
+    rt = Runtime.from_settings(Settings.from_env(demo_environ))
+    try:
+        rt.users.add_user("dev@acme.test", "Dana", "correct-horse-battery")
+        client = create_app({"TESTING": True}, runtime=rt).test_client()
+        page = client.get("/login").get_data(as_text=True)
+        [button] = _buttons(page)
+        assert "Dana Developer" in page and "developer in staging" in page
+        assert button["email"] == "dev@acme.test" and button["csrf_token"]
+        r = client.post("/login", data=button)
+        assert r.status_code == 302
+        assert client.get("/api/v1/environments").status_code == 200
+        # The button is the ordinary login form: without its CSRF token it is refused.
+        other = create_app({"TESTING": True}, runtime=rt).test_client()
+        other.get("/login")
+        refused = other.post("/login", data={k: v for k, v in button.items() if k != "csrf_token"})
+        assert refused.status_code in (400, 403)
+    finally:
+        rt.close()
+
+
+def test_demo_logins_are_what_the_demo_prints() -> None:
+    rows = json.loads(demo.demo_logins({a.email: f"pw-{a.email}" for a in demo.ACCOUNTS}))
+    assert [r["email"] for r in rows] == [a.email for a in demo.ACCOUNTS]
+    assert all(r["password"] == f"pw-{r['email']}" for r in rows)
 
 
 # ---- small helpers of the command ---------------------------------------------------------------
@@ -281,8 +348,13 @@ def _redis_answers(url: str) -> bool:
         return False
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
 def _clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VALETKEY_", "AWS_"))}
+    # The code under test, not whatever checkout the interpreter has installed: the demo runs in tmp_path.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env.update(extra)
     return env
 
@@ -398,26 +470,43 @@ def login(base: str, email: str, password: str) -> tuple[requests.Session, reque
     return s, r
 
 
-@pytest.mark.skipif(not _redis_answers(DEMO_REDIS_URL) and not shutil.which("redis-server"),
-                    reason="needs a Redis at 127.0.0.1:6379 or redis-server on PATH")
-def test_demo_runs_the_whole_system_and_stops_on_sigint(demo_proc: Callable[..., DemoProcess]) -> None:
-    if _redis_answers(DEMO_REDIS_URL):
-        # Two demos on one Redis database take each other's job messages: a concurrent
-        # run of this test (another checkout, another engineer) waits for this one.
-        r = redis_lib.Redis.from_url(DEMO_REDIS_URL)
-        lock = r.lock("test-demo:lock", timeout=START_TIMEOUT + 180, blocking_timeout=START_TIMEOUT + 240)
-        assert lock.acquire(), "another run of this test held the demo's Redis database too long"
-        d = demo_proc(VALETKEY_REDIS_URL=DEMO_REDIS_URL)
-        try:
-            _whole_system(d)
-        finally:
-            d.kill()  # before the next run may start
-            lock.release()
-    else:
-        _whole_system(demo_proc(VALETKEY_REDIS_URL=DEMO_REDIS_URL))
+def wait_job(base: str, url: str, token: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        body: dict[str, Any] = requests.get(f"{base}{url}", headers={"Authorization": f"Bearer {token}"},
+                                            timeout=10).json()
+        if body["status"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
+            return body
+        time.sleep(1)
 
 
-def _whole_system(d: DemoProcess) -> None:
+@pytest.fixture
+def sentinel_redis(tmp_path: Path) -> Iterator[str]:
+    """A Redis that belongs to "the user": the demo is pointed at it and must not write a key into it."""
+    exe = shutil.which("redis-server")
+    assert exe
+    port = free_port()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while not _redis_answers(url):
+        assert time.monotonic() < deadline, "the sentinel redis-server did not start"
+        time.sleep(0.05)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def _keys_everywhere(url: str) -> dict[str, int]:
+    info = redis_lib.Redis.from_url(url).info("keyspace")
+    return {db: int(v["keys"]) for db, v in info.items()}
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server on PATH")
+def test_demo_runs_the_whole_system_and_stops_on_sigint(demo_proc: Callable[..., DemoProcess],
+                                                        sentinel_redis: str) -> None:
+    d = demo_proc(VALETKEY_REDIS_URL=sentinel_redis)
     out = d.wait_ready()
     assert f"Valet Key demo is ready: {d.base}" in out
     pw = d.passwords()
@@ -427,46 +516,84 @@ def _whole_system(d: DemoProcess) -> None:
     assert (workdir / "demo.db").exists() and (workdir / "environments.toml").exists()
     assert requests.get(f"{d.base}/healthz", timeout=5).status_code == 200
 
-    # a wrong password is refused; the right one signs in
+    # Its own Redis: a private redis-server on another port holds the demo's keys.
+    own_port = int(grab(r"started redis-server on 127\.0\.0\.1:(\d+)", out))
+    assert own_port not in (6379, int(sentinel_redis.rsplit(":", 1)[1].split("/")[0]))
+    own = f"redis://127.0.0.1:{own_port}/0"
+    assert len(list(redis_lib.Redis(port=own_port, db=1).scan_iter("session:*"))) == 40  # staging's target
+    assert requests.get(f"{d.base}/readyz", timeout=5).status_code == 200
+
+    # One-click sign-in: the login page's buttons post the demo credentials through the real form.
+    s = requests.Session()
+    page = s.get(f"{d.base}/login", timeout=10).text
+    buttons = {b["email"]: b for b in _buttons(page)}
+    assert set(buttons) == set(pw) and buttons["ops@demo.test"]["password"] == pw["ops@demo.test"]
+    r = s.post(f"{d.base}/login", data=buttons["ops@demo.test"], allow_redirects=False, timeout=10)
+    assert r.status_code in (302, 303), r.text[:300]
+    assert [e["name"] for e in s.get(f"{d.base}/api/v1/environments", timeout=10).json()["environments"]] == ["staging"]
+
+    # A wrong password is refused; the right one signs in; prod does not exist for a developer.
     _, bad = login(d.base, "dev@demo.test", "not-the-password")
     assert bad.status_code == 401
     dev, r = login(d.base, "dev@demo.test", pw["dev@demo.test"])
     assert r.status_code in (302, 303), r.text[:300]
     envs = dev.get(f"{d.base}/api/v1/environments", timeout=10).json()["environments"]
-    assert sorted(e["name"] for e in envs) == ["qa-eu", "staging"]  # prod does not exist for a developer
+    assert sorted(e["name"] for e in envs) == ["qa-eu", "staging"]
     admin, _ = login(d.base, "admin@demo.test", pw["admin@demo.test"])
     prod = [e for e in admin.get(f"{d.base}/api/v1/environments", timeout=10).json()["environments"]
             if e["name"] == "prod"]
     assert len(prod) == 1 and prod[0]["enabled"] is False
-    staging = dev.get(f"{d.base}/api/v1/environments/staging", timeout=10).json()
-    assert {s["name"] for s in staging["services"]} >= {"orders-api", "payments-api"}
 
-    # a restart goes through web -> worker -> moto, and the demo brings the tasks back afterwards
     token = grab(r"^\s+dev@demo\.test\s+(vk_\S+)$", out)
+    auth = {"Authorization": f"Bearer {token}"}
     moto_url = grab(r"AWS stand-in \(moto\): (\S+)", out)
     moto_ecs = boto3.client("ecs", endpoint_url=moto_url, region_name="us-east-1",
                             aws_access_key_id="demo", aws_secret_access_key="demo")
-    before = in_group(running("staging", client=moto_ecs), "orders-api")
-    assert len(before) == 2
-    job = requests.post(f"{d.base}/api/v1/environments/staging/services/orders-api/restart",
-                        headers={"Authorization": f"Bearer {token}"}, timeout=10)
-    assert job.status_code == 202, job.text
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        body = requests.get(f"{d.base}{job.json()['url']}", headers={"Authorization": f"Bearer {token}"},
-                            timeout=10).json()
-        if body["status"] in ("succeeded", "failed"):
-            break
-        time.sleep(0.5)
-    assert body["status"] == "succeeded", body
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        after = in_group(running("staging", client=moto_ecs), "orders-api")
-        if len(after) == 2:
-            break
-        time.sleep(0.5)
-    assert len(after) == 2 and not set(after) & set(before)
 
+    # The simulated scheduler brings the services up in real seconds, not at once.
+    deadline = time.monotonic() + UP_TIMEOUT
+    while len(before := in_group(running("staging", client=moto_ecs), "orders-api")) < 2:
+        assert time.monotonic() < deadline, "orders-api never ran its 2 tasks"
+        time.sleep(1)
+
+    # The crash-looping service: a redeploy fails, and says why.
+    crash = requests.post(f"{d.base}/api/v1/environments/staging/services/pdf-renderer/redeploy",
+                          headers=auth, timeout=10)
+    assert crash.status_code == 202, crash.text
+    # A one-off task that exits 2: the job fails with the exit code and the reason.
+    task = requests.post(f"{d.base}/api/v1/environments/staging/tasks", headers=auth,
+                         json={"task_definition": "staging-backfill-invoices"}, timeout=10)
+    assert task.status_code == 202, task.text
+
+    # A restart goes web -> worker -> simulated ECS; replacements take real seconds to come up.
+    t0 = time.monotonic()
+    job = requests.post(f"{d.base}/api/v1/environments/staging/services/orders-api/restart", headers=auth, timeout=10)
+    assert job.status_code == 202, job.text
+    body = wait_job(d.base, job.json()["url"], token, 240)
+    assert body["status"] == "succeeded", body
+    assert "HEALTHY after" in body["detail"], body
+    deadline = time.monotonic() + 90
+    while True:
+        after = in_group(running("staging", client=moto_ecs), "orders-api")
+        if len(after) == 2 and not set(after) & set(before):
+            break
+        assert time.monotonic() < deadline, (before, after)
+        time.sleep(1)
+    assert time.monotonic() - t0 >= 10  # tens of seconds, as on Fargate; never instant
+    # ... and the new tasks' CloudWatch streams got their lines (Logs works for them).
+    deadline = time.monotonic() + 15
+    while not all(messages("/ecs/staging-orders-api", stream_prefix=demo_seed.stream_of(a), endpoint=moto_url)
+                  for a in after):
+        assert time.monotonic() < deadline, "no log lines for the replacement tasks"
+        time.sleep(1)
+
+    tbody = wait_job(d.base, task.json()["url"], token, 120)
+    assert tbody["status"] == "failed" and "exit 2" in tbody["detail"], tbody
+    cbody = wait_job(d.base, crash.json()["url"], token, 300)
+    assert cbody["status"] == "failed", cbody
+    assert "circuit breaker" in cbody["detail"], cbody
+
+    kids = _descendants(d.proc.pid)
     rc, left = d.stop(signal.SIGINT)
     assert rc == 0, d.err.read_text(errors="replace")[-2000:]
     assert left == []
@@ -474,21 +601,10 @@ def _whole_system(d: DemoProcess) -> None:
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{d.base}/healthz", timeout=2)
     assert not workdir.exists()
-
-
-@pytest.mark.skipif(not shutil.which("redis-server"), reason="needs redis-server on PATH")
-def test_demo_starts_its_own_redis_when_none_answers_and_stops_it_on_sigterm(
-        demo_proc: Callable[..., DemoProcess]) -> None:
-    d = demo_proc(VALETKEY_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
-    out = d.wait_ready()
-    port = int(grab(r"started redis-server on 127\.0\.0\.1:(\d+)", out))
-    own, target = f"redis://127.0.0.1:{port}/0", redis_lib.Redis(port=port, db=1)
-    assert len(list(target.scan_iter("session:*"))) == 40  # the staging target holds demo keys
-    assert requests.get(f"{d.base}/readyz", timeout=5).status_code == 200
-    rc, left = d.stop(signal.SIGTERM)
-    assert rc == 0
-    assert left == []
-    assert not _redis_answers(own)
+    assert not _redis_answers(own)  # its own Redis stopped with it
+    assert kids
+    # The Redis it was pointed at (VALETKEY_REDIS_URL) was never written to.
+    assert _keys_everywhere(sentinel_redis) == {}
 
 
 def test_demo_refuses_a_taken_port_in_one_line(tmp_path: Path) -> None:
@@ -502,15 +618,17 @@ def test_demo_refuses_a_taken_port_in_one_line(tmp_path: Path) -> None:
     assert r.stderr.strip() == f"valetkey: port {port} is already in use; choose another with --port"
 
 
-def test_demo_without_any_redis_says_how_to_install_one(tmp_path: Path) -> None:
+def test_demo_without_redis_server_says_how_to_install_it(tmp_path: Path) -> None:
     workdirs = set(Path(tempfile.gettempdir()).glob("valetkey-demo-*"))
     empty = tmp_path / "bin"
     empty.mkdir()
+    # Even with a Redis answering at VALETKEY_REDIS_URL the demo wants its own.
     r = subprocess.run([sys.executable, "-m", "valetkey.cli", "demo", "--port", str(free_port())], cwd=tmp_path,
-                       env=_clean_env(PATH=str(empty), VALETKEY_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"),
+                       env=_clean_env(PATH=str(empty), VALETKEY_REDIS_URL="redis://127.0.0.1:6379/0"),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr
+    assert "redis-server is not on PATH" in lines[0]
     assert "apt-get install redis-server" in lines[0] and "brew install redis" in lines[0]
     assert set(Path(tempfile.gettempdir()).glob("valetkey-demo-*")) <= workdirs  # nothing left behind

@@ -475,3 +475,91 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20.0) ->
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+# ---- on the ECS simulator: Application Auto Scaling and the UpdateService budget --------------------
+def _aas() -> Any:
+    return boto("application-autoscaling")
+
+
+def _min_capacity(service: str, cluster: str = "night") -> int | None:
+    found = _aas().describe_scalable_targets(ServiceNamespace="ecs", ResourceIds=[f"service/{cluster}/{service}"],
+                                             ScalableDimension="ecs:service:DesiredCount")["ScalableTargets"]
+    return found[0]["MinCapacity"] if found else None
+
+
+def _sim_night(sim: Any, *specs: Any) -> None:
+    from ecssim.seed import seed as sim_seed
+
+    sim_seed(sim, "night", list(specs))
+
+
+def _on_sim(rt: Runtime, sim: Any) -> Reconciler:
+    return Reconciler.from_runtime(rt, sleep=sim.advance, timer=sim.clock.now)
+
+
+def test_sim_autoscaling_undoes_a_plain_scale_to_zero(sim) -> None:
+    """The hazard itself (aws-facts A6): MinCapacity 1 puts a desiredCount of 0 back."""
+    from ecssim.seed import ServiceSpec
+
+    _sim_night(sim, ServiceSpec("api", desired=2, min_capacity=1, max_capacity=4))
+    boto("ecs").update_service(cluster="night", service="api", desiredCount=0)
+    sim.advance(sim.timings.autoscaling_delay + 5)
+    assert desired("night") == {"api": 1}
+
+
+def test_sim_min_capacity_is_lowered_for_the_night_and_restored(rt, sim) -> None:
+    from ecssim.seed import ServiceSpec
+
+    _sim_night(sim, ServiceSpec("api", desired=2, min_capacity=1, max_capacity=4), ServiceSpec("worker", desired=3))
+    rec = _on_sim(rt, sim)
+    changes = rec.reconcile_all(MON_DOWN)
+    assert {(c.service, c.before, c.after) for c in changes} == {("api", 2, 0), ("worker", 3, 0)}
+    sim.advance(sim.timings.autoscaling_delay * 4)
+    assert desired("night") == {"api": 0, "worker": 0}  # it stays down: nothing pushed it back
+    assert _min_capacity("api") == 0 and _min_capacity("worker") is None
+    with rt.sessions() as s:
+        assert {r.service: r.min_capacity for r in s.scalars(select(ScheduledService))} == {"api": 1, "worker": None}
+    [api_down] = [e for e in scheduler_entries(rt) if e["target"] == "api"]
+    assert api_down["before"] == {"desired": 2, "min_capacity": 1} and api_down["after"] == {"desired": 0, "min_capacity": 0}
+    assert "MinCapacity was lowered from 1 to 0" in api_down["detail"]
+
+    assert rec.reconcile_all(MON_DOWN + dt.timedelta(minutes=1)) == []  # idempotent at night
+    changes = rec.reconcile_all(TUE_UP)
+    assert {(c.service, c.after) for c in changes} == {("api", 2), ("worker", 3)}
+    assert _min_capacity("api") == 1
+    sim.advance(sim.timings.autoscaling_delay * 4)
+    assert desired("night") == {"api": 2, "worker": 3}
+    api_up = [e for e in scheduler_entries(rt) if e["target"] == "api" and e["action"] == "schedule.resume"]
+    assert api_up[0]["after"] == {"desired": 2, "min_capacity": 1} and "MinCapacity is back to 1" in api_up[0]["detail"]
+    assert rows(rt) == {}
+
+
+def test_sim_a_min_capacity_changed_during_the_night_is_left_alone(rt, sim) -> None:
+    from ecssim.seed import ServiceSpec
+
+    _sim_night(sim, ServiceSpec("api", desired=2, min_capacity=1, max_capacity=4))
+    rec = _on_sim(rt, sim)
+    rec.reconcile_all(MON_DOWN)
+    _aas().register_scalable_target(ServiceNamespace="ecs", ResourceId="service/night/api",
+                                    ScalableDimension="ecs:service:DesiredCount", MinCapacity=3)
+    sim.advance(sim.timings.autoscaling_delay + 5)  # autoscaling raises it to 3 at once: someone's choice
+    rec.reconcile_all(TUE_UP)
+    assert _min_capacity("api") == 3
+    sim.advance(sim.timings.autoscaling_delay + 5)
+    assert desired("night") == {"api": 3}
+    assert rows(rt) == {}
+
+
+def test_sim_update_service_calls_are_spaced(rt, sim) -> None:
+    from ecssim.seed import ServiceSpec
+
+    _sim_night(sim, *(ServiceSpec(f"svc{i}", desired=1) for i in range(8)))
+    t0 = sim.clock.now()
+    changes = _on_sim(rt, sim).reconcile_all(MON_DOWN)
+    assert len(changes) == 8
+    times = [c.time for c in sim.calls.of("UpdateService")]
+    assert len(times) == 8
+    assert all(b - a >= 0.5 - 1e-9 for a, b in zip(times, times[1:]))
+    assert sim.calls.max_per_second("UpdateService") <= 2
+    assert times[-1] - t0 >= 3.5  # spread over seconds, not one burst

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import re
 import time
 from typing import Any, Callable, Iterator
@@ -13,6 +14,7 @@ from botocore.config import Config
 from botocore.stub import ANY, Stubber
 
 from tests.conftest import ACCOUNT, PASSWORD, REGION, SECRET_VALUE, audit_events, boto, seed_cluster
+from tests.sim.conftest import NO_RETRY
 from workers.runner import JobRunner, Retry
 
 TASKS_URL = "/api/v1/environments/{env}/tasks"
@@ -261,8 +263,17 @@ def expect_describe(s: Stubber, body: dict[str, Any], cluster: str = "stg") -> N
     s.add_response("describe_tasks", body, {"cluster": cluster, "tasks": [task_arn(cluster)]})
 
 
-def runner(rt: Any, ecs: Any, sleep: Callable[[float], None] = lambda s: None) -> JobRunner:
-    return JobRunner(rt, sleep=sleep, ecs_client=lambda env: ecs)
+def unreachable_logs() -> Any:
+    """A Logs client whose every call fails (a Stubber with nothing queued): output capture is best effort."""
+    logs = boto3.client("logs", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x",
+                        endpoint_url="https://logs.stub.invalid", config=Config(retries={"total_max_attempts": 1}))
+    Stubber(logs).activate()
+    return logs
+
+
+def runner(rt: Any, ecs: Any, sleep: Callable[[float], None] = lambda s: None, logs: Any = None) -> JobRunner:
+    logs = logs or unreachable_logs()
+    return JobRunner(rt, sleep=sleep, ecs_client=lambda env: ecs, logs_client=lambda env: logs)
 
 
 def test_redelivery_follows_the_started_task_instead_of_running_another(client, dev, rt, stub) -> None:
@@ -411,3 +422,194 @@ def test_viewer_page_has_no_run_form(client, make_user, aws) -> None:
     _login(client, "view@acme.test")
     html = client.get("/environments/staging").get_data(as_text=True)
     assert "staging-migrate" in html and 'action="/environments/staging/tasks"' not in html
+
+
+# ---- on the ECS simulator: idempotency, exit codes, output ---------------------------------------
+def _sim_world(sim: Any, family: str = "staging-migrate") -> Any:
+    """Cluster stg with one awsvpc service (network to copy) and a one-off family logging to awslogs."""
+    from ecssim.seed import ServiceSpec, seed
+
+    seed(sim, "stg", [ServiceSpec("web", desired=1)])
+    ecs = boto3.client("ecs", region_name=REGION, config=NO_RETRY)
+    ecs.register_task_definition(
+        family=family, networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256", memory="512",
+        containerDefinitions=[{"name": "app", "essential": True, "image": "busybox", "memory": 512,
+                               "logConfiguration": {"logDriver": "awslogs", "options": {
+                                   "awslogs-group": f"/ecs/{family}", "awslogs-region": REGION,
+                                   "awslogs-stream-prefix": "run"}}}])
+    boto3.client("logs", region_name=REGION).create_log_group(logGroupName=f"/ecs/{family}")
+    return ecs
+
+
+def _printing(sim: Any, family: str, lines: list[str]) -> Callable[[float], None]:
+    """The worker's sleep: time passes in the simulator, and the running task prints ``lines`` once."""
+    logs, done = boto3.client("logs", region_name=REGION), []
+
+    def sleep(seconds: float) -> None:
+        if not done:
+            running = [t for t in sim.tasks("stg") if t.service is None and t.started_at is not None]
+            if running:
+                stream = f"run/app/{running[0].id}"
+                logs.create_log_stream(logGroupName=f"/ecs/{family}", logStreamName=stream)
+                now = int(time.time() * 1000)
+                logs.put_log_events(logGroupName=f"/ecs/{family}", logStreamName=stream,
+                                    logEvents=[{"timestamp": now + i, "message": m} for i, m in enumerate(lines)])
+                done.append(stream)
+        sim.advance(seconds)
+    return sleep
+
+
+def _events(client: Any, job: dict[str, Any], dev: dict[str, str]) -> list[dict[str, Any]]:
+    return client.get(job["url"] + "/events", headers=dev).json["events"]
+
+
+def test_sim_conflict_adopts_the_task_the_client_token_already_started(client, dev, rt, sim) -> None:
+    ecs = _sim_world(sim)
+    sim.set_one_off("staging-migrate", duration=8, exit_code=0)
+    job = start(client, dev, {"task_definition": "staging-migrate"}).json
+    # An earlier attempt of this job started revision 1 with its token, then died before checkpointing;
+    # since then revision 2 was registered, so this attempt's RunTask differs: ConflictException.
+    first = ecs.run_task(cluster="stg", taskDefinition="staging-migrate:1", count=1, clientToken=job["id"],
+                         launchType="FARGATE", startedBy=f"valetkey/{job['id']}",
+                         networkConfiguration=sim.service("stg", "web").network)["tasks"][0]["taskArn"]
+    ecs.register_task_definition(**{k: v for k, v in ecs.describe_task_definition(
+        taskDefinition="staging-migrate")["taskDefinition"].items()
+        if k in ("family", "networkMode", "requiresCompatibilities", "cpu", "memory", "containerDefinitions")})
+    assert runner(rt, ecs, sleep=sim.advance, logs=boto3.client("logs", region_name=REGION)).run(job["id"]) == "succeeded"
+    conflicts = [c for c in sim.calls.of("RunTask") if c.error == "ConflictException"]
+    assert len(conflicts) == 1
+    assert rt.jobs.get(job["id"]).params["task_arn"] == first  # adopted, not a second task
+    assert [t.arn for t in sim.tasks("stg") if t.service is None] == [first]
+    assert re.fullmatch(r"exit 0 after \d+s", rt.jobs.get(job["id"]).detail)
+    assert any("already started task" in e["message"] for e in _events(client, job, dev))
+
+
+def test_sim_exit_code_stop_reason_and_output_are_reported(client, dev, rt, sim) -> None:
+    ecs = _sim_world(sim)
+    sim.set_one_off("staging-migrate", duration=6, exit_code=3)
+    job = start(client, dev, {"task_definition": "staging-migrate"}).json
+    lines = [f"migrating table {i}" for i in range(70)] + ["ERROR: column 'currency' already exists"]
+    assert runner(rt, ecs, sleep=_printing(sim, "staging-migrate", lines),
+                  logs=boto3.client("logs", region_name=REGION)).run(job["id"]) == "failed"
+    assert re.fullmatch(r"exit 3 after \d+s: Essential container in task exited", rt.jobs.get(job["id"]).detail)
+    [out] = [e["message"] for e in _events(client, job, dev) if e["type"] == "output"]
+    head, *shown = out.split("\n")
+    assert head == "Last 50 line(s) of app's output:"
+    assert shown == lines[-50:]  # the newest 50, oldest first, ending with the error
+    # The task was launched on on-demand capacity (FARGATE), with its parameters checkpointed first.
+    assert len(sim.calls.of("RunTask")) == 1
+    params = rt.jobs.get(job["id"]).params
+    assert params["launch"]["args"]["launchType"] == "FARGATE"
+    assert params["launch"]["task_definition"].endswith("staging-migrate:1")
+
+
+def test_sim_exit_0_shows_the_output_but_keeps_it_out_of_the_audit_trail(client, dev, rt, sim) -> None:
+    ecs = _sim_world(sim)
+    sim.set_one_off("staging-migrate", duration=4, exit_code=0)
+    job = start(client, dev, {"task_definition": "staging-migrate"}).json
+    assert runner(rt, ecs, sleep=_printing(sim, "staging-migrate", ["3 migrations applied"]),
+                  logs=boto3.client("logs", region_name=REGION)).run(job["id"]) == "succeeded"
+    events = _events(client, job, dev)
+    assert any(e["type"] == "output" and e["message"].endswith("\n3 migrations applied") for e in events)
+    assert "output" not in rt.jobs.get(job["id"]).after
+    assert not any("3 migrations applied" in json.dumps(e, default=str) for e in audit_events(rt))
+
+
+def test_sim_a_task_that_logged_nothing_says_so(client, dev, rt, sim) -> None:
+    ecs = _sim_world(sim)
+    sim.set_one_off("staging-migrate", duration=2, exit_code=0)
+    job = start(client, dev, {"task_definition": "staging-migrate"}).json
+    assert runner(rt, ecs, sleep=sim.advance, logs=boto3.client("logs", region_name=REGION)).run(job["id"]) == "succeeded"
+    outs = [e["message"] for e in _events(client, job, dev) if e["type"] == "output"]
+    assert outs == ["Output of app: no output was logged"]
+
+
+# ---- launch parameters and capacity (Stubber: exact calls) ---------------------------------------
+def test_launch_parameters_are_checkpointed_before_run_task_and_reused(client, dev, rt, stub) -> None:
+    ecs, s = stub
+    job = start(client, dev, {"task_definition": "staging-migrate"}).json
+    s.add_response("describe_task_definition", task_definition("staging-migrate"), {"taskDefinition": "staging-migrate"})
+    s.add_response("list_services", {"serviceArns": [f"arn:aws:ecs:{REGION}:{ACCOUNT}:service/stg/web"]},
+                   {"cluster": "stg"})
+    s.add_response("describe_services", {"services": [{
+        "serviceName": "web", "status": "ACTIVE", "launchType": "FARGATE", "platformVersion": "1.4.0",
+        "networkConfiguration": SERVICE_NET}], "failures": []}, {"cluster": "stg", "services": ["web"]})
+    expected = {"cluster": "stg", "taskDefinition": td_arn("staging-migrate"), "count": 1, "clientToken": job["id"],
+                "startedBy": f"valetkey/{job['id']}", "launchType": "FARGATE", "networkConfiguration": SERVICE_NET,
+                "platformVersion": "1.4.0"}
+    # RunTask times out on the wire: did ECS start the task? The job cannot know, and retries.
+    s.add_client_error("run_task", service_error_code="ServerException", http_status_code=500,
+                       expected_params=expected)
+    with pytest.raises(Retry):
+        runner(rt, ecs).run(job["id"])
+    launch = rt.jobs.get(job["id"]).params["launch"]
+    assert launch["task_definition"] == td_arn("staging-migrate") and launch["args"]["launchType"] == "FARGATE"
+    # The redelivered attempt resolves nothing again (a newer revision or another service could have
+    # appeared meanwhile): the very same RunTask, which ECS answers with the task the token started.
+    s.add_response("run_task", {"tasks": [{"taskArn": task_arn(), "lastStatus": "RUNNING"}], "failures": []}, expected)
+    expect_describe(s, described("STOPPED", containers=[{"name": "app", "exitCode": 0}], secs=4))
+    assert runner(rt, ecs).run(job["id"], retries=1) == "succeeded"
+
+
+def test_conflict_without_resource_ids_fails_the_job(client, dev, rt, stub) -> None:
+    ecs, s = stub
+    job = start(client, dev, {"task_definition": "net-migrate"}, env="netcfg").json
+    s.add_response("describe_task_definition", task_definition("net-migrate"), {"taskDefinition": "net-migrate"})
+    s.add_client_error("run_task", service_error_code="ConflictException", http_status_code=400,
+                       service_message="token reused")
+    assert runner(rt, ecs).run(job["id"]) == "failed"
+    assert rt.jobs.get(job["id"]).detail == "AWS refused starting a task of net-migrate: ConflictException."
+
+
+@pytest.mark.parametrize(("service", "catalog_key", "expected"), [
+    # A Spot-weighted service strategy is not copied: on-demand FARGATE.
+    ({"capacityProviderStrategy": [{"capacityProvider": "FARGATE_SPOT", "weight": 4},
+                                   {"capacityProvider": "FARGATE", "weight": 1}]}, None, {"launchType": "FARGATE"}),
+    # The cluster's own EC2 providers are its only capacity: copied.
+    ({"capacityProviderStrategy": [{"capacityProvider": "asg-ondemand", "weight": 1}]}, None,
+     {"capacityProviderStrategy": [{"capacityProvider": "asg-ondemand", "weight": 1}]}),
+    # Configured: the environment's provider, whatever the service uses.
+    ({"capacityProviderStrategy": [{"capacityProvider": "FARGATE_SPOT", "weight": 1}]}, "FARGATE",
+     {"capacityProviderStrategy": [{"capacityProvider": "FARGATE", "weight": 1}]}),
+])
+def test_one_off_capacity(client, dev, rt, stub, config_file, service, catalog_key, expected) -> None:
+    from scope.catalog import load_catalog
+
+    ecs, s = stub
+    if catalog_key:
+        rt.catalog = load_catalog(config_file(TOML.replace('cluster = "stg"\n', f'cluster = "stg"\n'
+                                                           f'task_capacity_provider = "{catalog_key}"\n', 1)),
+                                  rt.settings.environ, own_redis_url=rt.settings.redis_url)
+    job = start(client, dev, {"task_definition": "staging-migrate"}).json
+    s.add_response("describe_task_definition", task_definition("staging-migrate"), {"taskDefinition": "staging-migrate"})
+    s.add_response("list_services", {"serviceArns": [f"arn:aws:ecs:{REGION}:{ACCOUNT}:service/stg/web"]},
+                   {"cluster": "stg"})
+    s.add_response("describe_services", {"services": [{
+        "serviceName": "web", "status": "ACTIVE", "networkConfiguration": SERVICE_NET, **service}], "failures": []},
+        {"cluster": "stg", "services": ["web"]})
+    s.add_response("run_task", {"tasks": [{"taskArn": task_arn(), "lastStatus": "PROVISIONING"}], "failures": []},
+                   {"cluster": "stg", "taskDefinition": td_arn("staging-migrate"), "count": 1, "clientToken": job["id"],
+                    "startedBy": f"valetkey/{job['id']}", "networkConfiguration": SERVICE_NET, **expected})
+    expect_describe(s, described("STOPPED", containers=[{"name": "app", "exitCode": 0}], secs=2))
+    assert runner(rt, ecs).run(job["id"]) == "succeeded"
+
+
+@pytest.mark.parametrize("value", ['"FARGATE SPOT"', "3", '""', '"' + "a" * 256 + '"'])
+def test_task_capacity_provider_is_validated(config_file, value) -> None:
+    from scope.catalog import load_catalog
+    from scope.errors import ConfigError
+
+    path = config_file(TOML.replace('cluster = "stg"\n', f'cluster = "stg"\ntask_capacity_provider = {value}\n', 1))
+    with pytest.raises(ConfigError, match="task_capacity_provider"):
+        load_catalog(path, {})
+
+
+def test_last_lines_are_bounded_by_count_and_bytes() -> None:
+    from workers.tasks import last_lines
+
+    assert last_lines([f"l{i}" for i in range(80)]) == [f"l{i}" for i in range(30, 80)]
+    big = ["x" * 1000 for _ in range(20)]
+    kept = last_lines(big)
+    assert len(kept) == 8 and sum(len(k) for k in kept) <= 8 * 1024
+    one = last_lines(["y" * 20000])
+    assert len(one) == 1 and len(one[0].encode()) <= 8 * 1024 + 3 and one[0].startswith("…")

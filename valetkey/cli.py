@@ -283,7 +283,7 @@ def cmd_iam_policy(a: argparse.Namespace) -> int:
         MANAGED_POLICY_MAX_CHARS,
         discover,
         gaps,
-        policy_for,
+        policies_for,
         policy_size,
     )
     from scope.catalog import Catalog, load_catalog
@@ -298,20 +298,27 @@ def cmd_iam_policy(a: argparse.Namespace) -> int:
     warnings: list[str] = []
     task_roles: dict[str, list[str]] | None = None
     log_groups: dict[str, list[str]] | None = None
+    repositories: dict[str, list[str]] | None = None
     if not a.offline:
         from cloud.aws import AwsClients
 
-        task_roles, log_groups, warnings = discover(catalog, AwsClients())
-    policy = policy_for(catalog, account=a.account, partition=a.partition,
-                        task_roles=task_roles, log_groups=log_groups)
+        found = discover(catalog, AwsClients(), partition=a.partition)
+        task_roles, log_groups, warnings, repositories = (found.task_roles, found.log_groups, found.warnings,
+                                                          found.repositories)
+    policies = policies_for(catalog, account=a.account, partition=a.partition,
+                            task_roles=task_roles, log_groups=log_groups, repositories=repositories)
     seen = set(warnings)
-    for w in warnings + [g for g in gaps(catalog, task_roles, log_groups) if g not in seen]:
+    for w in warnings + [g for g in gaps(catalog, task_roles, log_groups, repositories) if g not in seen]:
         print(f"valetkey: warning: {w}", file=sys.stderr)
-    size = policy_size(policy)
-    if size > MANAGED_POLICY_MAX_CHARS:
-        print(f"valetkey: warning: the policy has {size} characters; a managed policy may hold "
-              f"{MANAGED_POLICY_MAX_CHARS}: generate one per account with --environment", file=sys.stderr)
-    print(json.dumps(policy, indent=2))
+    if len(policies) == 1:
+        print(json.dumps(policies[0], indent=2))
+        return 0
+    # Over IAM's managed-policy quota: a JSON list of documents, each within it; attach all of them.
+    sizes = ", ".join(str(policy_size(p)) for p in policies)
+    print(f"valetkey: note: the permissions exceed one managed policy ({MANAGED_POLICY_MAX_CHARS} characters): "
+          f"printed as a JSON list of {len(policies)} policies ({sizes} characters); attach each of them",
+          file=sys.stderr)
+    print(json.dumps(policies, indent=2))
     return 0
 
 

@@ -1,20 +1,25 @@
 """``valetkey demo``: the whole system on one machine, with no AWS account.
 
-It starts moto (the local AWS stand-in) in this process, uses the Redis at
-VALETKEY_REDIS_URL or starts a private ``redis-server``, seeds both
-(``valetkey.demo_seed``), writes ``environments.toml`` and a fresh SQLite
-database into a temporary work directory, creates demo accounts, and runs the
-four Procfile processes (web, worker, exporter, scheduler) as children. Ctrl-C
-or SIGTERM stops all of it and exits 0.
+It starts moto (the local AWS stand-in) in this process with the ECS
+simulator (``ecssim.realtime``) installed, so services start, stop and crash
+at Fargate-like speed; starts a private ``redis-server`` on a free port (no
+persistence, in the work directory) for Valet Key's own Redis and the
+flushable target databases; seeds both (``valetkey.demo_seed``), writes
+``environments.toml`` and a fresh SQLite database into a temporary work
+directory, creates demo accounts, and runs the four Procfile processes (web,
+worker, exporter, scheduler) as children. Ctrl-C or SIGTERM stops all of it
+and exits 0, leaving nothing behind.
 
-The demo never touches a real database or a real AWS account: it always uses
-its own SQLite file, points every child at moto with fake credentials, and
-hides any AWS profile of the person running it.
+The demo never touches a real database, a real Redis or a real AWS account:
+it ignores VALETKEY_REDIS_URL and VALETKEY_DATABASE_URL, uses its own SQLite
+file and Redis, points every child at moto with fake credentials, and hides
+any AWS profile of the person running it.
 """
 from __future__ import annotations
 
 import datetime as dt
 import errno
+import json
 import logging
 import os
 import secrets
@@ -35,7 +40,6 @@ from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 import redis
 
 from scope.errors import ValetKeyError
-from scope.settings import DEFAULT_REDIS_URL
 
 log = logging.getLogger("valetkey.demo")
 
@@ -154,7 +158,8 @@ class Demo:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     redis_proc: subprocess.Popen[bytes] | None = None
     moto: Any = None
-    animator: Any = None
+    sim: Any = None  # the ECS simulator (ecssim.Simulator) installed into moto
+    demo_logs: Any = None
     keep_workdir: bool = False
     _stopping: bool = False
     _logs: list[IO[bytes]] = field(default_factory=list)
@@ -179,13 +184,12 @@ class Demo:
         self.workdir = Path(tempfile.mkdtemp(prefix="valetkey-demo-"))
         own_url = self._redis()
         self.say(f"Files (environments.toml, demo.db, logs) go to {self.workdir}")
-        targets = [d for d in range(1, 16) if d != redis_db(own_url)][:2]
+        targets = [1, 2]  # databases of the demo's own Redis; Valet Key itself uses db 0
         moto_url = self._moto()
         from valetkey import demo_seed
 
         self.say("Seeding the AWS stand-in: staging, qa-eu, prod (disabled) ...")
-        demo_seed.keep_tasks_in_state(moto_url)
-        seeded = demo_seed.seed_aws(moto_url)
+        seeded = demo_seed.seed_aws(moto_url, self.sim)
         target_urls: dict[str, str] = {}
         for spec, db in zip([s.spec for s in seeded if s.spec.redis_env], targets):
             assert spec.redis_env is not None
@@ -206,9 +210,10 @@ class Demo:
         env = self._child_env(own_url, moto_url, catalog, target_urls, webhook_secret)
         self._database(env)
         passwords, tokens = self._accounts(env)
+        env["VALETKEY_DEMO_LOGINS"] = demo_logins(passwords)
 
-        self.animator = demo_seed.MotoAnimator(moto_url, seeded)
-        self.animator.start()
+        self.demo_logs = demo_seed.DemoLogs(moto_url, self.sim, seeded)
+        self.demo_logs.start()
         self.say("Starting web, worker, exporter and scheduler ...")
         for name, cmd in process_commands(self.port).items():
             self._start(name, cmd, env)
@@ -222,17 +227,11 @@ class Demo:
         return self._supervise()
 
     def _redis(self) -> str:
-        """Valet Key's own Redis URL: VALETKEY_REDIS_URL if it answers, else a redis-server we start."""
-        url = os.environ.get("VALETKEY_REDIS_URL") or DEFAULT_REDIS_URL
-        why = redis_problem(url)
-        if why is None:
-            self.say(f"Using the Redis at {where(url)} (demo keys go to two other databases of it)")
-            return url
+        """A private redis-server on a free port: never anyone's existing Redis (its keys stay untouched)."""
         exe = shutil.which("redis-server")
         if exe is None:
-            raise ValetKeyError(f"no Redis answers at {where(url)} ({why}) and redis-server is not on PATH: "
-                                "install one (apt-get install redis-server, or brew install redis) "
-                                "or set VALETKEY_REDIS_URL")
+            raise ValetKeyError("the demo runs its own Redis and redis-server is not on PATH: install it "
+                                "(apt-get install redis-server, or brew install redis)")
         assert self.workdir is not None
         port = free_port()
         logf = open(self.workdir / "redis.log", "wb")  # noqa: SIM115 - closed in shutdown()
@@ -250,8 +249,7 @@ class Demo:
             if time.monotonic() > deadline:
                 raise ValetKeyError(f"redis-server did not answer within 15s; see {self.workdir / 'redis.log'}")
             time.sleep(0.1)
-        self.say(f"No Redis at {where(os.environ.get('VALETKEY_REDIS_URL') or DEFAULT_REDIS_URL)} ({why}); "
-                 f"started redis-server on 127.0.0.1:{port}")
+        self.say(f"Valet Key's own Redis: started redis-server on 127.0.0.1:{port} (no persistence)")
         return url
 
     def _moto(self) -> str:
@@ -261,14 +259,17 @@ class Demo:
             raise ValetKeyError('The demo needs its local AWS stand-in: pip install "valetkey[demo]" '
                                 '(the README\'s command installs it).') from None
 
-        # moto reads this when a service is created: the seeded services report 2 running tasks.
-        os.environ["MOTO_ECS_SERVICE_RUNNING"] = "2"
         # One line per AWS call or migration step is noise in the demo's terminal.
         for noisy in ("werkzeug", "alembic"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         port = free_port()
         self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         self.moto.start()
+        import ecssim.realtime
+
+        # ECS as it behaves: the scheduler starts and replaces tasks on the wall clock, images
+        # crash, counts lag, throttling buckets apply. Installed into this process's moto.
+        self.sim = ecssim.realtime.start(seed=1)
         return f"http://127.0.0.1:{port}"
 
     def _child_env(self, own_url: str, moto_url: str, catalog: Path, target_urls: dict[str, str],
@@ -412,8 +413,11 @@ class Demo:
                 bits.append(f"schedule: up {' and '.join(windows)} UTC")
             state = "" if e.enabled else " [disabled]"
             self.say(f"  {e.name}{state} ({e.region}, cluster {e.cluster}): " + "; ".join(bits))
+        self.say("ECS runs in a simulator at real speed: tasks take 10-30 s to start and restarts tens of "
+                 "seconds; staging's pdf-renderer crash-loops (OOM, exit 137) and staging-backfill-invoices "
+                 "exits 2, to show how failures are explained.")
         self.say()
-        self.say(f"Valet Key's own Redis: {where(own_url)}")
+        self.say(f"Valet Key's own Redis (private to the demo, gone on exit): {where(own_url)}")
         self.say(f"AWS stand-in (moto): {moto_url}  e.g. aws --endpoint-url {moto_url} ecs list-services "
                  "--cluster staging")
         self.say(f"Files (environments.toml, demo.db, *.log): {self.workdir}")
@@ -431,9 +435,13 @@ class Demo:
     # -- shut-down ----------------------------------------------------------------
     def shutdown(self) -> None:
         """Stop everything that was started, whatever state the start-up reached."""
-        if self.animator is not None:
-            self.animator.stop()
+        if self.demo_logs is not None:
+            self.demo_logs.stop()
         self._stop_children()
+        if self.sim is not None:
+            import ecssim.realtime
+
+            ecssim.realtime.stop()
         if self.moto is not None:
             try:
                 self.moto.stop()
@@ -487,6 +495,15 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def demo_logins(passwords: dict[str, str]) -> str:
+    """VALETKEY_DEMO_LOGINS for the demo's web process: one sign-in button per demo account.
+
+    Only ``valetkey demo`` sets it; the web app shows the buttons only when it is set.
+    """
+    return json.dumps([{"email": a.email, "password": passwords[a.email], "name": a.name,
+                        "roles": a.describe()} for a in ACCOUNTS])
 
 
 def run_demo(port: int) -> int:

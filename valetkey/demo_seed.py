@@ -1,18 +1,22 @@
-"""What ``valetkey demo`` puts into its stand-ins, and the thread that keeps them looking alive.
+"""What ``valetkey demo`` puts into its stand-ins, and the thread that writes the services' log lines.
 
-- moto (ECS, CloudWatch Logs, EC2 networking): clusters, task definitions with
-  an ``awslogs`` configuration, services with RUNNING tasks in their group
-  ``service:NAME``, one-off task families, log groups with realistic lines;
+- the local AWS (moto with the ECS simulator ``ecssim`` installed): ECR images,
+  clusters, task definitions with an ``awslogs`` configuration and a health
+  check, services created with CreateService (the simulator's service
+  scheduler starts and replaces their tasks, at Fargate-like speed), a target
+  group, an Application Auto Scaling target, one-off task families, log groups
+  with a few hours of realistic lines;
 - the target Redis databases: keys a developer might want to flush;
 - ``environments.toml`` describing all of it.
 
-moto's services start no tasks of their own, and every ``describe_tasks``
-moves a task one step towards STOPPED. The demo therefore pins tasks in their
-state (moto's state manager) and runs ``MotoAnimator``: it plays the ECS
-scheduler (replaces stopped service tasks, rolls tasks on a new deployment,
-scales to the desired count), lets one-off tasks exit 0 after a few seconds,
-and writes fresh log lines. This lives here only: the product code never
-special-cases moto.
+One staging service, ``pdf-renderer``, crash-loops on purpose: its image is
+killed (exit 137) seconds after it starts, so the demo can show how a failure
+is explained. ``staging-backfill-invoices`` exits 2.
+
+The simulator plays ECS; nothing in it writes application output, so
+``DemoLogs`` does: start-up lines when a task reaches RUNNING, steady traffic
+on running service tasks, a crash or a one-off task's last lines when it
+stops. This lives here only: the product code never special-cases the demo.
 """
 from __future__ import annotations
 
@@ -23,22 +27,25 @@ import logging
 import random
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import boto3
 import redis
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+if TYPE_CHECKING:
+    from ecssim import Simulator
+
 log = logging.getLogger("valetkey.demo")
 
 ACCOUNT = "123456789012"  # moto's default account
 CONTAINER = "app"
 STREAM_PREFIX = "app"
+CONTAINER_PORT = 8080
 FAKE_CREDENTIALS = {"aws_access_key_id": "demo", "aws_secret_access_key": "demo"}
-# Seeding and animating talk to a local moto: short timeouts, no long retry storms.
+# Seeding and the log writer talk to a local moto: short timeouts, no long retry storms.
 _CLIENT_CONFIG = Config(connect_timeout=3, read_timeout=15, retries={"max_attempts": 3, "mode": "standard"})
 
 
@@ -47,6 +54,19 @@ _CLIENT_CONFIG = Config(connect_timeout=3, read_timeout=15, retries={"max_attemp
 class DemoService:
     name: str
     desired: int = 2
+    load_balancer: bool = False  # behind a target group: a replacement counts once its target is healthy
+    crash_after: float | None = None  # the image is killed this long after RUNNING (a crash loop)
+    exit_code: int = 137
+    min_capacity: int | None = None  # an Application Auto Scaling target [min, max] when set
+    max_capacity: int | None = None
+
+
+@dataclass(frozen=True)
+class OneOff:
+    """How a one-off family behaves in the demo: it runs ``seconds`` and exits ``exit_code``."""
+
+    seconds: float = 15.0
+    exit_code: int = 0
 
 
 @dataclass(frozen=True)
@@ -64,6 +84,7 @@ class DemoEnvironment:
     webhook_secret_env: str | None = None
     scheduled: bool = False
     description: str = ""
+    one_offs: tuple[tuple[str, OneOff], ...] = ()  # behaviour per short family name (default: OneOff())
 
     def family(self, short: str) -> str:
         return f"{self.name}-{short}"
@@ -72,20 +93,26 @@ class DemoEnvironment:
     def run_task_families(self) -> list[str]:
         return [self.family(t) for t in self.run_tasks]
 
+    def one_off(self, short: str) -> OneOff:
+        return dict(self.one_offs).get(short, OneOff())
+
 
 ENVIRONMENTS: tuple[DemoEnvironment, ...] = (
     DemoEnvironment(
         name="staging", cls="staging", enabled=True, region="us-east-1", cluster="staging", cidr="10.10",
-        services=(DemoService("orders-api"), DemoService("payments-api"), DemoService("web-frontend"),
-                  DemoService("email-worker", 1)),
+        services=(DemoService("orders-api", load_balancer=True), DemoService("payments-api"),
+                  DemoService("web-frontend", min_capacity=1, max_capacity=4), DemoService("email-worker", 1),
+                  DemoService("pdf-renderer", 2, crash_after=6.0)),
         run_tasks=("orders-migrate", "backfill-invoices"), other_families=("drop-tables",),
         redis_env="STAGING_CACHE_REDIS_URL", webhook_secret_env="STAGING_WEBHOOK_SECRET", scheduled=True,
-        description="Shared staging of the shop (orders, payments, storefront)"),
+        description="Shared staging of the shop (orders, payments, storefront)",
+        one_offs=(("orders-migrate", OneOff(15, 0)), ("backfill-invoices", OneOff(12, 2)))),
     DemoEnvironment(
         name="qa-eu", cls="staging", enabled=True, region="eu-west-1", cluster="qa-eu", cidr="10.20",
         services=(DemoService("orders-api", 1), DemoService("search-api")),
         run_tasks=("orders-migrate", "reindex-search"),
-        redis_env="QA_EU_CACHE_REDIS_URL", description="QA environment in Ireland"),
+        redis_env="QA_EU_CACHE_REDIS_URL", description="QA environment in Ireland",
+        one_offs=(("reindex-search", OneOff(20, 0)),)),
     DemoEnvironment(
         name="prod", cls="prod", enabled=False, region="us-east-1", cluster="prod", cidr="10.30",
         services=(DemoService("orders-api", 3), DemoService("payments-api", 3)),
@@ -190,8 +217,21 @@ def startup_lines(service: str, image: str) -> list[str]:
             f"INFO  {service}: listening on 0.0.0.0:8080"]
 
 
-def one_off_lines(family: str, rng: random.Random) -> tuple[list[str], list[str]]:
-    """(lines at start, lines at exit) of a one-off task."""
+def crash_lines(service: str, exit_code: int) -> list[str]:
+    """What a crash-looping service prints before it dies."""
+    if exit_code == 137:
+        return [f"WARN  {service}: rendering batch of 40 invoices (heap 1890MiB of 2048MiB)",
+                f"ERROR {service}: java.lang.OutOfMemoryError: Java heap space at PdfWriter.flush",
+                f"ERROR {service}: container killed: exit code 137 (out of memory)"]
+    return [f"ERROR {service}: fatal error at start-up; exiting with code {exit_code}"]
+
+
+def one_off_lines(family: str, rng: random.Random, exit_code: int = 0) -> tuple[list[str], list[str]]:
+    """(lines at start, lines at exit) of a one-off task that exits with ``exit_code``."""
+    if exit_code != 0:
+        return [f"INFO  {family}: started", f"INFO  {family}: processing invoices 2026-10-01..2026-10-31"], [
+            f"ERROR {family}: invoice INV-{rng.randint(10000, 99999)} has no customer; aborting",
+            f"ERROR {family}: exiting with code {exit_code}"]
     if "migrate" in family:
         n = rng.randint(1, 4)
         body = [f"INFO  migrate: applying 00{40 + i}_orders_{['index', 'currency', 'status', 'notes'][i]}"
@@ -204,17 +244,7 @@ def one_off_lines(family: str, rng: random.Random) -> tuple[list[str], list[str]
 
 
 # ---- seeding ---------------------------------------------------------------------------
-def keep_tasks_in_state(endpoint: str) -> None:
-    """Stop moto from moving a task towards STOPPED on every describe_tasks (MotoAnimator moves them)."""
-    body = json.dumps({"model_name": "ecs::task",
-                       "transition": {"progression": "manual", "times": 10 ** 9}}).encode()
-    req = urllib.request.Request(f"{endpoint}/moto-api/state-manager/set-transition", data=body, method="POST",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - our own local moto
-        resp.read()
-
-
-def _network(endpoint: str, env: DemoEnvironment) -> tuple[list[str], list[str]]:
+def _network(endpoint: str, env: DemoEnvironment) -> tuple[str, list[str], list[str]]:
     ec2 = aws_client(endpoint, "ec2", env.region)
     vpc = ec2.create_vpc(CidrBlock=f"{env.cidr}.0.0/16")["Vpc"]["VpcId"]
     # moto (like AWS) wants DNS hostnames on the VPC of an awsvpc task.
@@ -224,7 +254,7 @@ def _network(endpoint: str, env: DemoEnvironment) -> tuple[list[str], list[str]]
                for i in (1, 2)]
     sg = ec2.create_security_group(GroupName=f"{env.name}-apps", Description=f"{env.name} services",
                                    VpcId=vpc)["GroupId"]
-    return subnets, [sg]
+    return vpc, subnets, [sg]
 
 
 # One-off tasks run from the image of the application they belong to.
@@ -232,29 +262,42 @@ _ONE_OFF_IMAGE = {"orders-migrate": "orders-api", "backfill-invoices": "payments
                   "reindex-search": "search-api", "drop-tables": "orders-api"}
 
 
+def _repo(short: str) -> str:
+    return _ONE_OFF_IMAGE.get(short, short)
+
+
+def _tag(env: DemoEnvironment) -> str:
+    return "main" if env.cls == "staging" else "release"
+
+
 def _image(env: DemoEnvironment, short: str) -> str:
-    repo = _ONE_OFF_IMAGE.get(short, short)
-    return f"{ACCOUNT}.dkr.ecr.{env.region}.amazonaws.com/{repo}:{'main' if env.cls == 'staging' else 'release'}"
+    return f"{ACCOUNT}.dkr.ecr.{env.region}.amazonaws.com/{_repo(short)}:{_tag(env)}"
 
 
 def _register(ecs: Any, env: DemoEnvironment, short: str, one_off: bool) -> None:
     family = env.family(short)
+    container: dict[str, Any] = {
+        "name": CONTAINER, "essential": True, "cpu": 256, "memory": 512, "image": _image(env, short),
+        # Present so the demo shows that none of it ever reaches a page, log or audit entry.
+        "environment": [{"name": "APP_ENV", "value": env.name},
+                        {"name": "SESSION_SIGNING_KEY", "value": "demo-value-never-shown-" + env.name}],
+        "secrets": [{"name": "DATABASE_URL",
+                     "valueFrom": f"arn:aws:secretsmanager:{env.region}:{ACCOUNT}:secret:{env.name}/db-AbCdEf"}],
+        "logConfiguration": {"logDriver": "awslogs", "options": {
+            "awslogs-group": log_group(family), "awslogs-region": env.region,
+            "awslogs-stream-prefix": STREAM_PREFIX}},
+    }
+    if one_off:
+        container["command"] = [f"bin/{short}"]
+    else:
+        # A container health check: replacements count only once it says HEALTHY.
+        container["portMappings"] = [{"containerPort": CONTAINER_PORT, "protocol": "tcp"}]
+        container["healthCheck"] = {"command": ["CMD-SHELL", f"curl -f http://localhost:{CONTAINER_PORT}/health"],
+                                    "interval": 10, "timeout": 5, "retries": 3, "startPeriod": 10}
     ecs.register_task_definition(
         family=family, networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256", memory="512",
         taskRoleArn=f"arn:aws:iam::{ACCOUNT}:role/{family}-task",
-        executionRoleArn=f"arn:aws:iam::{ACCOUNT}:role/ecsTaskExecutionRole",
-        containerDefinitions=[{
-            "name": CONTAINER, "essential": True, "cpu": 256, "memory": 512, "image": _image(env, short),
-            **({"command": [f"bin/{short}"]} if one_off else {}),
-            # Present so the demo shows that none of it ever reaches a page, log or audit entry.
-            "environment": [{"name": "APP_ENV", "value": env.name},
-                            {"name": "SESSION_SIGNING_KEY", "value": "demo-value-never-shown-" + env.name}],
-            "secrets": [{"name": "DATABASE_URL",
-                         "valueFrom": f"arn:aws:secretsmanager:{env.region}:{ACCOUNT}:secret:{env.name}/db-AbCdEf"}],
-            "logConfiguration": {"logDriver": "awslogs", "options": {
-                "awslogs-group": log_group(family), "awslogs-region": env.region,
-                "awslogs-stream-prefix": STREAM_PREFIX}},
-        }])
+        executionRoleArn=f"arn:aws:iam::{ACCOUNT}:role/ecsTaskExecutionRole", containerDefinitions=[container])
 
 
 def _put(logs: Any, group: str, stream: str, lines: list[tuple[int, str]]) -> None:
@@ -264,30 +307,49 @@ def _put(logs: Any, group: str, stream: str, lines: list[tuple[int, str]]) -> No
                             logEvents=[{"timestamp": ts, "message": msg} for ts, msg in chunk])
 
 
-def _history(logs: Any, env: DemoEnvironment, svc: DemoService, streams: list[str], rng: random.Random,
-             now_ms: int, hours: float = 3.0, lines: int = 180) -> None:
-    """Lines over the last few hours, spread over the running tasks' streams, with a few ERRORs."""
+def _history(logs: Any, env: DemoEnvironment, svc: DemoService, rng: random.Random, now_ms: int,
+             hours: float = 3.0, lines: int = 180) -> None:
+    """Lines over the last few hours from earlier tasks of the service, with a few ERRORs."""
     group = log_group(env.family(svc.name))
+    streams = [f"{STREAM_PREFIX}/{CONTAINER}/{rng.getrandbits(128):032x}" for _ in range(max(2, svc.desired))]
     per_stream: dict[str, list[tuple[int, str]]] = {s: [] for s in streams}
     span = int(hours * 3600 * 1000)
     for _ in range(lines):
-        per_stream[rng.choice(streams)].append((now_ms - rng.randint(5_000, span), log_line(svc.name, rng)))
+        per_stream[rng.choice(streams)].append((now_ms - rng.randint(60_000, span), log_line(svc.name, rng)))
     # A guaranteed recent ERROR, so "filter: ERROR" finds something in the last 15 minutes.
     per_stream[streams[0]].append((now_ms - rng.randint(60_000, 600_000),
                                    f"ERROR {svc.name}: {_fill(rng.choice(_ERRORS.get(svc.name, ['{hex} failed'])), rng)}"))
     for stream, evs in per_stream.items():
+        logs.create_log_stream(logGroupName=group, logStreamName=stream)
         _put(logs, group, stream, evs)
 
 
-def seed_aws(endpoint: str, environments: Iterable[DemoEnvironment] = ENVIRONMENTS,
+def _images(sim: Simulator, env: DemoEnvironment) -> None:
+    """Push every repository's image to the simulator's ECR; make the crash-looping one crash."""
+    repos = {_repo(s.name) for s in env.services} | {_repo(t) for t in (*env.run_tasks, *env.other_families)}
+    digests = {repo: sim.push_image(repo, _tag(env), env.region, ACCOUNT) for repo in sorted(repos)}
+    for svc in env.services:
+        if svc.crash_after is not None:
+            sim.crash_image(digests[_repo(svc.name)], svc.crash_after, svc.exit_code, env.region, ACCOUNT)
+    for short in (*env.run_tasks, *env.other_families):
+        o = env.one_off(short)
+        sim.set_one_off(env.family(short), o.seconds, o.exit_code, env.region, ACCOUNT)
+
+
+def seed_aws(endpoint: str, sim: Simulator, environments: Iterable[DemoEnvironment] = ENVIRONMENTS,
              rng: random.Random | None = None) -> list[SeededEnvironment]:
-    """Create every environment's network, cluster, task definitions, services, tasks and logs in moto."""
+    """Create every environment's images, network, cluster, task definitions, services and logs.
+
+    Services are made with CreateService only: the simulator's scheduler starts
+    their tasks (PROVISIONING -> RUNNING in 10-30 s), as ECS would.
+    """
     rng = rng or random.Random(7)
     now_ms = int(time.time() * 1000)
     seeded: list[SeededEnvironment] = []
     for env in environments:
         ecs, logs = aws_client(endpoint, "ecs", env.region), aws_client(endpoint, "logs", env.region)
-        subnets, sgs = _network(endpoint, env)
+        _images(sim, env)
+        vpc, subnets, sgs = _network(endpoint, env)
         s = SeededEnvironment(env, subnets, sgs)
         ecs.create_cluster(clusterName=env.cluster, tags=[{"key": "environment", "value": env.name}])
         families = [(svc.name, False) for svc in env.services] + \
@@ -297,20 +359,8 @@ def seed_aws(endpoint: str, environments: Iterable[DemoEnvironment] = ENVIRONMEN
             logs.create_log_group(logGroupName=log_group(env.family(short)))
             logs.put_retention_policy(logGroupName=log_group(env.family(short)), retentionInDays=14)
         for svc in env.services:
-            ecs.create_service(cluster=env.cluster, serviceName=svc.name, taskDefinition=env.family(svc.name),
-                               desiredCount=2, launchType="FARGATE", networkConfiguration=s.network,
-                               deploymentConfiguration={"minimumHealthyPercent": 50, "maximumPercent": 200})
-            if svc.desired != 2:
-                # moto takes runningCount from MOTO_ECS_SERVICE_RUNNING at creation and from
-                # desiredCount on an update: set the count through an update so the two agree.
-                ecs.update_service(cluster=env.cluster, service=svc.name, desiredCount=svc.desired)
-            tasks = ecs.run_task(cluster=env.cluster, taskDefinition=env.family(svc.name), count=svc.desired,
-                                 launchType="FARGATE", networkConfiguration=s.network,
-                                 group=f"service:{svc.name}", startedBy="ecs-svc/demo")["tasks"]
-            streams = [stream_of(t["taskArn"]) for t in tasks]
-            for stream in streams:
-                logs.create_log_stream(logGroupName=log_group(env.family(svc.name)), logStreamName=stream)
-            _history(logs, env, svc, streams, rng, now_ms)
+            _service(endpoint, ecs, s, svc, vpc)
+            _history(logs, env, svc, rng, now_ms)
         # An earlier run of a one-off task, so its log group is not empty.
         if env.run_tasks:
             fam = env.family(env.run_tasks[0])
@@ -321,6 +371,27 @@ def seed_aws(endpoint: str, environments: Iterable[DemoEnvironment] = ENVIRONMEN
             _put(logs, log_group(fam), stream, [(t0 + i * 800, m) for i, m in enumerate(first + last)])
         seeded.append(s)
     return seeded
+
+
+def _service(endpoint: str, ecs: Any, s: SeededEnvironment, svc: DemoService, vpc: str) -> None:
+    env = s.spec
+    kw: dict[str, Any] = {}
+    if svc.load_balancer:
+        elb = aws_client(endpoint, "elbv2", env.region)
+        tg = elb.create_target_group(Name=f"{env.name}-{svc.name}"[:32], Protocol="HTTP", Port=CONTAINER_PORT,
+                                     VpcId=vpc, TargetType="ip")["TargetGroups"][0]["TargetGroupArn"]
+        kw = {"loadBalancers": [{"targetGroupArn": tg, "containerName": CONTAINER, "containerPort": CONTAINER_PORT}],
+              "healthCheckGracePeriodSeconds": 30}
+    ecs.create_service(
+        cluster=env.cluster, serviceName=svc.name, taskDefinition=env.family(svc.name), desiredCount=svc.desired,
+        launchType="FARGATE", networkConfiguration=s.network,
+        deploymentConfiguration={"minimumHealthyPercent": 50, "maximumPercent": 200,
+                                 "deploymentCircuitBreaker": {"enable": True, "rollback": True}}, **kw)
+    if svc.min_capacity is not None:
+        aws_client(endpoint, "application-autoscaling", env.region).register_scalable_target(
+            ServiceNamespace="ecs", ResourceId=f"service/{env.cluster}/{svc.name}",
+            ScalableDimension="ecs:service:DesiredCount", MinCapacity=svc.min_capacity,
+            MaxCapacity=svc.max_capacity if svc.max_capacity is not None else max(svc.desired, 4))
 
 
 def seed_redis(client: redis.Redis, environment: str) -> int:
@@ -379,36 +450,65 @@ def catalog_toml(seeded: list[SeededEnvironment], windows: list[str]) -> str:
     return "\n".join(out)
 
 
-# ---- keeping moto alive ---------------------------------------------------------------
+# ---- application output ---------------------------------------------------------------
+@dataclass(frozen=True)
+class TaskView:
+    """What the log writer needs of a simulated task, copied out under the simulator's lock."""
+
+    region: str
+    arn: str
+    family: str
+    service: str | None
+    running: bool  # RUNNING and wanted
+    started: bool  # reached RUNNING at some point
+    exit_code: int | None  # the essential container's, once it exited
+    image: str
+
+
+def task_views(sim: Simulator, regions: Iterable[str]) -> list[TaskView]:
+    out: list[TaskView] = []
+    with sim.lock:
+        for region in regions:
+            for t in list(sim.region(region, ACCOUNT).tasks.values()):
+                ess = next((c for c in t.containers if c.essential), None)
+                out.append(TaskView(region, t.arn, family_of(t.td_arn), t.service, t.wanted_running,
+                                    t.started_at is not None, ess.exit_code if ess else None,
+                                    ess.image if ess else ""))
+    return out
+
+
 @dataclass
-class MotoAnimator:
-    """Plays the parts of ECS that moto leaves out; ``tick()`` is one pass, ``start()`` runs it in a thread."""
+class DemoLogs:
+    """Writes the tasks' application output to CloudWatch Logs; ``tick()`` is one pass, ``start()`` a thread."""
 
     endpoint: str
+    sim: Simulator
     environments: list[SeededEnvironment]
-    interval: float = 2.0
-    one_off_seconds: float = 8.0  # how long a one-off task "runs" before it exits 0
-    log_every: float = 3.0
+    interval: float = 1.0
+    log_every: float = 3.0  # seconds between bursts of steady traffic
     clock: Callable[[], float] = time.monotonic
     rng: random.Random = field(default_factory=random.Random)
-    _clients: dict[tuple[str, str], Any] = field(default_factory=dict, init=False)
-    _streams: set[tuple[str, str]] = field(default_factory=set, init=False)
-    _deployments: dict[tuple[str, str], str] = field(default_factory=dict, init=False)
-    _first_seen: dict[str, float] = field(default_factory=dict, init=False)
+    _clients: dict[str, Any] = field(default_factory=dict, init=False)
+    _streams: set[tuple[str, str, str]] = field(default_factory=set, init=False)
+    _started: set[str] = field(default_factory=set, init=False)
+    _ended: set[str] = field(default_factory=set, init=False)
     _next_log: float = field(default=0.0, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
     _last_error: str = field(default="", init=False)
 
-    def _client(self, service: str, region: str) -> Any:
-        key = (service, region)
-        if key not in self._clients:
-            self._clients[key] = aws_client(self.endpoint, service, region)
-        return self._clients[key]
+    @property
+    def _families(self) -> set[tuple[str, str]]:
+        """(region, family) of every log group the demo created: only those get lines."""
+        out: set[tuple[str, str]] = set()
+        for s in self.environments:
+            e = s.spec
+            for short in (*(svc.name for svc in e.services), *e.run_tasks, *e.other_families):
+                out.add((e.region, e.family(short)))
+        return out
 
-    # -- thread ---------------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="demo-moto-animator", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="demo-logs", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -424,103 +524,58 @@ class MotoAnimator:
             except Exception as e:  # noqa: BLE001 - the demo must keep going; say it once per kind of trouble
                 msg = f"{type(e).__name__}: {e}"
                 if msg != self._last_error:
-                    log.warning("demo: keeping the AWS stand-in alive failed (%s); retrying", msg)
+                    log.warning("demo: writing log lines failed (%s); retrying", msg)
                     self._last_error = msg
 
-    # -- one pass ---------------------------------------------------------------
     def tick(self) -> None:
-        live: list[tuple[SeededEnvironment, str, str]] = []  # (env, service, task arn) for fresh log lines
-        for env in self.environments:
-            live += self._environment(env)
+        families = self._families
+        regions = sorted({s.spec.region for s in self.environments})
+        live: list[TaskView] = []
+        for t in task_views(self.sim, regions):
+            if (t.region, t.family) not in families:
+                continue
+            name = t.service or t.family
+            if t.started and t.arn not in self._started:
+                self._started.add(t.arn)
+                lines = startup_lines(name, t.image) if t.service else \
+                    one_off_lines(t.family, random.Random(t.arn), self._exit_of(t))[0]
+                self._write(t, lines)
+            if t.started and t.exit_code is not None and t.arn not in self._ended:
+                self._ended.add(t.arn)
+                if t.service is None:
+                    self._write(t, one_off_lines(t.family, random.Random(t.arn), t.exit_code)[1])
+                elif t.exit_code != 0:
+                    self._write(t, crash_lines(name, t.exit_code))
+                else:
+                    self._write(t, [f"INFO  {name}: SIGTERM received; draining connections", f"INFO  {name}: bye"])
+            if t.running and t.service is not None:
+                live.append(t)
         now = self.clock()
         if live and now >= self._next_log:
             self._next_log = now + self.log_every
-            env, svc, arn = self.rng.choice(live)
-            t = int(time.time() * 1000)
-            self._write(env, env.spec.family(svc), arn,
-                        [(t + i, log_line(svc, self.rng)) for i in range(self.rng.randint(1, 3))])
+            t = self.rng.choice(live)
+            self._write(t, [log_line(t.service or t.family, self.rng) for _ in range(self.rng.randint(1, 3))])
 
-    def _environment(self, env: SeededEnvironment) -> list[tuple[SeededEnvironment, str, str]]:
-        ecs, cluster = self._client("ecs", env.spec.region), env.spec.cluster
-        names: list[str] = []
-        for page in ecs.get_paginator("list_services").paginate(cluster=cluster):
-            names += [a.rsplit("/", 1)[-1] for a in page.get("serviceArns", [])]
-        services = []
-        for i in range(0, len(names), 10):
-            services += [s for s in ecs.describe_services(cluster=cluster, services=names[i:i + 10])["services"]
-                         if s.get("status") == "ACTIVE"]
-        arns: list[str] = []
-        for page in ecs.get_paginator("list_tasks").paginate(cluster=cluster, desiredStatus="RUNNING"):
-            arns += page.get("taskArns", [])
-        tasks: list[dict[str, Any]] = []
-        for i in range(0, len(arns), 100):
-            tasks += ecs.describe_tasks(cluster=cluster, tasks=arns[i:i + 100])["tasks"]
-        running = [t for t in tasks if t.get("lastStatus") == "RUNNING"]
-        live: list[tuple[SeededEnvironment, str, str]] = []
-        for svc in services:
-            live += [(env, svc["serviceName"], arn) for arn in self._service(env, svc, running)]
-        self._one_offs(env, [t for t in running if not str(t.get("group", "")).startswith("service:")])
-        return live
+    def _exit_of(self, t: TaskView) -> int:
+        """The exit code a one-off family is set to end with (its first lines depend on it)."""
+        for s in self.environments:
+            if s.spec.region == t.region and t.family.startswith(s.spec.name + "-"):
+                return s.spec.one_off(service_of(t.family, s.spec)).exit_code
+        return 0
 
-    def _service(self, env: SeededEnvironment, svc: dict[str, Any], running: list[dict[str, Any]]) -> list[str]:
-        """Bring the service's RUNNING tasks to desiredCount, as the ECS scheduler would; returns them."""
-        ecs, cluster, name = self._client("ecs", env.spec.region), env.spec.cluster, svc["serviceName"]
-        mine = [t["taskArn"] for t in running if t.get("group") == f"service:{name}"]
-        primary: dict[str, Any] = next((d for d in svc.get("deployments", []) if d.get("status") == "PRIMARY"), {})
-        key, dep = (env.spec.name, name), primary.get("id", "")
-        if self._deployments.get(key, dep) != dep:
-            # A new deployment (redeploy): replace every task of the old one.
-            for arn in mine:
-                ecs.stop_task(cluster=cluster, task=arn, reason=f"Deployment {dep} replaced this task")
-            mine = []
-        self._deployments[key] = dep
-        desired = int(svc.get("desiredCount", 0))
-        if len(mine) > desired:
-            for arn in mine[desired:]:
-                ecs.stop_task(cluster=cluster, task=arn,
-                              reason=f"Scaling activity initiated by (deployment {dep or 'unknown'})")
-            mine = mine[:desired]
-        elif len(mine) < desired:
-            td = svc["taskDefinition"]
-            net = svc.get("networkConfiguration") or env.network
-            started = ecs.run_task(cluster=cluster, taskDefinition=td, count=desired - len(mine),
-                                   launchType="FARGATE", networkConfiguration=net,
-                                   group=f"service:{name}", startedBy="ecs-svc/demo")["tasks"]
-            t = int(time.time() * 1000)
-            image = next((c.get("image", "") for c in started[0].get("containers", [])), "") if started else ""
-            for task in started:
-                self._write(env, family_of(td), task["taskArn"],
-                            [(t + i, m) for i, m in enumerate(startup_lines(name, image))])
-                mine.append(task["taskArn"])
-        return mine
-
-    def _one_offs(self, env: SeededEnvironment, tasks: list[dict[str, Any]]) -> None:
-        """A one-off task logs a few lines and exits 0 after ``one_off_seconds``."""
-        ecs, now = self._client("ecs", env.spec.region), self.clock()
-        for task in tasks:
-            arn, fam = task["taskArn"], family_of(task["taskDefinitionArn"])
-            t = int(time.time() * 1000)
-            if arn not in self._first_seen:
-                self._first_seen[arn] = now
-                first, _ = one_off_lines(fam, random.Random(arn))
-                self._write(env, fam, arn, [(t + i, m) for i, m in enumerate(first)])
-            elif now - self._first_seen[arn] >= self.one_off_seconds:
-                _, last = one_off_lines(fam, random.Random(arn))
-                self._write(env, fam, arn, [(t + i, m) for i, m in enumerate(last)])
-                ecs.stop_task(cluster=env.spec.cluster, task=arn, reason="Essential container in task exited")
-                del self._first_seen[arn]
-
-    def _write(self, env: SeededEnvironment, family: str, task_arn: str, lines: list[tuple[int, str]]) -> None:
-        logs, group, stream = self._client("logs", env.spec.region), log_group(family), stream_of(task_arn)
+    def _write(self, t: TaskView, messages: list[str]) -> None:
+        if t.region not in self._clients:
+            self._clients[t.region] = aws_client(self.endpoint, "logs", t.region)
+        logs, group, stream = self._clients[t.region], log_group(t.family), stream_of(t.arn)
+        ms = int(time.time() * 1000)
         try:
-            if (group, stream) not in self._streams:
+            if (t.region, group, stream) not in self._streams:
                 try:
                     logs.create_log_stream(logGroupName=group, logStreamName=stream)
                 except ClientError as e:
                     if e.response.get("Error", {}).get("Code") != "ResourceAlreadyExistsException":
                         raise
-                self._streams.add((group, stream))
-            _put(logs, group, stream, lines)
+                self._streams.add((t.region, group, stream))
+            _put(logs, group, stream, [(ms + i, m) for i, m in enumerate(messages)])
         except (ClientError, BotoCoreError) as e:
-            # A task of a family without a log group (someone else's) is not worth failing the pass for.
             log.debug("demo: could not write log lines to %s: %s", group, e)

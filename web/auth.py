@@ -1,9 +1,11 @@
 """Authentication: Flask-Login sessions for the browser, bearer tokens for scripts, local login."""
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
+from typing import Mapping
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, Response, redirect, render_template, request, session, url_for
@@ -115,6 +117,23 @@ def end_session() -> None:
     session.clear()
 
 
+def demo_logins(environ: Mapping[str, str]) -> list[dict[str, str]]:
+    """The one-click sign-in buttons of ``valetkey demo`` (which alone sets VALETKEY_DEMO_LOGINS); else none.
+
+    Each button POSTs the account's e-mail and password to the ordinary login
+    form, CSRF token included: the same check, audit entry and throttling.
+    """
+    try:
+        rows = json.loads(environ.get("VALETKEY_DEMO_LOGINS") or "[]")
+    except ValueError:
+        return []
+    keys = ("email", "password", "name", "roles")
+    if not isinstance(rows, list):
+        return []
+    return [{k: str(r.get(k, "")) for k in keys} for r in rows
+            if isinstance(r, dict) and r.get("email") and r.get("password")]
+
+
 @bp.get("/login")
 def login() -> str | WResponse:
     """The sign-in page (SSO button and/or the local form)."""
@@ -122,12 +141,13 @@ def login() -> str | WResponse:
         return redirect(safe_next(request.args.get("next")))
     rt = runtime()
     return render_template("login.html", next=safe_next(request.args.get("next")),
-                           local_login=rt.settings.local_login, sso=bool(rt.settings.saml_path), error=None)
+                           local_login=rt.settings.local_login, sso=bool(rt.settings.saml_path), error=None,
+                           demo_logins=demo_logins(rt.settings.environ) if rt.settings.local_login else [])
 
 
 def _login_page(status: int, error: str, nxt: str, headers: dict[str, str] | None = None) -> Response:
     page = render_template("login.html", next=nxt, local_login=True, sso=bool(runtime().settings.saml_path),
-                           error=error)
+                           error=error, demo_logins=demo_logins(runtime().settings.environ))
     return Response(page, status=status, headers=headers)
 
 

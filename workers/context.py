@@ -32,6 +32,7 @@ class JobContext:
     # Any other AWS client of the environment (ecr, elbv2, ...); None: no such client (tests)
     aws_client: Callable[[Environment, str], Any] = lambda env, service: None
     clock: Callable[[], float] = time.monotonic  # what sleep() moves on (a fake clock in tests)
+    logs_client: Callable[[Environment], Any] | None = None  # CloudWatch Logs (a one-off task's output)
 
     @property
     def reason(self) -> str:

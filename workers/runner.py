@@ -40,12 +40,14 @@ class JobRunner:
     def __init__(self, rt: Runtime, *, sleep: Callable[[float], None] = time.sleep,
                  ecs_client: Callable[[Environment], Any] | None = None,
                  aws_client: Callable[[Environment, str], Any] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 logs_client: Callable[[Environment], Any] | None = None) -> None:
         self.rt = rt
         self._sleep = sleep
         self._ecs_client = ecs_client or rt.aws.ecs
         self._aws_client = aws_client or rt.aws.client
         self._clock = clock
+        self._logs_client = logs_client or rt.aws.logs
 
     def run(self, job_id: str, retries: int = 0, max_retries: int = 3) -> str | None:
         """Run the job; returns its final status, or None if it was not ours to run."""
@@ -148,5 +150,5 @@ class JobRunner:
 
         ctx = JobContext(settings=self.rt.settings, job=job, env=env, params=params, progress=progress,
                          checkpoint=checkpoint, sleep=sleep, ecs_client=self._ecs_client,
-                         aws_client=self._aws_client, clock=self._clock)
+                         aws_client=self._aws_client, clock=self._clock, logs_client=self._logs_client)
         return OPERATIONS[job.action][1](ctx)

@@ -14,6 +14,20 @@ scheduled environment against its up-windows:
   forgotten; services it never scaled (created while down, or at 0 already)
   are left alone, and so is a service someone already scaled up again.
 
+Application Auto Scaling: a service with a scalable target whose MinCapacity
+is 1 or more would be scaled back up at its next evaluation (aws-facts A6).
+Before scaling such a service to 0, its MinCapacity is lowered to 0 and the
+old value remembered with the count; in the window it is put back (only if
+still 0: a change someone made meanwhile wins) before the count is restored.
+Lowering was chosen over refusing: a refused scale-down leaves the service
+running all night, the cost the schedule exists to save, and nobody is
+there to read a warning at 20:00; the change is in the audit entry.
+MaxCapacity, scaling policies and suspended state are not touched.
+
+UpdateService has a budget of 50 burst / 5 per second per account and Region,
+shared with CI and the console: calls are spaced (``spacing``, 0.5 s), so a
+20-service environment closes in ten seconds, not in one.
+
 Safety:
 - never a prod environment (class prod) nor a disabled one, whatever the config says;
 - a paused environment (``schedule_pauses``) is left alone until its pause ends;
@@ -77,6 +91,10 @@ LOCK_PREFIX = "valetkey:schedule:lock:"
 # retries); the lock is extended after every service, and a dead holder's lock
 # frees itself after this long.
 LOCK_TTL = 120.0
+# Seconds between two UpdateService calls of this scheduler: at most 2/s of the
+# account's 5/s (ECS "Request throttling": service modify, 50 burst / 5 refill).
+SPACING = 0.5
+SCALABLE_DIMENSION = "ecs:service:DesiredCount"
 
 
 @dataclass(frozen=True)
@@ -102,12 +120,18 @@ class Reconciler:
 
     def __init__(self, catalog: Catalog, store: ScheduleStore, audit: AuditLog, r: redis.Redis,
                  ecs_client: Callable[[Environment], ECSClient], *, clock: Callable[[], dt.datetime] = utcnow,
-                 lock_ttl: float = LOCK_TTL) -> None:
+                 lock_ttl: float = LOCK_TTL, autoscaling_client: Callable[[Environment], Any] | None = None,
+                 spacing: float = SPACING, sleep: Callable[[float], None] = time.sleep,
+                 timer: Callable[[], float] = time.monotonic) -> None:
         self.catalog, self.store, self.audit, self.redis = catalog, store, audit, r
         self.ecs_client, self.clock, self.lock_ttl = ecs_client, clock, lock_ttl
+        self.autoscaling_client = autoscaling_client
+        self.spacing, self.sleep, self.timer = spacing, sleep, timer
+        self._last_update: float | None = None
 
     @classmethod
     def from_runtime(cls, rt: Runtime, **kw: Any) -> "Reconciler":
+        kw.setdefault("autoscaling_client", lambda env: rt.aws.client(env, "application-autoscaling"))
         return cls(rt.catalog, ScheduleStore(rt.sessions), rt.audit, rt.redis, rt.aws.ecs, **kw)
 
     # ---- entry points ---------------------------------------------------------
@@ -201,14 +225,23 @@ class Reconciler:
             if not self._still_free(env, now, lock):
                 return False
             # Remember first: if we die after UpdateService, the count is not lost.
-            self.store.remember(env.name, name, desired, SCALING_DOWN)
+            row = self.store.remember(env.name, name, desired, SCALING_DOWN)
+            # Application Auto Scaling would undo the 0 (MinCapacity >= 1): lower it, remembered first
+            # (a MinCapacity remembered by an interrupted earlier attempt is the one to restore).
+            target = self._scalable_target(env, name)
+            current = int(target.get("MinCapacity", 0)) if target else 0
+            if current > 0:
+                row = self.store.remember(env.name, name, desired, SCALING_DOWN,
+                                          row.min_capacity if row.min_capacity is not None else current)
+                if not self._set_min(env, name, 0):
+                    return False
             if not self._set_desired(env, ecs, name, 0):
                 return False
-            changes.append(self._record(env, PAUSE, name, desired, 0))
+            changes.append(self._record(env, PAUSE, name, desired, 0, row.min_capacity))
             self.store.remember(env.name, name, desired, DOWN)
         elif row is not None and row.state == SCALING_DOWN:
             # UpdateService(0) went through but its audit entry was never written (killed, Redis down).
-            changes.append(self._record(env, PAUSE, name, row.desired, 0))
+            changes.append(self._record(env, PAUSE, name, row.desired, 0, row.min_capacity))
             self.store.remember(env.name, name, row.desired, DOWN)
         elif row is not None and row.state == SCALING_UP:
             # A restore that never reached ECS (the service is still at 0): it is down as it should be.
@@ -217,19 +250,21 @@ class Reconciler:
 
     def _restore(self, env: Environment, ecs: ECSClient, row: Remembered, desired: int, now: dt.datetime,
                  lock: Lock, changes: list[Change]) -> None:
+        if row.min_capacity is not None and not self._restore_min(env, row):
+            return  # the row (and the MinCapacity to put back) stays: the next tick tries again
         if desired == 0:
             if not self._still_free(env, now, lock):
                 return
             if row.state == SCALING_DOWN:
                 # The scale-down happened but was not audited before we died: record it first.
-                changes.append(self._record(env, PAUSE, row.service, row.desired, 0))
+                changes.append(self._record(env, PAUSE, row.service, row.desired, 0, row.min_capacity))
             self.store.remember(env.name, row.service, row.desired, SCALING_UP)
             if not self._set_desired(env, ecs, row.service, row.desired):
                 return
-            changes.append(self._record(env, RESUME, row.service, 0, row.desired))
+            changes.append(self._record(env, RESUME, row.service, 0, row.desired, row.min_capacity))
         elif row.state == SCALING_UP and desired == row.desired:
             # Restored before we died, not yet audited.
-            changes.append(self._record(env, RESUME, row.service, 0, row.desired))
+            changes.append(self._record(env, RESUME, row.service, 0, row.desired, row.min_capacity))
         else:
             # Someone scaled it up by hand while it was down (or our scale-down never
             # reached ECS): their count wins, ours is stale.
@@ -249,7 +284,57 @@ class Reconciler:
             return False
         return True
 
+    # ---- Application Auto Scaling ------------------------------------------------
+    def _scalable_target(self, env: Environment, service: str) -> dict[str, Any] | None:
+        """The service's scalable target (DesiredCount), or None (none, or it cannot be read: logged)."""
+        if self.autoscaling_client is None:
+            return None
+        try:
+            found = self.autoscaling_client(env).describe_scalable_targets(
+                ServiceNamespace="ecs", ResourceIds=[_resource_id(env, service)],
+                ScalableDimension=SCALABLE_DIMENSION).get("ScalableTargets", [])
+        except AWS_ERRORS as e:
+            log.error("%s: %s; scaling to 0 anyway (autoscaling may undo it)", env.name,
+                      aws_error(e, f"reading the autoscaling target of {service}").detail)
+            return None
+        return dict(found[0]) if found else None
+
+    def _set_min(self, env: Environment, service: str, minimum: int) -> bool:
+        assert self.autoscaling_client is not None
+        try:
+            self.autoscaling_client(env).register_scalable_target(
+                ServiceNamespace="ecs", ResourceId=_resource_id(env, service), ScalableDimension=SCALABLE_DIMENSION,
+                MinCapacity=minimum)
+        except AWS_ERRORS as e:
+            log.error("%s: %s", env.name, aws_error(e, f"setting the autoscaling MinCapacity of {service} "
+                                                       f"to {minimum}").detail)
+            return False
+        log.info("%s: %s: autoscaling MinCapacity set to %d", env.name, service, minimum)
+        return True
+
+    def _restore_min(self, env: Environment, row: Remembered) -> bool:
+        """Put back the MinCapacity we lowered, unless someone set another meanwhile (theirs wins)."""
+        assert row.min_capacity is not None
+        target = self._scalable_target(env, row.service)
+        if target is None:
+            log.info("%s: %s has no autoscaling target any more; nothing to restore", env.name, row.service)
+            return True
+        if int(target.get("MinCapacity", 0)) != 0:
+            log.info("%s: %s: autoscaling MinCapacity is %s now (set meanwhile); leaving it", env.name,
+                     row.service, target.get("MinCapacity"))
+            return True
+        return self._set_min(env, row.service, row.min_capacity)
+
+    def _pace(self) -> None:
+        """Space UpdateService calls (the account's service-modify budget is shared with CI)."""
+        if self._last_update is not None:
+            wait = self.spacing - (self.timer() - self._last_update)
+            if wait > 0:
+                self.sleep(wait)
+        self._last_update = self.timer()
+
     def _set_desired(self, env: Environment, ecs: ECSClient, service: str, count: int) -> bool:
+        self._pace()
         try:
             ecs.update_service(cluster=env.cluster, service=service, desiredCount=count)
         except AWS_ERRORS as e:
@@ -265,19 +350,32 @@ class Reconciler:
             before=ended.record(), after=dict(NOT_PAUSED)))
         log.info("%s: the pause by %s ended; the schedule applies again", env.name, ended.by)
 
-    def _record(self, env: Environment, action: str, service: str, before: int, after: int) -> Change:
+    def _record(self, env: Environment, action: str, service: str, before: int, after: int,
+                min_capacity: int | None = None) -> Change:
         assert env.schedule is not None
         windows = ", ".join(env.schedule.text)
+        b: dict[str, Any] = {"desired": before}
+        a: dict[str, Any] = {"desired": after}
         if action == PAUSE:
             detail = (f"Scaled {service} to 0 outside the schedule's up-windows ({windows}, {env.schedule.timezone}); "
                       f"desired count was {before}.")
+            if min_capacity is not None:
+                detail += f" Its autoscaling MinCapacity was lowered from {min_capacity} to 0 so it stays down."
+                b["min_capacity"], a["min_capacity"] = min_capacity, 0
         else:
             detail = f"Restored {service} to {after} task(s): the schedule's up-window began ({windows}, {env.schedule.timezone})."
+            if min_capacity is not None:
+                detail += f" Its autoscaling MinCapacity is back to {min_capacity}."
+                b["min_capacity"], a["min_capacity"] = 0, min_capacity
         self.audit.record(AuditEvent(actor=ACTOR, source=SOURCE, action=action, outcome="succeeded",
-                                     environment=env.name, target=service, detail=detail,
-                                     before={"desired": before}, after={"desired": after}))
+                                     environment=env.name, target=service, detail=detail, before=b, after=a))
         log.info("%s: %s", env.name, detail)
         return Change(env.name, service, action, before, after)
+
+
+def _resource_id(env: Environment, service: str) -> str:
+    """Application Auto Scaling's ResourceId of an ECS service: service/CLUSTER/SERVICE (cluster name, not ARN)."""
+    return f"service/{env.cluster.rsplit('/', 1)[-1]}/{service}"
 
 
 def _seconds_to_next_tick(every: float) -> float:

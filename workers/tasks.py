@@ -5,34 +5,54 @@ environment's allowlist, the revision is the family's latest ACTIVE one, the
 network and launch settings come from the environment's config or one of its
 services, and no overrides (role, image, command, environment) are ever sent.
 
-At-least-once delivery: ``clientToken`` is the job id (ECS returns the same
-task for a repeated token) and the task ARN is checkpointed into the job, so a
-redelivered job follows the task it already started instead of calling
-RunTask again. Task definition environment values and secrets are never read
-out of the task definition.
+At-least-once delivery: the launch parameters (task definition revision,
+network, capacity) are checkpointed into the job *before* RunTask, and
+``clientToken`` is the job id, so a redelivered job repeats exactly the same
+RunTask (ECS answers with the task it already started) or, once the task ARN
+is checkpointed, only follows it. Should ECS still answer ConflictException
+(same token, other parameters), the task it lists in ``resourceIds`` is
+adopted instead of failing the job while that task runs untracked
+(ECS_Idempotency). Task definition environment values and secrets are never
+read out of the task definition.
+
+Capacity: one-off tasks run on on-demand capacity — the service's launch type,
+or FARGATE — never on a copied FARGATE_SPOT strategy, where a migration could
+be interrupted; ``task_capacity_provider`` in the catalog chooses a provider.
+
+When the task has stopped, the last lines (at most 50 lines / 8 KB) of each
+essential container's awslogs stream are added to the job's events (shown on
+the job page): only what the task printed, never its environment or secrets,
+and never copied into the audit trail.
 """
 from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from botocore.exceptions import ClientError
 
 from cloud.ecs import EcsReader, active
 from cloud.ecs_types import AssignPublicIp, LaunchType, TaskStatus
+from cloud.errors import AWS_ERRORS, aws_error, error_code
 from cloud.task_definitions import container_logs, short_td, task_id
 from scope.catalog import Environment
-from scope.errors import Forbidden, OperationFailed
+from scope.errors import Forbidden, OperationFailed, job_error
 from workers.context import JobContext, Outcome
 from workers.errors import aws_call
 
 if TYPE_CHECKING:
     from mypy_boto3_ecs import ECSClient
     from mypy_boto3_ecs.type_defs import ServiceTypeDef, TaskDefinitionTypeDef, TaskTypeDef
+    from mypy_boto3_logs import CloudWatchLogsClient
 
 Progress = Callable[[str, str], None]
 Checkpoint = Callable[[dict[str, Any]], None]
 MAX_REASON = 300
+OUTPUT_LINES = 50  # the last lines of a task's output kept with its job
+OUTPUT_BYTES = 8 * 1024
+SPOT = "FARGATE_SPOT"
 
 
 @dataclass(frozen=True)
@@ -46,10 +66,36 @@ class LogLocation:
         return f"Logs of {self.container}: CloudWatch log group {self.group}, {where}"
 
 
-def log_locations(td: Mapping[str, Any], arn: str) -> list[LogLocation]:
-    """Where the essential containers of the task write their awslogs output."""
+def log_locations(td: Mapping[str, Any], arn: str, region: str | None = None) -> list[LogLocation]:
+    """Where the essential containers of the task write their awslogs output (in ``region``, if given)."""
     return [LogLocation(c.container, c.group, c.stream_of(arn))
-            for c in container_logs(td) if c.essential and c.awslogs]
+            for c in container_logs(td) if c.essential and c.awslogs
+            and (region is None or c.region in ("", region))]
+
+
+def last_lines(messages: list[str], lines: int = OUTPUT_LINES, limit: int = OUTPUT_BYTES) -> list[str]:
+    """The newest ``lines`` messages whose UTF-8 total stays within ``limit`` bytes (a long line is cut)."""
+    out: list[str] = []
+    used = 0
+    for m in reversed(messages[-lines:]):
+        m = m.rstrip("\n")
+        size = len(m.encode())
+        if used + size > limit:
+            room = limit - used
+            if room > 0 and not out:
+                out.append("…" + m.encode()[-room:].decode(errors="ignore"))
+            break
+        out.append(m)
+        used += size
+    return out[::-1]
+
+
+def conflict_task(e: BaseException) -> str | None:
+    """The task a ConflictException says the clientToken already started (ECS_Idempotency: resourceIds)."""
+    if isinstance(e, ClientError) and error_code(e) == "ConflictException":
+        ids = e.response.get("resourceIds") or []  # type: ignore[typeddict-item]
+        return str(ids[0]) if ids else None
+    return None
 
 
 @dataclass
@@ -63,6 +109,7 @@ class OneOffTask:
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.time  # wall clock: the start is checkpointed across workers
     reason: str = "Valet Key"
+    logs: CloudWatchLogsClient | None = None  # to capture the task's output; None: not captured
 
     @property
     def cluster(self) -> str:
@@ -104,37 +151,100 @@ class OneOffTask:
         if awsvpc and "networkConfiguration" not in args:
             raise OperationFailed(f"{td.get('family')} uses awsvpc networking but {self.env.name} has no "
                                   f"[network] config and no service with an awsvpc network to copy it from.")
-        if svc is not None and svc.get("capacityProviderStrategy"):
-            args["capacityProviderStrategy"] = svc["capacityProviderStrategy"]
+        strategy = (svc or {}).get("capacityProviderStrategy") or []
+        if self.env.task_capacity_provider:
+            args["capacityProviderStrategy"] = [{"capacityProvider": self.env.task_capacity_provider, "weight": 1}]
         elif svc is not None and svc.get("launchType"):
             args["launchType"] = svc["launchType"]
+        elif strategy and not any(p.get("capacityProvider") in (LaunchType.FARGATE, SPOT) for p in strategy):
+            # The service's own (EC2 Auto Scaling) providers: the only capacity the cluster has.
+            args["capacityProviderStrategy"] = strategy
         else:
+            # On-demand: FARGATE rather than a copied FARGATE_SPOT weight that could interrupt a migration.
             compat = td.get("requiresCompatibilities") or [LaunchType.FARGATE.value]
             args["launchType"] = LaunchType.FARGATE if LaunchType.FARGATE in compat else compat[0]
         if svc is not None and svc.get("platformVersion") and args.get("launchType") == LaunchType.FARGATE:
             args["platformVersion"] = svc["platformVersion"]
         return args
 
-    def start(self, family: str, params: dict[str, Any], client_token: str) -> str:
+    def plan(self, family: str, params: dict[str, Any]) -> dict[str, Any]:
+        """The launch parameters, resolved once and checkpointed before RunTask: a redelivered job
+        sends the very same RunTask (same revision, network, capacity), which ECS answers idempotently."""
+        if isinstance(params.get("launch"), dict):
+            return dict(params["launch"])
         td = self.task_definition(family)
-        td_arn = td["taskDefinitionArn"]
-        args = self.launch_settings(td)
-        resp = self._call(f"starting a task of {family}", lambda: self.ecs.run_task(
-            cluster=self.cluster, taskDefinition=td_arn, count=1, clientToken=client_token,
-            startedBy=f"valetkey/{client_token}"[:128], **args))
+        launch = {"task_definition": td["taskDefinitionArn"], "args": self.launch_settings(td),
+                  "essential": [c.get("name", "") for c in td.get("containerDefinitions", []) if c.get("essential", True)],
+                  "logs": [asdict(c) for c in container_logs(td) if c.essential and c.awslogs
+                           and c.region in ("", self.env.region)]}
+        params["launch"] = launch
+        self.checkpoint(params)
+        return launch
+
+    def start(self, family: str, params: dict[str, Any], client_token: str) -> str:
+        launch = self.plan(family, params)
+        td_arn, args = str(launch["task_definition"]), dict(launch["args"])
+        try:
+            resp = self.ecs.run_task(cluster=self.cluster, taskDefinition=td_arn, count=1, clientToken=client_token,
+                                     startedBy=f"valetkey/{client_token}"[:128], **args)
+        except AWS_ERRORS as e:
+            adopted = conflict_task(e)
+            if adopted is None:
+                raise job_error(aws_error(e, f"starting a task of {family}")) from e
+            self.progress("resume", f"ECS already started task {task_id(adopted)} for this job (clientToken); "
+                                    f"following it instead of starting another")
+            return self._started(adopted, td_arn, launch, params)
         tasks = resp.get("tasks") or []
         if not tasks:
             why = "; ".join(f"{f.get('reason', 'unknown')}" + (f" ({f['detail']})" if f.get("detail") else "")
                             for f in resp.get("failures", [])) or "no task was returned"
             raise OperationFailed(f"ECS did not start a task of {short_td(td_arn)}: {why[:MAX_REASON]}")
-        arn = tasks[0]["taskArn"]
-        essential = [c.get("name", "") for c in td.get("containerDefinitions", []) if c.get("essential", True)]
-        params.update(task_arn=arn, task_definition=td_arn, essential=essential, started_epoch=self.clock())
+        return self._started(tasks[0]["taskArn"], td_arn, launch, params)
+
+    def _started(self, arn: str, td_arn: str, launch: dict[str, Any], params: dict[str, Any]) -> str:
+        params.update(task_arn=arn, task_definition=td_arn, essential=launch.get("essential") or [],
+                      started_epoch=self.clock())
         self.checkpoint(params)
         self.progress("started", f"Started task {task_id(arn)} of {short_td(td_arn)}")
-        for loc in log_locations(td, arn):
+        for loc in self._locations(params):
             self.progress("logs", loc.describe())
         return arn
+
+    @staticmethod
+    def _locations(params: dict[str, Any]) -> list[LogLocation]:
+        arn = str(params.get("task_arn") or "")
+        out = []
+        for c in (params.get("launch") or {}).get("logs") or []:
+            prefix = c.get("prefix") or ""
+            out.append(LogLocation(c.get("container", ""), c.get("group", ""),
+                                   f"{prefix}/{c.get('container', '')}/{task_id(arn)}" if prefix else ""))
+        return out
+
+    # ---- output -----------------------------------------------------------
+    def output(self, params: dict[str, Any]) -> dict[str, list[str]]:
+        """The last lines each essential container logged, added to the job's events. Best effort:
+        the outcome is the exit code; a log that cannot be read is said, not fatal."""
+        out: dict[str, list[str]] = {}
+        if self.logs is None:
+            return out
+        for loc in self._locations(params):
+            if not loc.stream:
+                continue
+            try:
+                events = self.logs.get_log_events(logGroupName=loc.group, logStreamName=loc.stream,
+                                                  startFromHead=False, limit=OUTPUT_LINES).get("events", [])
+            except AWS_ERRORS as e:
+                code = error_code(e) if isinstance(e, ClientError) else type(e).__name__
+                why = "no output was logged" if code == "ResourceNotFoundException" else f"could not read it ({code})"
+                self.progress("output", f"Output of {loc.container}: {why}")
+                continue
+            lines = last_lines([str(ev.get("message", "")) for ev in events])
+            out[loc.container] = lines
+            if lines:
+                self.progress("output", f"Last {len(lines)} line(s) of {loc.container}'s output:\n" + "\n".join(lines))
+            else:
+                self.progress("output", f"Output of {loc.container}: no output was logged")
+        return out
 
     # ---- following --------------------------------------------------------
     def run(self, family: str, params: dict[str, Any], client_token: str) -> Outcome:
@@ -145,6 +255,9 @@ class OneOffTask:
             arn = self.start(family, params, client_token)
         started = float(params.get("started_epoch") or self.clock())
         task = self.wait_stopped(arn, started)
+        # The output goes to the job's events only, never into the outcome's ``after``: that is copied
+        # into the audit trail, which is kept and exported, and a task prints whatever it likes.
+        self.output(params)
         return self.outcome(task, params, started)
 
     def describe(self, arn: str) -> TaskTypeDef:
@@ -209,5 +322,6 @@ def run_task(ctx: JobContext) -> Outcome:
                         f"allowlist; nothing was started.")
     s = ctx.settings
     op = OneOffTask(ctx.ecs_client(ctx.env), ctx.env, ctx.progress, ctx.checkpoint,
-                    poll_interval=s.poll_interval, timeout=s.task_timeout, sleep=ctx.sleep, reason=ctx.reason)
+                    poll_interval=s.poll_interval, timeout=s.task_timeout, sleep=ctx.sleep, reason=ctx.reason,
+                    logs=ctx.logs_client(ctx.env) if ctx.logs_client else None)
     return op.run(family, ctx.params, client_token=ctx.job.id)
