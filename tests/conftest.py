@@ -98,22 +98,6 @@ def aws(moto_url: str) -> str:
 
 
 @pytest.fixture
-def sim(aws: str) -> Iterator[Any]:
-    """The clean moto with the ECS simulator (ecssim) installed on a FakeClock: ECS as it behaves.
-
-    Installed fresh per test, so no state or call log leaks between tests.
-    """
-    import ecssim
-    from ecssim import FakeClock, Simulator, Timings
-
-    simulator = ecssim.install(Simulator(clock=FakeClock(), timings=Timings.fast(), seed=7))
-    try:
-        yield simulator
-    finally:
-        ecssim.uninstall()
-
-
-@pytest.fixture
 def steady_tasks(aws: str) -> str:
     """Keep moto's tasks where they are: by default each DescribeTasks call advances a task
     one state (RUNNING -> DEACTIVATING -> ... -> STOPPED), which mimics one-off tasks but

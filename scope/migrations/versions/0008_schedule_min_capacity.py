@@ -1,6 +1,6 @@
 """the scheduler remembers an Application Auto Scaling MinCapacity it lowered for the night
 
-Revision ID: 0006_sched_min
+Revision ID: 0008
 Revises: 0005
 Create Date: 2026-11-28
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0006_sched_min'
-down_revision = '0005'
+revision = '0008'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 
