@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 
 import redis as redis_lib
@@ -10,7 +11,10 @@ from web.watch import StreamHub
 
 
 def run(coro):  # noqa: ANN001, ANN201 - a tiny driver for the async tests below
-    return asyncio.run(coro)
+    # A loop of its own in a thread of its own: earlier tests in the session (Playwright's sync
+    # API) may leave an event loop running in this thread, where asyncio.run() refuses to start.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def test_waiters_share_a_read_and_get_what_is_newer_than_their_cursor(redis_url):

@@ -9,6 +9,7 @@ from flask import Flask, current_app, request
 from flask_smorest import Api
 from flask_smorest.utils import prepare_response
 
+from scope.errors import ValidationFailed
 from web.api.schemas import ProblemSchema
 from web.context import principal
 from web.errors import PROBLEM
@@ -102,3 +103,8 @@ def authenticate_first() -> None:
         # that takes no body must not accept, or choke on, one that is nested 50,000 deep.
         if request.is_json and request.get_data(cache=True):
             request.get_json()
+        # Every query parameter of the API is a single value: a repeated one is refused rather
+        # than silently read as its first value (schemathesis: ?filter=a&filter=b was accepted).
+        repeated = sorted(k for k, vs in request.args.lists() if len(vs) > 1)
+        if repeated:
+            raise ValidationFailed({k: ["given more than once; give it once"] for k in repeated})
