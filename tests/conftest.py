@@ -93,7 +93,12 @@ def moto_url() -> Iterator[str]:
 @pytest.fixture
 def aws(moto_url: str) -> str:
     """A clean moto: every test starts from an empty account."""
+    from cloud.ecs import EcsReader
+
     requests.post(f"{moto_url}/moto-api/reset", timeout=60)  # generous: a loaded machine is slow
+    # Task definitions are cached per process as immutable, but each test's fresh moto reuses the
+    # same ARNs (stg-web:1) for other definitions: a reset account empties the cache too.
+    EcsReader._td_cache.clear()
     return moto_url
 
 
