@@ -144,3 +144,48 @@ def test_logs_of_a_disabled_environment_are_refused_and_audited(client, rt, make
     assert (entry["outcome"], entry["environment"], entry["actor"]) == ("denied", "prod", f"{role}@acme.test")
     detail = client.get("/api/v1/environments/prod", headers=headers).get_json()
     assert "logs.view" not in detail["permissions"]
+
+
+# ---- every documented query parameter: once only, and within its documented length ---------
+KNOWN_PATH = {"env": "staging", "svc": "orders-api", "target": "cache", "job_id": "0000-nope"}
+
+
+def _query_parameters(client):
+    """(path, parameter schema) for every GET operation's documented query parameters."""
+    doc = client.get("/api/v1/openapi.json").get_json()
+    for path, ops in doc["paths"].items():
+        op = ops.get("get")
+        if not op:
+            continue
+        url = path
+        for name, value in KNOWN_PATH.items():
+            url = url.replace("{" + name + "}", value)
+        for param in op.get("parameters", []):
+            if param["in"] == "query":
+                yield url, param
+
+
+def test_each_query_parameter_given_twice_is_a_400_naming_it(client, admin, aws):
+    seed_cluster("stg", ["orders-api"], family_prefix="staging")
+    seen = 0
+    for url, param in _query_parameters(client):
+        name = param["name"]
+        r = client.get(url, query_string=[(name, "1"), (name, "2")], headers=admin)
+        body = assert_problem(r, 400)
+        assert body["errors"][name] == ["given more than once; give it once"], (url, name)
+        seen += 1
+    assert seen >= 10  # logs, audit, export and job events all take query parameters
+
+
+def test_each_string_query_parameter_over_its_length_is_a_400_naming_it(client, admin, aws):
+    seed_cluster("stg", ["orders-api"], family_prefix="staging")
+    seen = 0
+    for url, param in _query_parameters(client):
+        limit = param["schema"].get("maxLength")
+        if limit is None:
+            continue
+        r = client.get(url, query_string={param["name"]: "a" * (limit + 1)}, headers=admin)
+        body = assert_problem(r, 400)
+        assert param["name"] in body["errors"], (url, param["name"], body)
+        seen += 1
+    assert seen >= 2  # at least the log filter and cursor
