@@ -8,10 +8,12 @@ replacement starts only then (DESIGN.md, "Eventual consistency").
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .deployments import (
     CIRCUIT_BREAKER_REASON,
+    ServiceDeploymentRecord,
+    ServiceRevision,
     SimDeployment,
     circuit_breaker_threshold,
 )
@@ -27,9 +29,7 @@ from .enums import (
 from .region import RegionState
 from .services import SimService
 from .tasks import SimTask, ts
-
-if TYPE_CHECKING:
-    from .simulator import Simulator
+from .timings import Timings
 
 FAILURE_CODES = (StopCode.TASK_FAILED_TO_START, StopCode.ESSENTIAL_CONTAINER_EXITED)
 
@@ -39,8 +39,26 @@ def _stop_order(t: SimTask) -> tuple[int, float]:
     return (0 if t.last_status in STARTING else 1 if t.last_status != TaskStatus.RUNNING else 2, -(t.created_at))
 
 
+class Cluster(Protocol):
+    """What the scheduler asks of the simulator it runs in (the simulator owns tasks and events;
+    the scheduler only decides): written here so the two modules do not import each other."""
+
+    timings: Timings
+
+    def launch_service_task(self, rs: RegionState, svc: SimService, dep: SimDeployment,
+                            now: float) -> SimTask | None: ...
+
+    def stop_task(self, rs: RegionState, t: SimTask, now: float, code: StopCode, reason: str) -> bool: ...
+
+    def service_event(self, svc: SimService, now: float, message: str) -> None: ...
+
+    def new_deployment(self, rs: RegionState, svc: SimService, td_arn: str, now: float,
+                       revision: ServiceRevision | None = None,
+                       rollback_record: ServiceDeploymentRecord | None = None) -> SimDeployment: ...
+
+
 class ServiceScheduler:
-    def __init__(self, sim: Simulator) -> None:
+    def __init__(self, sim: Cluster) -> None:
         self.sim = sim
 
     def step(self, rs: RegionState, svc: SimService, now: float) -> None:
