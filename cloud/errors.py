@@ -67,11 +67,26 @@ def is_transient(e: BaseException) -> bool:
     return isinstance(e, TIMEOUT_ERRORS)
 
 
+# How long a caller should wait after AWS throttled us or did not answer (Retry-After).
+THROTTLED_RETRY_AFTER = 5
+UNAVAILABLE_RETRY_AFTER = 10
+
+
 class AwsError(UpstreamError):
-    """AWS refused or failed a call; ``code`` is AWS' error code (or the botocore error's name)."""
+    """AWS refused or failed a call; ``code`` is AWS' error code (or the botocore error's name).
+
+    A transient one (throttling, AWS' own 5xx, no answer) is an outage from the caller's side:
+    a page or API call answers 503 with Retry-After (DESIGN.md: an outage is 503, never 5xx
+    of another kind), and a job is retried later. A refusal stays a 502 naming AWS' code.
+    """
 
     def __init__(self, detail: str, code: str, *, transient: bool = False, throttled: bool = False) -> None:
-        super().__init__(detail, code=code)
+        if transient:
+            super().__init__(detail, code=code,
+                             retry_after=THROTTLED_RETRY_AFTER if throttled else UNAVAILABLE_RETRY_AFTER)
+            self.status, self.title = 503, "Service Unavailable"
+        else:
+            super().__init__(detail, code=code)
         self.code, self.transient, self.throttled = code, transient, throttled
 
 

@@ -149,6 +149,28 @@ def test_aws_failure_is_a_clean_502(client, make_user, aws):
     assert "ClusterNotFound" in body["detail"]
 
 
+def test_aws_throttling_on_a_read_is_a_503_with_retry_after(client, make_user, sim):
+    """Throttling is an outage from the caller's side, not a bad gateway: 503 and when to come back."""
+    import boto3
+    from ecssim.seed import ServiceSpec, seed
+
+    seed(sim, "stg", [ServiceSpec("orders-api", desired=1)])
+    sim.throttle.enabled, sim.throttle.scale = True, 0.0001  # a bucket of 1, refilled every few hours
+    ecs = boto3.client("ecs", region_name="us-east-1")
+    for _ in range(2):  # drain the account's buckets, as CI or the console would
+        for call in (lambda: ecs.list_services(cluster="stg"),
+                     lambda: ecs.describe_services(cluster="stg", services=["orders-api"])):
+            try:
+                call()
+            except ecs.exceptions.ClientError:
+                pass
+    dev = make_user("dev@acme.test", ("staging", "developer"))
+    r = client.get("/api/v1/environments/staging", headers=dev)
+    body = assert_problem(r, 503)
+    assert 0 < int(r.headers["Retry-After"]) <= 60 and body["retry_after"] == int(r.headers["Retry-After"])
+    assert "Throttl" in body["detail"] and "Traceback" not in body["detail"]
+
+
 def test_flask_404_and_405_are_problems(client):
     assert_problem(client.get("/api/v1/nothing-here"), 404)
     r = client.delete("/healthz")
