@@ -50,6 +50,10 @@ def make_engine(url: str, **kw: Any) -> Engine:
         return engine
     kw.setdefault("pool_pre_ping", True)
     kw.setdefault("pool_size", int(os.environ.get("VALETKEY_DB_POOL_SIZE", "5")))
+    # Connections above pool_size are opened on demand and closed when idle. The default
+    # covers a web process's 16 request threads plus the long-poll hub and /metrics at once,
+    # so a burst never queues a request for a connection (SQLAlchemy's default, 10, did).
+    kw.setdefault("max_overflow", int(os.environ.get("VALETKEY_DB_MAX_OVERFLOW", "20")))
     return create_engine(url, **kw)
 
 

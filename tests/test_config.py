@@ -142,3 +142,19 @@ def test_github_rule_without_repository_pin_stops_the_cli_with_exit_2(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == (f"valetkey: configuration error: {path}: environments.x.github: names neither "
                                 "repository nor repository_owner_id: any repository on GitHub could match it")
+
+
+def test_a_postgresql_pool_holds_at_least_a_web_process_threads(monkeypatch):
+    from scope.db import make_engine
+
+    engine = make_engine("postgresql://postgres@127.0.0.1:5432/test")
+    try:  # 16 request threads, the long-poll hub and /metrics may each hold one at once
+        assert engine.pool.size() + engine.pool._max_overflow >= 18  # type: ignore[attr-defined]
+    finally:
+        engine.dispose()
+    monkeypatch.setenv("VALETKEY_DB_MAX_OVERFLOW", "2")
+    engine = make_engine("postgresql://postgres@127.0.0.1:5432/test")
+    try:
+        assert engine.pool._max_overflow == 2  # type: ignore[attr-defined]
+    finally:
+        engine.dispose()
