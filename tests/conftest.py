@@ -262,8 +262,12 @@ def pg_schema_url() -> Iterator[str]:
     admin.dispose()
 
 
-TABLES = ("audit_entries", "api_tokens", "grants", "jobs", "users", "schedule_pauses", "schedule_scaled_services",
-          "schedule_periods")
+def _tables() -> list[str]:
+    """Every table the models declare, children first, but the audit head (reset, not emptied):
+    derived, so a new table cannot be forgotten and leak rows from one PostgreSQL test into the next."""
+    from scope.models import Base
+
+    return [t.name for t in reversed(Base.metadata.sorted_tables) if t.name != "audit_head"]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -279,7 +283,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield url
     engine = make_engine(url)
     with engine.begin() as c:
-        for t in TABLES:
+        for t in _tables():
             c.execute(text(f"DELETE FROM {t}"))
         c.execute(text("UPDATE audit_head SET last_id = 0, hash = :h"), {"h": "0" * 64})
     engine.dispose()

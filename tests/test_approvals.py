@@ -311,6 +311,38 @@ def test_access_request_validation_names_the_field(client, people, body, field):
     assert r.status_code == 400 and field in r.get_json()["errors"], r.get_json()
 
 
+def test_a_second_pending_request_for_one_environment_is_409_until_the_first_is_decided(client, rt, people):
+    def ask(role: str = "viewer") -> Any:
+        return client.post("/api/v1/access-requests", headers=people["nobody"],
+                           json={"environment": "qa", "role": role, "duration": "1h", "reason": "r"})
+    first = ask().get_json()
+    again = ask("developer")
+    assert again.status_code == 409 and again.get_json()["request_url"] == first["url"]
+    assert len(events_of(rt, "access.request")) == 1  # nothing filed, nothing for approvers to see twice
+    client.post(first["url"] + "/reject", headers=people["op_qa"], json={"reason": "no"})
+    assert ask("developer").status_code == 201  # decided: asking again is fine
+
+
+def test_an_undecided_request_expires_after_seven_days(client, rt, people):
+    from scope.models import AccessRequest
+
+    r = client.post("/api/v1/access-requests", headers=people["nobody"],
+                    json={"environment": "qa", "role": "viewer", "duration": "1h", "reason": "r"})
+    assert r.status_code == 201, r.get_json()
+    req = r.get_json()
+    with rt.sessions.begin() as s:
+        s.execute(update(AccessRequest).where(AccessRequest.id == req["id"])
+                  .values(created_at=utcnow() - dt.timedelta(days=7, minutes=1)))
+    mine = client.get("/api/v1/access-requests", headers=people["nobody"]).get_json()["requests"]
+    assert [(x["id"], x["status"]) for x in mine] == [(req["id"], "expired")]
+    assert client.get("/api/v1/access-requests", headers=people["op_qa"]).get_json()["requests"] == []
+    r = client.post(req["url"] + "/approve", headers=people["op_qa"], json={})
+    assert r.status_code == 409 and "expired" in r.get_json()["detail"]
+    assert rt.users.grants_for(["nobody@acme.test"]) == []  # no grant on a stale reason
+    assert client.post("/api/v1/access-requests", headers=people["nobody"],
+                       json={"environment": "qa", "role": "viewer", "duration": "1h", "reason": "r"}).status_code == 201
+
+
 def test_access_request_reject(client, rt, people):
     req = client.post("/api/v1/access-requests", headers=people["nobody"],
                       json={"environment": "qa", "role": "viewer", "duration": "1h", "reason": "r"}).get_json()

@@ -22,6 +22,7 @@ class ProblemSchema(ma.Schema):
     request_id = ma.fields.String()
     job_id = ma.fields.String(metadata={"description": "409: the job already in progress"})
     job_url = ma.fields.String(metadata={"description": "409: its URL"})
+    request_url = ma.fields.String(metadata={"description": "409: your access request already waiting"})
     retry_after = ma.fields.Integer(metadata={"description": "seconds to wait (also in Retry-After)"})
 
 
@@ -260,7 +261,8 @@ class AccessRequestSchema(ma.Schema):
     role = ma.fields.String(required=True)
     duration = ma.fields.String(required=True)
     reason = ma.fields.String(required=True)
-    status = ma.fields.String(required=True, validate=validate.OneOf(["pending", "approved", "rejected"]))
+    status = ma.fields.String(required=True, validate=validate.OneOf(["pending", "approved", "rejected", "expired"]),
+                              metadata={"description": "expired: nobody decided within 7 days; ask again"})
     created_at = ma.fields.String(required=True)
     decided_by = ma.fields.String(allow_none=True)
     decided_at = ma.fields.String(allow_none=True)
