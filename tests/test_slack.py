@@ -429,3 +429,12 @@ def test_bad_slack_and_notify_config_fails_naming_the_key(tmp_path, extra, key):
     with pytest.raises(ConfigError) as e:
         load_catalog(str(path), {"STAGING_NOTIFY_URL": "https://chat.example/hook", "STAGING_NOTIFY_SECRET": "s"})
     assert key in str(e.value)
+
+
+def test_the_two_urls_are_in_the_openapi_document(client):
+    doc = client.get("/api/v1/openapi.json").get_json()
+    for path in ("/slack/commands", "/slack/interactions"):
+        op = doc["paths"][path]["post"]
+        assert "application/x-www-form-urlencoded" in op["requestBody"]["content"]
+        assert {p["name"] for p in op["parameters"]} == {"X-Slack-Signature", "X-Slack-Request-Timestamp"}
+        assert "401" in op["responses"]

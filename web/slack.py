@@ -178,9 +178,36 @@ def _tell(response_url: str, text: str) -> None:
         log.warning("a refusal could not be shown in Slack")
 
 
+def _document(app: Flask) -> None:
+    """The two URLs in the OpenAPI document, as Slack calls them (form bodies, Slack's signature headers)."""
+    api = app.extensions.get("valetkey_api")
+    if api is None:
+        return
+    headers = [{"in": "header", "name": name, "required": True, "schema": {"type": "string"}, "description": d}
+               for name, d in (("X-Slack-Signature", "v0=<hex HMAC-SHA256 of 'v0:<timestamp>:<raw body>'>"),
+                               ("X-Slack-Request-Timestamp", "Unix seconds; at most 5 minutes from now"))]
+    answer = {"200": {"description": "an ephemeral message for Slack", "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"response_type": {"type": "string"}, "text": {"type": "string"}}}}}}}
+    form = {"type": "object", "properties": {k: {"type": "string"} for k in (
+        "team_id", "user_id", "command", "text", "response_url", "channel_id")}}
+    rules = {r.endpoint: r for r in app.url_map.iter_rules() if r.endpoint.startswith("slack.")}
+    api.spec.path(rule=rules["slack.commands"], operations={"post": {
+        "summary": "The /valet slash command (Slack app; 404 while VALETKEY_SLACK_SIGNING_SECRET is unset)",
+        "tags": ["Slack"], "security": [], "parameters": headers,
+        "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": form}}},
+        "responses": answer}})
+    api.spec.path(rule=rules["slack.interactions"], operations={"post": {
+        "summary": "Approve / Reject buttons of an approval request (Slack app)",
+        "tags": ["Slack"], "security": [], "parameters": headers,
+        "requestBody": {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": {
+            "type": "object", "properties": {"payload": {"type": "string"}}}}}},
+        "responses": {"200": {"description": "received; the decision shows in Slack"}}}})
+
+
 def init_app(app: Flask) -> None:
     rt = app.extensions["valetkey"]
     if rt.settings.slack_signing_secret:
         app.extensions[EXTENSION] = SlackGate(rt.settings.slack_signing_secret, SlackApi.from_settings(rt.settings,
                                                                                                         rt.redis))
     app.register_blueprint(bp)
+    _document(app)
