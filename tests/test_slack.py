@@ -438,3 +438,24 @@ def test_the_two_urls_are_in_the_openapi_document(client):
         assert "application/x-www-form-urlencoded" in op["requestBody"]["content"]
         assert {p["name"] for p in op["parameters"]} == {"X-Slack-Signature", "X-Slack-Request-Timestamp"}
         assert "401" in op["responses"]
+
+
+def test_announcements_wait_in_their_own_queue_shown_in_metrics(client, rt, people):
+    from tests.test_metrics import sample, scrape
+
+    finished_job(rt)  # no worker runs: its outcome's announcement waits beside the job's own message
+    _, fams = scrape(client)
+    assert sample(fams, "valetkey_queue_depth", queue="valetkey.notify", state="ready") == 1
+    assert sample(fams, "valetkey_queue_depth", queue="valetkey", state="ready") == 1
+
+
+def test_slacks_certificate_check_and_other_interactions_are_answered_quietly(client, rt, people, standin):
+    body = "ssl_check=1&token=legacy"
+    r = client.post("/slack/commands", data=body, headers=signed(body))
+    assert r.status_code == 200 and r.get_data() == b""
+    body = urlencode({"payload": json.dumps({"type": "shortcut", "callback_id": "x"})})
+    assert client.post("/slack/interactions", data=body, headers=signed(body)).status_code == 200
+    body = urlencode({"payload": "not json"})
+    r = client.post("/slack/interactions", data=body, headers=signed(body))
+    assert r.status_code == 400 and "payload" in r.get_json()["detail"] + json.dumps(r.get_json())
+    assert audit_events(rt) == [] and standin.recorded("/api/") == []

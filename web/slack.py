@@ -112,6 +112,8 @@ def _refusal(e: ValetKeyError) -> str:
 def commands() -> ResponseReturnValue:
     """The /valet slash command: answered within Slack's 3 seconds with an ephemeral message."""
     form = _verified_form()
+    if form.get("ssl_check"):  # Slack checking the certificate: nothing to run, nobody to map
+        return "", 200
     try:
         error = None
         try:
@@ -134,13 +136,15 @@ def interactions() -> ResponseReturnValue:
     form = _verified_form()
     try:
         payload = json.loads(form.get("payload", ""))
+        if not isinstance(payload, dict) or payload.get("type") != "block_actions":
+            return "", 200  # shortcuts, modals: not used by this app
         action = payload["actions"][0]
         action_id, job_id = action["action_id"], str(action["value"])
         team_id, user_id = payload["team"]["id"], payload["user"]["id"]
     except (ValueError, KeyError, IndexError, TypeError):
         raise ValidationFailed({"payload": ["not a block_actions payload with an Approve or Reject action"]}) \
             from None
-    if payload.get("type") != "block_actions" or action_id not in (APPROVE, REJECT):
+    if action_id not in (APPROVE, REJECT):
         return "", 200
     verb = "approve" if action_id == APPROVE else "reject"
     answer = payload.get("response_url", "")
