@@ -7,6 +7,8 @@ import hashlib
 import hmac
 import json
 import logging
+import os
+import signal
 import time
 from typing import Any, Iterator
 from urllib.parse import urlencode
@@ -459,3 +461,34 @@ def test_slacks_certificate_check_and_other_interactions_are_answered_quietly(cl
     r = client.post("/slack/interactions", data=body, headers=signed(body))
     assert r.status_code == 400 and "payload" in r.get_json()["detail"] + json.dumps(r.get_json())
     assert audit_events(rt) == [] and standin.recorded("/api/") == []
+
+
+def test_the_worker_process_delivers_a_slack_restarts_outcome(client, rt, people, standin, environ, tmp_path,
+                                                              realtime_sim):
+    """The Procfile's worker, as a process of its own: it runs the job and delivers every announcement."""
+    from tests.test_processes import start as start_process
+    from tests.test_processes import wait_for
+
+    sim = realtime_sim
+    seed(sim, "stg", [ServiceSpec("orders-api", desired=2, min_percent=50)], settle=False)
+    wait_for(lambda: len([t for t in sim.tasks("stg", "orders-api") if t.wanted_running
+                          and t.counted_healthy(sim.clock.now(), 0)]) == 2, 30, "the service to run 2 tasks")
+    reply = standin.response_url("proc")
+    text_of(command(client, "restart orders-api in staging -- from the worker process", response_url=reply))
+    log = open(tmp_path / "worker.log", "wb")
+    worker = start_process(["worker", "--threads", "2"], {**environ, "VALETKEY_POLL_INTERVAL": "0.2",
+                                                          "VALETKEY_STABILITY_TIMEOUT": "60"}, log)
+    try:
+        [posted] = standin.wait_for("/api/chat.postMessage", timeout=90)
+        hooks = standin.wait_for("/hook/chat-a", timeout=30)
+        answers = standin.wait_for("/response/proc", 2, timeout=30)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(20)
+        log.close()
+    [job] = [rt.jobs.get(e["job_id"]) for e in audit_events(rt) if e["outcome"] == "requested"]
+    worker_log = (tmp_path / "worker.log").read_text()
+    assert job.status == "succeeded", (job.detail, worker_log[-3000:])
+    assert job.detail in posted.json["text"] and len(hooks) == 1 and job.detail in answers[-1].json["text"]
+    for secret in (BOT_TOKEN, reply, NOTIFY_SECRET, standin.hook_url("chat-a")):
+        assert secret not in worker_log
