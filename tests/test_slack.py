@@ -492,3 +492,37 @@ def test_the_worker_process_delivers_a_slack_restarts_outcome(client, rt, people
     assert job.detail in posted.json["text"] and len(hooks) == 1 and job.detail in answers[-1].json["text"]
     for secret in (BOT_TOKEN, reply, NOTIFY_SECRET, standin.hook_url("chat-a")):
         assert secret not in worker_log
+
+
+def test_approve_by_the_short_id_slack_shows(client, rt, people, staging, make_user, standin):
+    text_of(command(client, "restart orders-api in pair"))
+    [job] = rt.jobs.awaiting()
+    short = job.id[:8]
+    # Someone who cannot see pair learns nothing from the short id: not even the job's full id.
+    make_user("stg-op@acme.test", ("staging", "operator"))
+    standin.person("USTGOP", "stg-op@acme.test")
+    assert text_of(command(client, f"approve {short}", user="USTGOP")) == f"No job {short!r}."
+    assert "Approved" in text_of(command(client, f"approve {short}", user="UOP"))
+    assert rt.jobs.get(job.id).approved_by == "op@acme.test"
+
+
+def test_slack_jobs_are_rechecked_when_they_run(client, rt, people, staging, sim):
+    text_of(command(client, "restart orders-api in staging"))
+    [job] = [rt.jobs.get(e["job_id"]) for e in audit_events(rt) if e["outcome"] == "requested"]
+    rt.users.set_disabled("dev@acme.test")
+    assert JobRunner(rt, sleep=sim.advance, clock=sim.clock.now).run(job.id) == "failed"
+    assert "no longer an active user" in rt.jobs.get(job.id).detail
+
+
+def test_slack_unavailable_answers_try_again_and_does_nothing(client, rt, people, standin, monkeypatch):
+    orig = standin.answer
+
+    def limited(path: str, headers: dict[str, str], body: bytes, query: str) -> tuple[int, dict[str, Any]]:
+        if path == "/api/users.info":
+            return 200, {"ok": False, "error": "fatal_error"}
+        return orig(path, headers, body, query)
+
+    monkeypatch.setattr(standin, "answer", limited)
+    text = text_of(command(client, "restart orders-api in staging"))
+    assert "try again" in text and "fatal_error" in text and BOT_TOKEN not in text
+    assert rt.redis.hlen("dramatiq:valetkey.msgs") == 0 and audit_events(rt) == []

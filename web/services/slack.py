@@ -15,7 +15,7 @@ from jobs.kinds import REDEPLOY, RESTART
 from jobs.slack_messages import acknowledgement, escape
 from jobs.slack_state import remember_reply
 from scope.access import APPROVER_ROLES, visible_environments
-from scope.errors import ValidationFailed
+from scope.errors import NotFound, ValidationFailed
 from scope.models import Job
 from scope.roles import Permission, allows
 from web.context import principal, runtime
@@ -23,6 +23,7 @@ from web.guard import allow
 from web.services.approvals import approve_job, reject_job
 from web.services.environments import environment_detail, start_service_job
 
+SHORT_ID = 8  # the job ids Slack messages show ("job 3f9c2a1b")
 ACTIONS = {"restart": (RESTART, Permission.RESTART), "redeploy": (REDEPLOY, Permission.REDEPLOY)}
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}"
 SERVICE_ACTION = re.compile(rf"(restart|redeploy)\s+({_NAME})\s+in\s+({_NAME})")
@@ -78,9 +79,22 @@ def run(command: Command, response_url: str) -> str:
     return decide(command.verb, command.args[0], command.reason)
 
 
+def _full_id(job_id: str) -> str:
+    """The job a short id (at least 8 characters, as Slack messages show them) names among the jobs
+    awaiting approval; the id as given when it names none or several."""
+    if len(job_id) >= 32 or len(job_id) < SHORT_ID:
+        return job_id
+    matches = [j.id for j in runtime().jobs.awaiting() if j.id.startswith(job_id)]
+    return matches[0] if len(matches) == 1 else job_id
+
+
 def decide(verb: str, job_id: str, reason: str | None = None) -> str:
     """Approve or reject a job awaiting approval, as the API's approve/reject do (no self-approval)."""
-    job: Job = approve_job(job_id, reason) if verb == "approve" else reject_job(job_id, reason)
+    full = _full_id(job_id)
+    try:
+        job: Job = approve_job(full, reason) if verb == "approve" else reject_job(full, reason)
+    except NotFound:
+        raise NotFound(f"No job {job_id!r}.") from None  # never the full id of a job they may not see
     base = runtime().settings.base_url
     if verb == "approve":
         return f"Approved: {acknowledgement(base, job)}"
