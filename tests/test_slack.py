@@ -526,3 +526,9 @@ def test_slack_unavailable_answers_try_again_and_does_nothing(client, rt, people
     text = text_of(command(client, "restart orders-api in staging"))
     assert "try again" in text and "fatal_error" in text and BOT_TOKEN not in text
     assert rt.redis.hlen("dramatiq:valetkey.msgs") == 0 and audit_events(rt) == []
+
+
+def test_a_button_naming_no_job_is_answered_quietly(client, rt, people, standin):
+    press(client, APPROVE, "x" * 5000, "UOP", response_url=standin.response_url("junk"))
+    [answer] = standin.wait_for("/response/junk")
+    assert answer.json["text"] == f"No job {'x' * 32!r}." and not rt.redis.keys("valetkey:slack:message:*")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -35,6 +36,7 @@ bp = Blueprint("slack", __name__, url_prefix="/slack")
 EXTENSION = "valetkey_slack"
 MAX_BODY = 16 * 1024  # Slack's command and block_actions payloads are a few KiB
 SOURCE = "slack"
+JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class SlackGate:
@@ -150,6 +152,8 @@ def interactions() -> ResponseReturnValue:
     answer = payload.get("response_url", "")
     try:
         refused = _sign_in(team_id, user_id, f"approval.{verb}")
+        if not refused and not JOB_ID.fullmatch(job_id):
+            raise NotFound(job_id)
         if not refused:
             container = payload.get("container") or {}
             if container.get("channel_id") and container.get("message_ts"):
