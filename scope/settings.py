@@ -99,6 +99,10 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> "Settings":
         e = environ
+        if e.get("VALETKEY_SLACK_SIGNING_SECRET") and not e.get("VALETKEY_SLACK_BOT_TOKEN"):
+            # A verified Slack user is mapped through users.info, which needs the bot token.
+            raise ConfigError("environment", "VALETKEY_SLACK_BOT_TOKEN",
+                              "required with VALETKEY_SLACK_SIGNING_SECRET (Slack users are looked up with it)")
         return cls(
             redis_url=e.get("VALETKEY_REDIS_URL") or DEFAULT_REDIS_URL,
             database_url=e.get("VALETKEY_DATABASE_URL") or DEFAULT_DATABASE_URL,

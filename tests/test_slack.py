@@ -532,3 +532,16 @@ def test_a_button_naming_no_job_is_answered_quietly(client, rt, people, standin)
     press(client, APPROVE, "x" * 5000, "UOP", response_url=standin.response_url("junk"))
     [answer] = standin.wait_for("/response/junk")
     assert answer.json["text"] == f"No job {'x' * 32!r}." and not rt.redis.keys("valetkey:slack:message:*")
+
+
+def test_a_signing_secret_without_a_bot_token_fails_at_start():
+    from scope.errors import ConfigError
+    from scope.settings import Settings
+
+    with pytest.raises(ConfigError) as e:
+        Settings.from_env({"VALETKEY_SLACK_SIGNING_SECRET": SECRET})
+    assert "VALETKEY_SLACK_BOT_TOKEN" in str(e.value) and SECRET not in str(e.value)
+    with pytest.raises(ConfigError, match="VALETKEY_SLACK_API_URL"):
+        Settings.from_env({"VALETKEY_SLACK_API_URL": "slack.com/api"})
+    assert repr(Settings.from_env({"VALETKEY_SLACK_SIGNING_SECRET": SECRET, "VALETKEY_SLACK_BOT_TOKEN": BOT_TOKEN})) \
+        .count("xoxb") == 0
