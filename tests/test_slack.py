@@ -37,7 +37,8 @@ DOC_SIGNATURE = "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69
 BOT_TOKEN = "xoxb-test-bot-token-0000"
 NOTIFY_SECRET = "notify-secret-abc"
 TEAM = "T0ACME"
-TOML = BASE_TOML.replace('''webhook_secret_env = "STAGING_WEBHOOK_SECRET"''', '''webhook_secret_env = "STAGING_WEBHOOK_SECRET"
+HOOK_LINE = '''webhook_secret_env = "STAGING_WEBHOOK_SECRET"'''
+TOML = BASE_TOML.replace(HOOK_LINE, HOOK_LINE + '''
 slack_channel = "#staging-ops"
 
 [[environments.staging.notify]]
@@ -417,7 +418,8 @@ def test_an_outcome_is_recorded_even_when_the_notify_queue_is_down(rt, people, s
 # ---- configuration ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("extra,key", [
     ('slack_channel = "not a channel!"', "environments.qa.slack_channel"),
-    ('notify = [{ url_env = "MISSING_URL", secret_env = "STAGING_NOTIFY_SECRET" }]', "environments.qa.notify[0].url_env"),
+    ('notify = [{ url_env = "MISSING_URL", secret_env = "STAGING_NOTIFY_SECRET" }]',
+     "environments.qa.notify[0].url_env"),
     ('notify = [{ url_env = "STAGING_NOTIFY_URL" }]', "environments.qa.notify[0].secret_env"),
     ('notify = [{ url_env = "STAGING_NOTIFY_URL", secret_env = "STAGING_NOTIFY_SECRET", x = 1 }]',
      "environments.qa.notify[0].x"),
@@ -545,3 +547,26 @@ def test_a_signing_secret_without_a_bot_token_fails_at_start():
         Settings.from_env({"VALETKEY_SLACK_API_URL": "slack.com/api"})
     assert repr(Settings.from_env({"VALETKEY_SLACK_SIGNING_SECRET": SECRET, "VALETKEY_SLACK_BOT_TOKEN": BOT_TOKEN})) \
         .count("xoxb") == 0
+
+
+def test_a_job_requested_on_the_api_asks_for_approval_in_the_channel(client, rt, people, staging, standin,
+                                                                     notify_worker):
+    r = client.post("/api/v1/environments/pair/services/orders-api/restart", headers=people["dev"],
+                    json={"reason": "from the API"})
+    assert r.status_code == 202 and r.get_json()["status"] == "awaiting_approval"
+    [request] = standin.wait_for("/api/chat.postMessage")
+    assert request.json["channel"] == "#pair-ops" and "from the API" in request.json["text"]
+    assert [b["value"] for b in request.json["blocks"][-1]["elements"]] == [r.get_json()["id"]] * 2
+    assert standin.recorded("/response/") == []  # not from Slack: nobody to answer there
+
+
+def test_a_failed_restart_is_posted_with_its_diagnosis(client, rt, people, sim, standin, notify_worker):
+    seed(sim, "stg", [ServiceSpec("orders-api", min_percent=50, crash_after=5.0)], cidr="10.9")
+    text_of(command(client, "restart orders-api in staging", response_url=standin.response_url("f")))
+    [job] = [rt.jobs.get(e["job_id"]) for e in audit_events(rt) if e["outcome"] == "requested"]
+    assert JobRunner(rt, sleep=sim.advance, clock=sim.clock.now).run(job.id) == "failed"
+    detail = rt.jobs.get(job.id).detail
+    [posted] = standin.wait_for("/api/chat.postMessage")
+    assert posted.json["text"].startswith("Failed:") and detail.split(" ")[0] in posted.json["text"]
+    assert detail.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in posted.json["text"]
+    assert standin.wait_for("/response/f", 2)[-1].json["text"].startswith("Failed:")

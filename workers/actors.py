@@ -1,12 +1,12 @@
-"""The Dramatiq actor, declared on a given broker (no broker is touched at import time)."""
+"""The Dramatiq actors (jobs; announcements and their deliveries), declared on a given broker (no broker is
+touched at import time)."""
 from __future__ import annotations
 
 from typing import Any
 
 import dramatiq
-from dramatiq.middleware import CurrentMessage
-
 import redis
+from dramatiq.middleware import CurrentMessage
 
 from jobs.kinds import ANNOUNCE_ACTOR, DELIVER_ACTOR, NOTIFY_QUEUE, QUEUE, RUN_JOB_ACTOR
 from scope.errors import TransientError, Unavailable, ValetKeyError
