@@ -5,7 +5,7 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, Middleware, ShutdownNotifications, TimeLimit, default_middleware
 
-from jobs.kinds import QUEUE, RUN_JOB_ACTOR
+from jobs.kinds import ANNOUNCE_ACTOR, NOTIFY_QUEUE, QUEUE, RUN_JOB_ACTOR
 
 
 def middleware() -> list[Middleware]:
@@ -25,6 +25,7 @@ def make_broker(redis_url: str) -> RedisBroker:
     broker = RedisBroker(url=redis_url, middleware=middleware())
     # Declaring the queue lets the web process enqueue without importing the actors.
     broker.declare_queue(QUEUE)
+    broker.declare_queue(NOTIFY_QUEUE)
     return broker
 
 
@@ -37,4 +38,10 @@ def install(redis_url: str) -> RedisBroker:
 def send_run_job(broker: dramatiq.Broker, job_id: str) -> None:
     """Enqueue the job; the message carries only the id."""
     broker.enqueue(dramatiq.Message(queue_name=QUEUE, actor_name=RUN_JOB_ACTOR, args=(job_id,),
+                                    kwargs={}, options={}))
+
+
+def send_announce(broker: dramatiq.Broker, kind: str, job_id: str) -> None:
+    """Enqueue an announcement about a job (workers/notify.py reads the rest from the job row)."""
+    broker.enqueue(dramatiq.Message(queue_name=NOTIFY_QUEUE, actor_name=ANNOUNCE_ACTOR, args=(kind, job_id),
                                     kwargs={}, options={}))

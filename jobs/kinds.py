@@ -10,6 +10,13 @@ RUN_TASK = "task.run"
 # is read from the job row (actor arguments are ids, not payloads).
 RUN_JOB_ACTOR = "run_job"
 QUEUE = "valetkey"
+# Announcements (Slack messages, signed outbound webhooks) go through a queue of their own, so
+# that a slow chat service never delays a job and a job never waits for one (workers/notify.py).
+NOTIFY_QUEUE = "valetkey.notify"
+ANNOUNCE_ACTOR = "announce"
+DELIVER_ACTOR = "deliver_webhook"
+# What is announced about a job: it waits for approval, it was decided, it started, it ended.
+APPROVAL_REQUESTED, DECIDED, STARTED, OUTCOME = "approval_requested", "decided", "started", "outcome"
 
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 # Two-person approval: a job waits (never enqueued) until approved, or ends rejected.
@@ -21,4 +28,4 @@ AUDIT_ACTIONS = ("service.restart", "service.redeploy", "logs.view", "redis.flus
                  "schedule.pause", "schedule.resume", "grant.add", "grant.remove", "token.create", "login",
                  "grant.expire", "approval.approve", "approval.reject", "access.request")
 AUDIT_OUTCOMES = ("requested", "succeeded", "failed", "denied")
-AUDIT_SOURCES = ("web", "api", "webhook", "scheduler", "cli")
+AUDIT_SOURCES = ("web", "api", "webhook", "scheduler", "cli", "slack")

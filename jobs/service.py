@@ -20,7 +20,20 @@ from sqlalchemy.orm import Session, sessionmaker
 from jobs.audit_stream import AuditEvent, AuditLog
 from jobs.broker import send_run_job
 from jobs.events import JobEvents
-from jobs.kinds import AWAITING_APPROVAL, FAILED, QUEUED, REJECTED, RUNNING, SUCCEEDED, TERMINAL
+from jobs.announce import no_announcements
+from jobs.kinds import (
+    APPROVAL_REQUESTED,
+    AWAITING_APPROVAL,
+    DECIDED,
+    FAILED,
+    OUTCOME,
+    QUEUED,
+    REJECTED,
+    RUNNING,
+    STARTED,
+    SUCCEEDED,
+    TERMINAL,
+)
 from scope.errors import Conflict, NotFound, Unavailable, ValetKeyError
 from scope.models import Job, utcnow
 from scope.times import iso, iso_or_none
@@ -106,6 +119,8 @@ class JobService:
         # Reads go through ORM sessions; the state changes above run as Core on the same engine.
         self.engine: Engine = sessions.kw["bind"]
         self._sql = _Statements()
+        # Slack and outbound webhooks hear about each step through this (wiring sets a jobs.announce.Announcer).
+        self.announce: Callable[[str, Job], None] = no_announcements
 
     # ---- web side ---------------------------------------------------------
     def create(self, *, action: str, environment: str, target: str, actor: str, source: str,
@@ -155,6 +170,7 @@ class JobService:
                 self.events.queue(pipe, job.id, AWAITING_APPROVAL, f"{action} of {target} requested by {actor}; "
                                   "waiting for a second person's approval")
                 pipe.execute()
+                self.announce(APPROVAL_REQUESTED, job)
                 return job
             self.events.queue(pipe, job.id, "queued", f"{action} of {target} requested by {actor}")
             pipe.execute()
@@ -213,7 +229,9 @@ class JobService:
             if isinstance(e, ValetKeyError):
                 raise
             raise Unavailable("The job queue is unavailable right now; nothing was done.") from e
-        return self.get(job_id)
+        approved = self.get(job_id)
+        self.announce(DECIDED, approved)
+        return approved
 
     def reject(self, job_id: str, *, approver: str, source: str, request_id: str = "",
                reason: str = "") -> Job:
@@ -247,6 +265,7 @@ class JobService:
                 self.events.append(job_id, REJECTED, detail)
             except Exception:  # noqa: BLE001 - progress events are a courtesy; the row holds the outcome
                 log.warning("job %s: its rejection event could not be written", job_id)
+            self.announce(DECIDED, self.get(job_id))
         return n == 1
 
     def _not_awaiting(self, job_id: str) -> Conflict:
@@ -302,7 +321,12 @@ class JobService:
         # instead of three, which is what concurrent worker threads queue on.
         with self.engine.begin() as c:
             row = c.execute(self._sql.claim, {"job_id": job_id, "now": now, "stale": now - self.lease}).one_or_none()
-        return Job(**row._mapping) if row is not None else None
+        if row is None:
+            return None
+        job = Job(**row._mapping)
+        if job.attempts == 1:
+            self.announce(STARTED, job)
+        return job
 
     def release(self, job_id: str, attempt: int | None = None) -> None:
         """Back to queued so that a retried message can claim the job again (if still this claim's)."""
@@ -358,6 +382,7 @@ class JobService:
             log.error("audit stream unavailable; retrying outcome of job %s", job_id)
             time.sleep(1)
             self.audit.record(event)
+        self.announce(OUTCOME, Job(**job._mapping))
         return True
 
     def stale(self, older_than: dt.timedelta) -> list[Job]:

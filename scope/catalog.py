@@ -20,7 +20,8 @@ from scope.schedule_windows import Schedule, ScheduleSyntaxError, parse_schedule
 CLASSES = ("staging", "prod")
 ENV_KEYS = {"class", "enabled", "region", "cluster", "role_arn", "external_id", "run_tasks",
             "webhook_secret_env", "schedule", "redis", "github", "network", "description",
-            "approval", "require_reason", "webhook_require_timestamp", "task_capacity_provider"}
+            "approval", "require_reason", "webhook_require_timestamp", "task_capacity_provider",
+            "slack_channel", "notify"}
 APPROVALS = ("none", "two-person")
 REDIS_KEYS = {"url_env", "max_keys"}
 GITHUB_KEYS = {"repository", "repository_owner_id", "ref", "environment", "job_workflow_ref"}
@@ -28,6 +29,9 @@ GITHUB_KEYS = {"repository", "repository_owner_id", "ref", "environment", "job_w
 # only these claims tie a rule to code the organisation controls.
 GITHUB_PINNING_KEYS = ("repository", "repository_owner_id")
 NETWORK_KEYS = {"subnets", "security_groups", "assign_public_ip"}
+NOTIFY_KEYS = {"url_env", "secret_env"}
+# A Slack channel: "#name" (or "name") as Slack allows them, or a channel id (C…, G…).
+SLACK_CHANNEL = re.compile(r"#?[a-z0-9][a-z0-9._-]{0,79}|[CG][A-Z0-9]{6,}")
 DEFAULT_MAX_KEYS = 10_000
 
 
@@ -40,6 +44,20 @@ class RedisTarget:
     def url(self, environ: Mapping[str, str]) -> str:
         """The target's URL; never log or show it (it may hold a password)."""
         return environ[self.url_env]
+
+
+@dataclass(frozen=True)
+class NotifyTarget:
+    """A signed outbound webhook on job outcomes; URL and secret live in env vars, never shown."""
+
+    url_env: str
+    secret_env: str
+
+    def url(self, environ: Mapping[str, str]) -> str:
+        return environ[self.url_env]
+
+    def secret(self, environ: Mapping[str, str]) -> str:
+        return environ[self.secret_env]
 
 
 @dataclass(frozen=True)
@@ -71,6 +89,8 @@ class Environment:
     webhook_require_timestamp: bool = False
     approval: str = "none"  # "two-person": mutating jobs wait for a second person (docs/approvals.md)
     require_reason: bool = False
+    slack_channel: str | None = None  # outcomes and approval requests are posted here (docs/slack.md)
+    notify: tuple[NotifyTarget, ...] = ()
 
     @property
     def two_person(self) -> bool:
@@ -225,7 +245,38 @@ class _Loader:
             github={gk: str(gv) for gk, gv in github.items()},
             network=self.network(k, body.get("network")), description=description,
             webhook_require_timestamp=require_timestamp,
+            slack_channel=self.slack_channel(k, body.get("slack_channel")), notify=self.notify(k, body.get("notify")),
             task_capacity_provider=self.capacity_provider(k, body.get("task_capacity_provider")))
+
+    def slack_channel(self, k: str, value: Any) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not SLACK_CHANNEL.fullmatch(value):
+            raise self.fail(f"{k}.slack_channel", "must be a Slack channel name (#staging-ops) or id (C0123ABCD)")
+        return value
+
+    def notify(self, k: str, value: Any) -> tuple[NotifyTarget, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+            raise self.fail(f"{k}.notify", "must be an array of tables ([[environments.NAME.notify]])")
+        out = []
+        for i, body in enumerate(value):
+            nk = f"{k}.notify[{i}]"
+            unknown = set(body) - NOTIFY_KEYS
+            if unknown:
+                raise self.fail(f"{nk}.{sorted(unknown)[0]}", "unknown key")
+            names = {}
+            for key in ("url_env", "secret_env"):
+                if key not in body:
+                    raise self.fail(f"{nk}.{key}", "missing required key")
+                names[key] = self._str(f"{nk}.{key}", body[key])
+                if not self.environ.get(names[key]):
+                    raise self.fail(f"{nk}.{key}", f"environment variable {names[key]} is not set")
+            if urlparse(self.environ[names["url_env"]]).scheme not in ("https", "http"):
+                raise self.fail(f"{nk}.url_env", f"{names['url_env']} is not an http:// or https:// URL")
+            out.append(NotifyTarget(names["url_env"], names["secret_env"]))
+        return tuple(out)
 
     def capacity_provider(self, k: str, value: Any) -> str | None:
         if value is None:

@@ -10,6 +10,7 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_DATABASE_URL = "sqlite:///instance/valetkey.db"
 GITHUB_OIDC_ISSUER = "https://token.actions.githubusercontent.com"
 GITHUB_OIDC_JWKS_URL = GITHUB_OIDC_ISSUER + "/.well-known/jwks"
+DEFAULT_SLACK_API_URL = "https://slack.com/api/"
 
 
 def _bool(name: str, value: str) -> bool:
@@ -88,11 +89,20 @@ class Settings:
     aws_budget_max_wait: float = 3.0
     # When set, GET /metrics requires "Authorization: Bearer <this>".
     metrics_token: str | None = field(default=None, repr=False)
+    # The Slack app (docs/slack.md): /slack/* answers 404 while the signing secret is unset.
+    slack_signing_secret: str | None = field(default=None, repr=False)
+    slack_bot_token: str | None = field(default=None, repr=False)
+    slack_api_url: str = DEFAULT_SLACK_API_URL
+    notify_backoff_ms: int = 5_000  # first wait before a failed Slack/webhook delivery is retried (then doubling)
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> "Settings":
         e = environ
+        if e.get("VALETKEY_SLACK_SIGNING_SECRET") and not e.get("VALETKEY_SLACK_BOT_TOKEN"):
+            # A verified Slack user is mapped through users.info, which needs the bot token.
+            raise ConfigError("environment", "VALETKEY_SLACK_BOT_TOKEN",
+                              "required with VALETKEY_SLACK_SIGNING_SECRET (Slack users are looked up with it)")
         return cls(
             redis_url=e.get("VALETKEY_REDIS_URL") or DEFAULT_REDIS_URL,
             database_url=e.get("VALETKEY_DATABASE_URL") or DEFAULT_DATABASE_URL,
@@ -121,5 +131,9 @@ class Settings:
             aws_budget_share=_share("VALETKEY_AWS_BUDGET_SHARE", e.get("VALETKEY_AWS_BUDGET_SHARE", "0.5")),
             aws_budget_max_wait=_float("VALETKEY_AWS_BUDGET_MAX_WAIT", e.get("VALETKEY_AWS_BUDGET_MAX_WAIT", "3"), 0),
             metrics_token=e.get("VALETKEY_METRICS_TOKEN") or None,
+            slack_signing_secret=e.get("VALETKEY_SLACK_SIGNING_SECRET") or None,
+            slack_bot_token=e.get("VALETKEY_SLACK_BOT_TOKEN") or None,
+            notify_backoff_ms=_int("VALETKEY_NOTIFY_BACKOFF_MS", e.get("VALETKEY_NOTIFY_BACKOFF_MS", "5000"), 10),
+            slack_api_url=_http_url("VALETKEY_SLACK_API_URL", e.get("VALETKEY_SLACK_API_URL") or DEFAULT_SLACK_API_URL),
             environ=dict(environ),
         )

@@ -48,7 +48,7 @@ def create_app(config: Mapping[str, Any] | None = None, runtime: Runtime | None 
     app.config["SESSION_COOKIE_SECURE"] = settings.base_url.startswith("https://")
     app.extensions["valetkey"] = runtime
 
-    from web import admin, api, auth, errors, health, metrics, pages, saml
+    from web import admin, api, auth, errors, health, metrics, pages, saml, slack
 
     errors.init_app(app)
     csrf.init_app(app)
@@ -60,6 +60,7 @@ def create_app(config: Mapping[str, Any] | None = None, runtime: Runtime | None 
     api.init_app(app)
     pages.init_app(app)
     admin.init_app(app)
+    slack.init_app(app)
     if not app.debug and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return app
@@ -80,7 +81,7 @@ def _request_hooks(app: Flask) -> None:
                 or not app.config.get("WTF_CSRF_ENABLED", True):
             return
         if request.headers.get("Authorization", "").startswith("Bearer ") \
-                or request.path.startswith("/hooks/") \
+                or request.path.startswith(("/hooks/", "/slack/")) \
                 or request.endpoint in app.config.get("CSRF_EXEMPT_ENDPOINTS", ()):
             return
         if request.path.startswith("/api/") and "_user_id" not in session:

@@ -19,7 +19,10 @@ def request_id() -> str:
 
 
 def source() -> str:
-    """Audit source of this request: the browser session is ``web``, a bearer token ``api``."""
+    """Audit source of this request: the browser session is ``web``, a bearer token ``api``, and a
+    verified Slack request ``slack`` (web/slack.py sets it with the principal it mapped)."""
+    if getattr(g, "source", None):
+        return str(g.source)
     return "api" if request.headers.get("Authorization", "").startswith("Bearer ") else "web"
 
 

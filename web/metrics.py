@@ -31,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cloud.budget import bucket_levels, call_counters
 from jobs.audit_stream import GROUP, STREAM
-from jobs.kinds import QUEUE
+from jobs.kinds import NOTIFY_QUEUE, QUEUE
 from jobs.metrics import JobFigures, job_figures
 from web.context import runtime
 from web.errors import problem
@@ -106,14 +106,17 @@ class ValetKeyCollector(Collector):
     def _redis(self) -> Iterator[Metric]:
         r = self.rt.redis
         pipe = r.pipeline(transaction=False)
-        pipe.llen(f"{DRAMATIQ_NAMESPACE}:{QUEUE}")
-        pipe.llen(f"{DRAMATIQ_NAMESPACE}:{dq_name(QUEUE)}")
-        pipe.zcard(f"{DRAMATIQ_NAMESPACE}:{xq_name(QUEUE)}")
-        ready, delayed, dead = pipe.execute()
-        q = GaugeMetricFamily("valetkey_queue_depth", "Messages in the Dramatiq queue: ready to run, delayed "
+        queues = (QUEUE, NOTIFY_QUEUE)  # jobs, and Slack/webhook deliveries (retries wait in "delayed")
+        for queue in queues:
+            pipe.llen(f"{DRAMATIQ_NAMESPACE}:{queue}")
+            pipe.llen(f"{DRAMATIQ_NAMESPACE}:{dq_name(queue)}")
+            pipe.zcard(f"{DRAMATIQ_NAMESPACE}:{xq_name(queue)}")
+        depths = pipe.execute()
+        q = GaugeMetricFamily("valetkey_queue_depth", "Messages in the Dramatiq queues: ready to run, delayed "
                               "(retries waiting for their backoff) and dead-lettered", labels=["queue", "state"])
-        for state, n in (("ready", ready), ("delayed", delayed), ("dead", dead)):
-            q.add_metric([QUEUE, state], int(n))
+        for i, queue in enumerate(queues):
+            for state, n in zip(("ready", "delayed", "dead"), depths[3 * i:3 * i + 3]):
+                q.add_metric([queue, state], int(n))
         yield q
 
         calls, throttles, refusals = call_counters(r)

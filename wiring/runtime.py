@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cloud.aws import AwsClients
 from cloud.budget import CallBudget
 from cloud.ecs_cache import SharedReadCache
+from jobs.announce import Announcer
 from jobs.audit_stream import AuditLog
 from jobs.broker import make_broker
 from jobs.events import JobEvents
@@ -68,10 +69,10 @@ class Runtime:
         if broker is None and with_broker:
             broker = make_broker(settings.redis_url)
         audit, events = AuditLog(r), JobEvents(r)
+        jobs = JobService(sessions, audit, events, broker, lease=dt.timedelta(seconds=settings.job_lease_seconds))
+        jobs.announce = Announcer(broker, catalog, slack=settings.slack_bot_token is not None)
         return cls(settings=settings, catalog=catalog, engine=engine, sessions=sessions, redis=r,
-                   broker=broker, aws=aws_clients(settings), users=UserService(sessions),
-                   jobs=JobService(sessions, audit, events, broker,
-                                   lease=dt.timedelta(seconds=settings.job_lease_seconds)),
+                   broker=broker, aws=aws_clients(settings), users=UserService(sessions), jobs=jobs,
                    audit=audit, events=events)
 
     @classmethod

@@ -11,7 +11,8 @@ from jobs.broker import send_run_job
 from jobs.kinds import QUEUED, RUNNING
 from jobs.outcomes import recover_outcomes
 from wiring.runtime import Runtime
-from workers.actors import declare
+from workers.actors import declare, declare_notify
+from workers.notify import Notifier
 from workers.runner import JobRunner
 
 log = logging.getLogger("valetkey.worker")
@@ -49,6 +50,7 @@ def run_worker(rt: Runtime, stop: threading.Event, threads: int = 4) -> None:
     assert rt.broker is not None
     runner = JobRunner(rt)
     declare(rt.broker, runner, max_age_ms=rt.settings.job_max_age_seconds * 1000)
+    declare_notify(rt.broker, Notifier.from_runtime(rt), min_backoff_ms=rt.settings.notify_backoff_ms)
     worker = Worker(rt.broker, worker_threads=threads, worker_timeout=1000)
     worker.start()
     log.info("worker started with %d threads", threads)

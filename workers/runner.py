@@ -103,7 +103,7 @@ class JobRunner:
         if job.action not in OPERATIONS:
             raise OperationFailed(f"This worker does not know how to run {job.action}.")
         permission = OPERATIONS[job.action][0]
-        if job.source in ("web", "api", "cli"):
+        if job.source in ("web", "api", "cli", "slack"):
             user = self.rt.users.standing(job.actor)
             if user is None or user.disabled:
                 raise Forbidden(f"Refused at run time: {job.actor} is no longer an active user; nothing was done.")
