@@ -94,6 +94,11 @@ class JobSchema(ma.Schema):
     url = ma.fields.String(required=True)
 
 
+class ActiveJobsSchema(ma.Schema):
+    jobs = ma.fields.List(ma.fields.Nested(JobSchema), required=True,
+                          metadata={"description": "the environment's jobs not finished yet, oldest first"})
+
+
 class JobEventSchema(ma.Schema):
     id = ma.fields.String(required=True)
     time = ma.fields.String(required=True)
