@@ -323,7 +323,7 @@
   }
 
   // ---- the job page: a timeline ---------------------------------------------------------
-  var STEP_WORDS = {queued: "Requested", plan: "Plan", state: "State", progress: "Progress", deployment: "Deployment",
+  var STEP_WORDS = {queued: "Requested", running: "Picked up", plan: "Plan", state: "State", progress: "Progress", deployment: "Deployment",
     started: "Started", logs: "Logs", resume: "Resumed", count: "Counted", output: "Output", batch: "Batch",
     succeeded: "Succeeded", failed: "Failed", approved: "Approved", rejected: "Rejected"};
   var TERMINAL = {succeeded: true, failed: true, rejected: true};
@@ -452,6 +452,7 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     localizeTimes(document);
+    document.querySelectorAll("[data-zone-name]").forEach(function (z) { z.textContent = zoneName(); });
     utcInputs(document);
     setupConfirm();
     collapseOnPhone();
