@@ -106,3 +106,14 @@ def job_row(rt: Any, *, action: str = "service.restart", target: str = "orders-a
     for type_, message in events:
         rt.events.append(job.id, type_, message)
     return job.id
+
+
+def with_schedule(rt: Any, config_file: Any) -> None:
+    """Give staging an on/off schedule (Europe/Berlin, weekdays 07:00-20:00) in the running app."""
+    from scope.catalog import load_catalog
+    from tests.conftest import BASE_TOML
+
+    body = BASE_TOML.replace('webhook_secret_env = "STAGING_WEBHOOK_SECRET"\n',
+                             'webhook_secret_env = "STAGING_WEBHOOK_SECRET"\n'
+                             'schedule = { timezone = "Europe/Berlin", up = "Mon-Fri 07:00-20:00" }\n')
+    rt.catalog = load_catalog(config_file(body), rt.settings.environ, own_redis_url=rt.settings.redis_url)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import job_row, sign_in
+from tests.browser.conftest import job_row, sign_in, with_schedule
 from tests.conftest import boto, seed_cluster
 
 PHONE = {"width": 390, "height": 844}
@@ -251,14 +251,9 @@ def test_pause_until_is_chosen_in_the_viewers_zone_and_sent_as_utc(live, browser
     import datetime as dt
     from zoneinfo import ZoneInfo
 
-    from scope.catalog import load_catalog
     from scope.models import SchedulePause
-    from tests.conftest import BASE_TOML
 
-    body = BASE_TOML.replace('webhook_secret_env = "STAGING_WEBHOOK_SECRET"\n',
-                             'webhook_secret_env = "STAGING_WEBHOOK_SECRET"\n'
-                             'schedule = { timezone = "Europe/Berlin", up = "Mon-Fri 07:00-20:00" }\n')
-    rt.catalog = load_catalog(config_file(body), rt.settings.environ, own_redis_url=rt.settings.redis_url)
+    with_schedule(rt, config_file)
     make_user("olga@acme.test", ("staging", "operator"))
     context = browser.new_context(timezone_id="America/New_York", viewport=PHONE)
     page = context.new_page()

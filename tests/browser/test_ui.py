@@ -5,7 +5,7 @@ import re
 
 from playwright.sync_api import expect
 
-from tests.browser.conftest import sign_in
+from tests.browser.conftest import sign_in, with_schedule
 
 
 def test_developer_restarts_a_service_and_watches_it_succeed(live, page, make_user):
@@ -41,13 +41,7 @@ def test_viewer_sees_no_action_buttons_and_a_forged_post_is_refused(live, page, 
 
 
 def test_operator_pauses_and_resumes_the_schedule(live, page, make_user, rt, config_file):
-    from scope.catalog import load_catalog
-    from tests.conftest import BASE_TOML
-
-    body = BASE_TOML.replace('webhook_secret_env = "STAGING_WEBHOOK_SECRET"\n',
-                             'webhook_secret_env = "STAGING_WEBHOOK_SECRET"\n'
-                             'schedule = { timezone = "Europe/Berlin", up = "Mon-Fri 07:00-20:00" }\n')
-    rt.catalog = load_catalog(config_file(body), rt.settings.environ, own_redis_url=rt.settings.redis_url)
+    with_schedule(rt, config_file)
     make_user("olga@acme.test", ("staging", "operator"))
     sign_in(page, live, "olga@acme.test")
     page.get_by_role("link", name="staging").click()
