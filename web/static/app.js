@@ -151,7 +151,9 @@
     confirmState.opener = opener;
     dlg.returnValue = "";
     dlg.showModal();
-    reason.focus();
+    // A touch screen would open its keyboard over the plan for an optional field.
+    var touch = window.matchMedia && window.matchMedia("(pointer: coarse)").matches;
+    (touch && !required ? $("confirm-ok") : reason).focus();
     return true;
   }
 
