@@ -242,12 +242,14 @@
         })
         .then(function (res) {
           busy = false;
-          if (gen !== generation) { return; }
+          // A newer query started while this answer was on its way (its own fetch was held
+          // back by ``busy``): drop this answer and fetch the newer one now.
+          if (gen !== generation) { fetchPage(generation); return; }
           if (res.r.ok) { onPage(res.body); } else { onError(res.r, res.body); }
         })
         .catch(function () {
           busy = false;
-          if (gen !== generation) { return; }
+          if (gen !== generation) { fetchPage(generation); return; }
           // Back off so a broken connection never hammers the server.
           delay = Math.min(delay * 2, MAX_BACKOFF_MS);
           status("Cannot reach Valet Key; retrying in " + Math.round(delay / 1000) + " s.", true);
