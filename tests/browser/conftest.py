@@ -111,3 +111,36 @@ def sign_in(page: Any, base: str, email: str, password: str = PASSWORD) -> None:
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(lambda url: "/login" not in url)
+
+
+def job_row(rt: Any, *, action: str = "service.restart", target: str = "orders-api", status: str = "running",
+            detail: str = "", actor: str = "dev@acme.test", events: tuple[tuple[str, str], ...] = ()) -> str:
+    """A job in the state a test needs, written as the job service writes it (row and progress
+    events), without a worker picking it up: the state a page must show, held still."""
+    import datetime as dt
+    import uuid
+
+    from scope.models import Job
+
+    now = dt.datetime.now(dt.timezone.utc)
+    active = status in ("queued", "running")
+    job = Job(id=uuid.uuid4().hex, action=action, environment="staging", target=target, status=status, detail=detail,
+              actor=actor, source="web", request_id="", params={}, attempts=1,
+              active_key=f"staging/{target}" if active else None, created_at=now - dt.timedelta(seconds=40),
+              started_at=now - dt.timedelta(seconds=38), finished_at=None if active else now)
+    with rt.sessions.begin() as s:
+        s.add(job)
+    for type_, message in events:
+        rt.events.append(job.id, type_, message)
+    return job.id
+
+
+def with_schedule(rt: Any, config_file: Any) -> None:
+    """Give staging an on/off schedule (Europe/Berlin, weekdays 07:00-20:00) in the running app."""
+    from scope.catalog import load_catalog
+    from tests.conftest import BASE_TOML
+
+    body = BASE_TOML.replace('webhook_secret_env = "STAGING_WEBHOOK_SECRET"\n',
+                             'webhook_secret_env = "STAGING_WEBHOOK_SECRET"\n'
+                             'schedule = { timezone = "Europe/Berlin", up = "Mon-Fri 07:00-20:00" }\n')
+    rt.catalog = load_catalog(config_file(body), rt.settings.environ, own_redis_url=rt.settings.redis_url)
