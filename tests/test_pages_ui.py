@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from ecssim.seed import ServiceSpec, seed
 from scope.models import Job
 from tests.conftest import PASSWORD, audit_events, seed_cluster
 from web.page_base import job_title, short_image, time_tag
@@ -81,14 +82,32 @@ def test_api_409_names_the_running_job_and_its_url(client, rt, make_user, aws):
     assert body["job_id"] == first.get_json()["id"] and body["job_url"] == first.get_json()["url"]
 
 
-def test_dry_run_never_starts_a_job(client, rt, make_user, aws):
-    seed_cluster("stg", ["orders-api"], family_prefix="staging")
+def test_dry_run_answers_the_plan_and_starts_nothing(client, rt, make_user, sim):
+    """The confirmation dialog asks for the plan; it must never start a job instead."""
+    seed(sim, "stg", [ServiceSpec("orders-api")])
     headers = make_user("dev@acme.test", ("staging", "developer"))
     for action in ("restart", "redeploy"):
         r = client.post(f"/api/v1/environments/staging/services/orders-api/{action}", headers=headers,
                         json={"dry_run": True})
-        assert r.status_code == 400 and "dry_run" in r.get_json()["errors"]
+        assert r.status_code == 200, r.get_json()
+        plan = r.get_json()
+        assert plan["mechanism"] in ("deployment", "batches") and plan["steps"] and plan["blocked"] is None
     assert _jobs(rt) == []
+
+
+def test_the_reason_typed_in_the_dialog_reaches_the_job_and_the_audit_entry(client, rt, make_user, aws):
+    seed_cluster("stg", ["orders-api"], family_prefix="staging")
+    make_user("dev@acme.test", ("staging", "developer"))
+    token = _login(client, "dev@acme.test")
+    r = client.post("/environments/staging/services/orders-api/restart",
+                    data={"csrf_token": token, "reason": "  orders stuck after the 18:30 deploy "})
+    assert r.status_code == 302
+    [job] = _jobs(rt)
+    assert job.reason == "orders stuck after the 18:30 deploy"
+    [entry] = [e for e in audit_events(rt) if e["action"] == "service.restart"]
+    assert entry["outcome"] == "requested" and entry["reason"] == "orders stuck after the 18:30 deploy"
+    page = client.get(f"/jobs/{job.id}").get_data(as_text=True)
+    assert '<dd id="job-reason">orders stuck after the 18:30 deploy</dd>' in page
 
 
 def test_active_jobs_lists_unfinished_jobs_of_visible_environments_only(client, rt, make_user, aws):
