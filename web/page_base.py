@@ -18,6 +18,10 @@ bp = Blueprint("pages", __name__)
 ACTION_WORDS = {"service.restart": "Restart", "service.redeploy": "Redeploy", "redis.flush": "Redis flush",
                 "task.run": "One-off task"}
 
+# How a restart/redeploy plan will act, in words (static/app.js mirrors it for the dialog).
+MECHANISM_WORDS = {"deployment": "A new ECS deployment of the same image",
+                   "batches": "Tasks replaced in batches (stop, then wait for the replacement)"}
+
 # A job's status as a sentence says it ("already awaiting approval", not "awaiting_approval").
 STATUS_WORDS = {"awaiting_approval": "awaiting approval"}
 
@@ -76,4 +80,4 @@ def status_words(status: str) -> str:
 
 def template_helpers() -> dict[str, Any]:
     return {"time_tag": time_tag, "short_image": short_image, "job_title": job_title, "action_word": action_word,
-            "status_words": status_words}
+            "status_words": status_words, "mechanism_words": MECHANISM_WORDS}

@@ -88,7 +88,7 @@ def job(job_id: str) -> str:
     record = visible_job(job_id)
     body = job_dict(record)
     environment, role = environment_for(principal(), runtime().catalog, record.environment)
-    plan = (record.params or {}).get("plan") if isinstance(record.params, dict) else None
+    plan = body.get("plan")  # carried by jobs that waited for an approver (they decide on it)
     return render_template("job.html", job=body, title=job_title(body), plan=plan,
                            permissions=permissions(environment, role), may_decide=may_decide(record),
                            is_service_job=record.action in (RESTART, REDEPLOY),

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import job_row, sign_in, with_schedule
-from tests.conftest import boto, seed_cluster
+from tests.browser.conftest import job_row, sign_in, start_services, with_schedule
+from tests.conftest import boto
 
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 800}
@@ -32,8 +32,8 @@ def _jobs(rt: Any) -> list[Any]:
 
 
 @SIZES
-def test_first_screen_shows_every_service_with_health_and_restart(live, page, make_user, size):
-    seed_cluster("stg", MORE, family_prefix="staging")
+def test_first_screen_shows_every_service_with_health_and_restart(live, page, make_user, realtime_sim, size):
+    start_services(realtime_sim, MORE)
     make_user("dev@acme.test", ("staging", "developer"))
     page.set_viewport_size(size)
     problems = _no_js_errors(page)
@@ -67,7 +67,7 @@ def test_environment_page_follows_a_running_job_without_reload(live, page, make_
     card = page.locator("li[data-service='orders-api']")
     expect(card.get_by_role("link", name="Restart running — view")).to_have_attribute("href", f"/jobs/{job_id}")
     page.evaluate("window.__marker = 1")  # gone if the page reloads
-    # ECS changes under the page (moto's ECS is frozen: drive the change directly).
+    # ECS changes under the page: someone scales the service up in the console.
     boto("ecs").update_service(cluster="stg", service="orders-api", desiredCount=3)
     expect(card.locator("[data-field=desired]")).to_have_text("3", timeout=15_000)
     expect(page.locator("#live-status")).to_contain_text("live, updated")
@@ -88,9 +88,10 @@ def test_restart_asks_first_then_the_job_page_shows_the_timeline_and_outcome(liv
     page.get_by_role("button", name="Restart orders-api").click()
     dialog = page.get_by_role("dialog", name="Restart orders-api in staging?")
     expect(dialog).to_be_visible()
-    # This branch has no plans yet: the dialog says so and still offers the confirmation; the
-    # dry-run request itself started nothing.
-    expect(dialog.locator("#confirm-plan")).to_contain_text("No plan could be fetched")
+    # The plan comes from the API's dry run, which itself starts nothing.
+    expect(dialog.locator("#confirm-plan .plan-mechanism")).to_have_text(re.compile(r"^(A new ECS deployment|Tasks replaced)"))
+    expect(dialog.locator("#confirm-plan .plan-steps li").first).to_be_visible()
+    expect(dialog.get_by_role("button", name="Restart orders-api")).to_be_enabled()
     assert _jobs(rt) == []
     dialog.get_by_role("button", name="Cancel").click()
     expect(dialog).to_be_hidden()
@@ -108,7 +109,8 @@ def test_restart_asks_first_then_the_job_page_shows_the_timeline_and_outcome(liv
     expect(page.get_by_role("link", name="Logs of orders-api")).to_be_visible()
     expect(page.get_by_role("link", name="Back to staging")).to_be_visible()
     expect(page.locator("#job-next")).to_be_hidden()  # nothing to repair after a success
-    assert len(_jobs(rt)) == 1
+    [job] = _jobs(rt)
+    assert job.reason == "orders stuck after deploy"
     assert problems == []
 
 
@@ -118,14 +120,15 @@ def test_a_failed_one_off_task_shows_its_output_diagnosis_and_next_action(live, 
                      detail="exit 1 after 12s: Essential container in task exited", events=(
                          ("started", "Started task 4f2a of staging-migrate:3"),
                          ("state", "Task 4f2a: STOPPED (exit code 1: Essential container in task exited)"),
-                         ("output", "Applying migration 0042_orders_index"),
-                         ("output", "ERROR: relation \"orders\" does not exist"),
+                         ("output", "Last 2 line(s) of app's output:\nApplying migration 0042_orders_index\n"
+                                    "ERROR: relation \"orders\" does not exist"),
                          ("failed", "exit 1 after 12s: Essential container in task exited")))
     sign_in(page, live, "dev@acme.test")
     page.goto(f"{live}/jobs/{job_id}")
     expect(page.get_by_role("heading", level=1)).to_have_text("One-off task of staging-migrate in staging")
     block = page.locator("#job-events pre.output")
-    expect(block).to_have_count(1)  # consecutive output lines are one monospace block
+    expect(block).to_have_count(1)  # a container's lines are one monospace block, under their heading
+    expect(page.locator("#job-events .step-output .step-msg")).to_have_text("Last 2 line(s) of app's output:")
     expect(block).to_have_text('Applying migration 0042_orders_index\nERROR: relation "orders" does not exist')
     diagnosis = page.get_by_role("region", name="Why it failed")
     expect(diagnosis).to_contain_text("exit 1 after 12s")
@@ -271,7 +274,11 @@ def test_pause_until_is_chosen_in_the_viewers_zone_and_sent_as_utc(live, browser
     with rt.sessions() as s:
         assert s.get(SchedulePause, "staging").until.replace(tzinfo=dt.timezone.utc) == utc
     # Shown back in the viewer's zone, with its abbreviation, UTC in the title.
-    shown = page.locator("#section-schedule time").first
+    shown = page.locator("#section-schedule time:not([data-relative])").first
     expect(shown).to_have_attribute("title", f"{utc:%Y-%m-%d %H:%M:%S} UTC")
     expect(shown).to_contain_text(re.compile(r"E[SD]T"))
+    # When it was paused stays relative ("just now"), with the exact time in both zones on hover.
+    age = page.locator("#section-schedule time.pause-age")
+    expect(age).to_have_text("just now")
+    expect(age).to_have_attribute("title", re.compile(r"E[SD]T \(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\)$"))
     context.close()

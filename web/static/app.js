@@ -97,10 +97,12 @@
 
   // ---- the confirmation dialog --------------------------------------------------------
   var confirmState = {form: null, opener: null};
+  // Mirrors web/page_base.py MECHANISM_WORDS.
+  var MECHANISM_WORDS = {deployment: "A new ECS deployment of the same image", batches: "Tasks replaced in batches (stop, then wait for the replacement)"};
 
   function renderPlan(box, plan) {
     box.textContent = "";
-    if (plan.mechanism) { box.appendChild(el("p", "plan-mechanism", plan.mechanism)); }
+    if (plan.mechanism) { box.appendChild(el("p", "plan-mechanism", MECHANISM_WORDS[plan.mechanism] || plan.mechanism)); }
     if (plan.steps && plan.steps.length) {
       var ol = el("ol", "plan-steps");
       plan.steps.forEach(function (s) { ol.appendChild(el("li", "", s)); });
@@ -378,21 +380,29 @@
     }
     var clock = setInterval(function () { tickElapsed(); if (TERMINAL[job.status]) { clearInterval(clock); } }, 1000);
 
+    function addOutput(e) {
+      // The worker sends a container's last lines as one event ("Last 3 line(s) of app's output:\n…"),
+      // or one line saying there was none; single lines in a row are one block as well.
+      var lines = String(e.message).split("\n"), head = "";
+      if (lines.length > 1) { head = lines.shift(); outputBlock = null; }
+      else if (/^Output of [^:]*: /.test(lines[0])) { head = lines.shift(); outputBlock = null; }
+      if (!outputBlock) {
+        var item = el("li", "step step-output");
+        item.appendChild(timeElement(e.time, true));
+        item.appendChild(el("span", "step-type", STEP_WORDS.output));
+        if (head) { item.appendChild(el("span", "step-msg", head)); }
+        list.appendChild(item);
+        if (!lines.length) { return; }
+        outputBlock = el("pre", "output");
+        item.appendChild(outputBlock);
+      }
+      outputBlock.textContent += (outputBlock.textContent ? "\n" : "") + lines.join("\n");
+      outputLines.push.apply(outputLines, lines);
+    }
+
     function addEvent(e) {
       events.push(e);
-      if (e.type === "output") {
-        if (!outputBlock) {
-          var item = el("li", "step step-output");
-          item.appendChild(timeElement(e.time, true));
-          item.appendChild(el("span", "step-type", STEP_WORDS.output));
-          outputBlock = el("pre", "output");
-          item.appendChild(outputBlock);
-          list.appendChild(item);
-        }
-        outputBlock.textContent += (outputBlock.textContent ? "\n" : "") + e.message;
-        outputLines.push(e.message);
-        return;
-      }
+      if (e.type === "output") { addOutput(e); return; }
       outputBlock = null;
       var li = el("li", "step step-" + String(e.type).replace(/[^a-z0-9_-]/gi, ""));
       li.appendChild(timeElement(e.time, true));
