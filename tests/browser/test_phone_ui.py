@@ -89,7 +89,8 @@ def test_restart_asks_first_then_the_job_page_shows_the_timeline_and_outcome(liv
     dialog = page.get_by_role("dialog", name="Restart orders-api in staging?")
     expect(dialog).to_be_visible()
     # The plan comes from the API's dry run, which itself starts nothing.
-    expect(dialog.locator("#confirm-plan .plan-mechanism")).to_have_text(re.compile(r"^(A new ECS deployment|Tasks replaced)"))
+    expect(dialog.locator("#confirm-plan .plan-mechanism")).to_have_text(
+        re.compile(r"^(A new ECS deployment|Tasks replaced)"))
     expect(dialog.locator("#confirm-plan .plan-steps li").first).to_be_visible()
     expect(dialog.get_by_role("button", name="Restart orders-api")).to_be_enabled()
     assert _jobs(rt) == []
