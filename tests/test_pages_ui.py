@@ -139,3 +139,19 @@ def test_environment_page_marks_the_running_job_and_renders_utc_times(client, rt
     job_page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
     assert re.search(r'Requested by</dt><dd>dev@acme.test · <time datetime="[0-9T:-]+Z" title="[0-9 :-]+ UTC">'
                      r'[0-9 :-]+ UTC</time>', job_page)
+
+
+def test_the_audit_page_shows_an_operation_as_one_row_with_its_outcome():
+    from web.services.audit import one_row_per_operation
+
+    def entry(i: int, outcome: str, job: str | None, action: str = "service.restart", reason: str = "") -> dict[str, Any]:
+        return {"id": i, "time": f"2026-11-27T18:00:0{i}Z", "actor": "dev@acme.test", "action": action,
+                "outcome": outcome, "job_id": job, "reason": reason, "detail": ""}
+    newest_first = [entry(6, "succeeded", "j1"), entry(5, "succeeded", "j1", action="approval.approve"),
+                    entry(4, "failed", "j2"), entry(3, "requested", "j2", reason="INC-1"),
+                    entry(2, "requested", "j1", reason="stuck"), entry(1, "denied", None), entry(0, "requested", "j3")]
+    rows = one_row_per_operation(newest_first)
+    assert [(r["id"], [x["id"] for x in r["earlier"]]) for r in rows] == [(6, [5, 2]), (4, [3]), (1, []), (0, [])]
+    assert rows[0]["reason"] == "stuck" and rows[1]["reason"] == "INC-1"
+    # Outcomes of one job are never folded into each other (two failed entries stay two rows).
+    assert len(one_row_per_operation([entry(2, "failed", "j"), entry(1, "failed", "j")])) == 2

@@ -38,6 +38,12 @@ def test_main_pages_render_cleanly(live, browser, make_user, rt, realtime_sim, t
         ("plan", "Replacing 2 task(s), 1 at a time (minimumHealthyPercent 50)"),
         ("progress", "batch 1 of 2: stopping task 5e1c…; waiting for its replacement"),
         ("progress", "replacement 8a2f… RUNNING and healthy")))
+    waiting = job_row(rt, target="search-api", status="awaiting_approval", actor="sam@acme.test", events=(
+        ("queued", "service.restart of search-api requested by sam@acme.test"),))
+    with rt.sessions.begin() as s:  # as the job service writes a request that waits for approval
+        from scope.models import Job
+        row = s.get(Job, waiting)
+        row.finished_at, row.reason = None, "search results stale after the index rebuild"
     make_user("adm@acme.test", ("*", "admin"))
     context = browser.new_context(viewport=WIDTHS[suffix], timezone_id="Europe/Berlin", locale="en-GB")
     page = context.new_page()
@@ -61,6 +67,10 @@ def test_main_pages_render_cleanly(live, browser, make_user, rt, realtime_sim, t
     expect(page.locator("#job-events li")).to_have_count(5)
     expect(page.locator("#job-elapsed")).not_to_have_text("—")
     shoot(page, "job-running" + suffix, tmp_path)
+
+    page.goto(f"{live}/jobs/{waiting}")
+    expect(page.get_by_role("button", name="Approve")).to_be_visible()
+    shoot(page, "job-awaiting" + suffix, tmp_path)
 
     page.goto(f"{live}/environments/staging")
     page.get_by_role("button", name="Restart orders-api").click()

@@ -415,7 +415,7 @@
       if (job.status === "succeeded") { return "Done: " + (job.detail || "succeeded") + "."; }
       if (job.status === "failed") { return "Failed: " + (job.detail || "no reason given") + "."; }
       if (job.status === "rejected") { return "Rejected: " + (job.detail || "not approved") + "."; }
-      if (job.status === "awaiting_approval") { return "Waiting for a second person's approval…"; }
+      if (job.status === "awaiting_approval") { return "Waiting for a second person's approval: nothing has run yet."; }
       if (job.status === "running") { return "In progress…"; }
       return "Waiting for a worker…";
     }
