@@ -32,9 +32,10 @@ def _jobs(rt: Any) -> list[Any]:
 
 
 @SIZES
-def test_first_screen_shows_every_service_with_health_and_restart(live, page, make_user, realtime_sim, size):
+def test_first_screen_shows_every_service_with_health_and_restart(live, page, make_user, rt, realtime_sim, size):
     start_services(realtime_sim, MORE)
     make_user("dev@acme.test", ("staging", "developer"))
+    job_row(rt, target=MORE[-1])  # a card with its running job's link is taller: still on the first screen
     page.set_viewport_size(size)
     problems = _no_js_errors(page)
     sign_in(page, live, "dev@acme.test")
