@@ -16,7 +16,7 @@ from sqlalchemy import update
 
 from audit.queries import verify_chain
 from ecssim.seed import ServiceSpec, seed
-from scope.models import Grant, utcnow
+from scope.models import Grant, Job, utcnow
 from tests import test_saml
 from tests.conftest import BASE_TOML, REGION, audit_events
 from tests.test_admin_and_login import csrf, login
@@ -398,14 +398,69 @@ def test_the_job_page_shows_who_and_lets_an_approver_decide(app, rt, people, sta
     index = browser.get("/").get_data(as_text=True)
     assert "Waiting for your approval" in index and job["id"] in index
     page = browser.get(f"/jobs/{job['id']}").get_data(as_text=True)
-    assert "Requested by dev@acme.test" in page and "stuck consumers" in page and "Approve" in page
+    assert "Requested by</dt><dd>dev@acme.test" in page and "stuck consumers" in page and "Approve" in page
     mine = app.test_client()  # the requester sees no buttons on their own job
     login(mine, "dev@acme.test")
     assert "formaction" not in mine.get(f"/jobs/{job['id']}").get_data(as_text=True)
     r = browser.post(f"/jobs/{job['id']}/approve", data={"csrf_token": csrf(browser, f"/jobs/{job['id']}")})
     assert r.status_code == 302 and r.headers["Location"] == f"/jobs/{job['id']}"
     page = browser.get(f"/jobs/{job['id']}").get_data(as_text=True)
-    assert "Approved by op@acme.test" in page and rt.jobs.get(job["id"]).status == "queued"
+    assert "Approved by</dt><dd>op@acme.test" in page and rt.jobs.get(job["id"]).status == "queued"
+    assert 'id="job-approval"' not in page  # decided: no buttons any more
+
+
+def test_a_restart_from_the_page_awaits_approval_on_the_job_page_and_its_card(app, rt, people, staging):
+    browser = app.test_client()
+    login(browser, "dev@acme.test")
+    env_page = browser.get("/environments/staging").get_data(as_text=True)
+    # The dialog says it waits for a second person; the page says so before anyone clicks.
+    assert "data-two-person" in env_page and "wait for a second person's approval" in env_page
+    r = browser.post("/environments/staging/services/orders-api/restart",
+                     data={"csrf_token": csrf(browser, "/environments/staging"), "reason": "INC-12"})
+    assert r.status_code == 302
+    job_id = r.headers["Location"].rsplit("/", 1)[-1]
+    job = rt.jobs.get(job_id)
+    assert (job.status, job.reason) == ("awaiting_approval", "INC-12")
+    page = browser.get(f"/jobs/{job_id}").get_data(as_text=True)
+    assert "Waiting for a second person's approval: nothing has run yet." in page
+    assert '<strong id="job-status" class="status status-awaiting_approval">awaiting approval</strong>' in page
+    assert "formaction" not in page  # the requester cannot approve their own job
+    card = browser.get("/environments/staging").get_data(as_text=True)
+    assert f'href="/jobs/{job_id}">Restart awaiting approval — view</a>' in card
+    active = browser.get("/api/v1/environments/staging/active-jobs").get_json()["jobs"]
+    assert [(j["id"], j["status"]) for j in active] == [(job_id, "awaiting_approval")]
+    # A second click while it waits shows the waiting job, not an error page.
+    again = browser.post("/environments/staging/services/orders-api/restart",
+                         data={"csrf_token": csrf(browser, "/environments/staging"), "reason": "again"})
+    assert again.status_code == 302 and again.headers["Location"] == f"/jobs/{job_id}"
+    assert "is already awaiting approval" in browser.get(f"/jobs/{job_id}").get_data(as_text=True)
+
+
+def test_an_approval_window_that_lapsed_is_not_an_active_job(client, rt, people, staging):
+    job = request_restart(client, people["dev"])
+    with rt.sessions() as s, s.begin():
+        s.execute(update(Job).where(Job.id == job["id"]).values(created_at=utcnow() - dt.timedelta(days=2)))
+    assert client.get("/api/v1/environments/staging/active-jobs", headers=people["dev"]).get_json() == {"jobs": []}
+    assert rt.jobs.get(job["id"]).status == "rejected"
+
+
+def test_a_page_request_without_a_required_reason_is_refused_and_audited(app, rt, people, staging):
+    browser = app.test_client()
+    login(browser, "dev@acme.test")
+    page = browser.get("/environments/qa").get_data(as_text=True)
+    assert "data-require-reason" in page
+    r = browser.post("/environments/qa/services/search-api/restart",
+                     data={"csrf_token": csrf(browser, "/environments/qa"), "reason": "   "})
+    assert r.status_code == 400 and "reason" in r.get_data(as_text=True)
+    with rt.sessions() as s:
+        assert s.query(Job).count() == 0
+    assert not [e for e in audit_events(rt) if e["outcome"] == "requested"]
+    [denied] = [e for e in audit_events(rt) if e["action"] == "service.restart"]
+    assert denied["outcome"] == "denied" and "reason" in denied["detail"]
+    r = browser.post("/environments/qa/services/search-api/restart",
+                     data={"csrf_token": csrf(browser, "/environments/qa"), "reason": "cache warm-up"})
+    assert r.status_code == 302
+    assert rt.jobs.get(r.headers["Location"].rsplit("/", 1)[-1]).reason == "cache warm-up"
 
 
 def test_access_request_page(app, rt, people):
@@ -435,7 +490,7 @@ def test_admin_grant_form_has_expiry_and_no_preselected_environment(app, rt, peo
     assert r.status_code == 302
     [g] = rt.users.grants_for(["x@acme.test"])
     assert g.expires_at is not None and g.reason == "pairing"
-    assert g.expires_at.strftime("%Y-%m-%d %H:%M UTC") in browser.get("/admin/").get_data(as_text=True)
+    assert g.expires_at.strftime("%Y-%m-%d %H:%M:%S UTC") in browser.get("/admin/").get_data(as_text=True)
 
 
 def test_with_sso_a_browser_approval_needs_a_recent_sign_in(sso, keys, people, staging):

@@ -321,7 +321,7 @@ def test_audit_page_filters_table_and_download_links(client, users, trail):
     for field in ("environment", "actor", "action", "outcome", "since", "until"):
         assert f'<label for="audit-{field}">' in html and f'id="audit-{field}"' in html
     assert "HEALTHY after 38s" in html and "event 3" not in html
-    assert re.search(r'<time datetime="\d{4}-[^"]+Z" title="[^"]+Z">', html)
+    assert re.search(r'<time datetime="\d{4}-[^"]+Z" title="[^"]+ UTC">', html)
     links = re.findall(r'href="(/api/v1/audit/export\.(?:csv|json)\?[^"]*)"[^>]*>Download (CSV|JSON)', html)
     assert {kind for _, kind in links} == {"CSV", "JSON"}
     for href, _ in links:

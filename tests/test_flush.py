@@ -424,7 +424,7 @@ def test_page_preview_then_confirm(client, dev, target_redis, other_db, rt, aws)
     html = page.get_data(as_text=True)
     assert "<strong>2</strong> keys match" in html
     assert keys(target_redis) == {"session:1", "session:2", "user:1"}  # the preview changed nothing
-    form = re.search(r'<form method="post" action="/environments/staging/redis/cache/flush">(.*?)</form>',
+    form = re.search(r'<form method="post" action="/environments/staging/redis/cache/flush"[^>]*>(.*?)</form>',
                      html, re.S).group(1)
     token = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
     assert 'name="pattern" value="session:*"' in form

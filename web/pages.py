@@ -1,11 +1,12 @@
 """Server-rendered pages. Views are thin: authorize, call the same services as the API, render."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from flask import (
     Flask,
     abort,
+    flash,
     redirect,
     render_template,
     request,
@@ -16,18 +17,18 @@ from werkzeug.wrappers import Response as WResponse  # what redirect() returns; 
 
 from jobs.kinds import REDEPLOY, RESTART
 from jobs.service import job_dict
-from scope.access import visible_environments
+from scope.access import environment_for, visible_environments
 from scope.errors import Conflict, UpstreamError, ValidationFailed
 from scope.roles import Permission
 from web.context import principal, runtime
 from web.guard import allow
-from web.page_base import bp, page
+from web.page_base import bp, job_title, page, status_words, template_helpers
 from web.services.access import pending_for_me
 from web.services.approvals import awaiting_my_decision, may_decide
 from web.services.audit import audit_page_context, recent_entries
-from web.services.environments import environment_detail, start_service_job
+from web.services.environments import environment_detail, permissions, start_service_job
 from web.services.flush import preview_flush, start_flush_job
-from web.services.jobs import visible_job
+from web.services.jobs import active_jobs, visible_job
 from web.services.schedule import pause_schedule, resume_schedule
 from web.services.tasks import start_task_job
 
@@ -55,16 +56,43 @@ def service_action(env: str, svc: str, action: str) -> WResponse:
     kinds = {"restart": (RESTART, Permission.RESTART), "redeploy": (REDEPLOY, Permission.REDEPLOY)}
     if action not in kinds:
         abort(404)
-    body, _, _ = start_service_job(env, svc, *kinds[action], request.form.get("reason"))
+    return _start_and_watch(lambda: start_service_job(env, svc, *kinds[action], _reason())[0])
+
+
+def _reason() -> str | None:
+    """The ``reason`` of the confirmation dialog, passed on as typed: the service functions clean it,
+    enforce ``require_reason`` (refused and audited) and store it on the job and its audit entry."""
+    return request.form.get("reason")
+
+
+def _start_and_watch(start: Callable[[], dict[str, Any]]) -> WResponse:
+    """Start a job and show its page. A second click while one runs (409) shows the running
+    job with a notice instead of an error page: that is what the person was looking for."""
+    try:
+        body = start()
+    except Conflict as e:
+        running_id = e.extra.get("job_id")
+        if not running_id:
+            raise
+        running = job_dict(visible_job(running_id))
+        flash(f"Nothing new was started: {job_title(running)} is already {status_words(running['status'])} "
+              f"(requested by {running['actor']}). This is that job.", "notice")
+        return redirect(url_for("pages.job", job_id=running_id))
     return redirect(url_for("pages.job", job_id=body["id"]))
 
 
 @bp.get("/jobs/<job_id>")
 @page
 def job(job_id: str) -> str:
-    """A job's live progress and its verified outcome."""
-    job = visible_job(job_id)
-    return render_template("job.html", job=job_dict(job), may_decide=may_decide(job))
+    """A job's live progress as a timeline, its verified outcome, and what to do next."""
+    record = visible_job(job_id)
+    body = job_dict(record)
+    environment, role = environment_for(principal(), runtime().catalog, record.environment)
+    plan = body.get("plan")  # carried by jobs that waited for an approver (they decide on it)
+    return render_template("job.html", job=body, title=job_title(body), plan=plan,
+                           permissions=permissions(environment, role), may_decide=may_decide(record),
+                           is_service_job=record.action in (RESTART, REDEPLOY),
+                           require_reason=environment.require_reason, approval=environment.approval)
 
 
 # ---- Redis flush and one-off tasks (same service functions as the API) --------------
@@ -80,7 +108,11 @@ def _environment_page(env: str, **extra: Any) -> str:
                   "schedule": None, "permissions": [], "approval": environment.approval,
                   "require_reason": environment.require_reason}
         error = e.detail
-    return render_template("environment.html", env=detail, error=error, history=recent_entries(env), **extra)
+    running = {j.target: job_dict(j) for j in active_jobs(env)}
+    return render_template("environment.html", env=detail, error=error, history=recent_entries(env),
+                           running=running, require_reason=environment.require_reason,
+                           approval=environment.approval,
+                           **extra)
 
 
 @bp.get("/environments/<env>/redis/<target>/flush")
@@ -101,25 +133,24 @@ def redis_flush_preview(env: str, target: str) -> str:
 @page
 def redis_flush(env: str, target: str) -> WResponse:
     """Step 2 of a flush: the explicit confirm starts the job (which counts again and respects the cap)."""
-    body = start_flush_job(env, target, request.form.get("pattern", ""), request.form.get("reason"))
-    return redirect(url_for("pages.job", job_id=body["id"]))
+    return _start_and_watch(lambda: start_flush_job(env, target, request.form.get("pattern", ""), _reason()))
 
 
 @bp.post("/environments/<env>/tasks")
 @page
 def run_task(env: str) -> WResponse:
     """The Run button of an allow-listed one-off task."""
-    body = start_task_job(env, request.form.get("task_definition", ""), request.form.get("reason"))
-    return redirect(url_for("pages.job", job_id=body["id"]))
+    return _start_and_watch(lambda: start_task_job(env, request.form.get("task_definition", ""), _reason()))
 
 
 # ---- schedule pause / resume (same service functions as the API) ---------------------
 @bp.post("/environments/<env>/schedule/pause")
 @page
 def schedule_pause(env: str) -> Any:
-    """The Pause button; an optional ``until`` (datetime-local) is wall-clock time in the environment's zone."""
+    """The Pause button; an optional ``until``: ISO 8601 (app.js sends UTC), or wall-clock time in the
+    environment's zone without an offset (a datetime-local field without JavaScript)."""
     try:
-        pause_schedule(env, request.form.get("until", ""), request.form.get("reason"))
+        pause_schedule(env, request.form.get("until", ""), _reason())
     except (ValidationFailed, Conflict) as e:
         fields = e.fields if isinstance(e, ValidationFailed) else {}
         message = (fields.get("until") or fields.get("reason") or [e.detail])[0]
@@ -145,7 +176,7 @@ def init_app(app: Flask) -> None:
 
     @app.context_processor
     def _globals() -> dict[str, Any]:
-        return {"me": current_user if current_user.is_authenticated else None}
+        return {"me": current_user if current_user.is_authenticated else None, **template_helpers()}
 
 
 # ---- the audit trail (same queries, scoping and exports as /api/v1/audit) --------------

@@ -56,17 +56,7 @@ def live(app, rt, realtime_sim) -> Iterator[str]:
     from workers.actors import declare
     from workers.runner import JobRunner
 
-    services = ["orders-api", "payments-api"]
-    for svc in services:  # the images the task definitions name, in the simulator's ECR
-        realtime_sim.push_image(f"staging-{svc}", "latest")
-    seed_cluster("stg", services, family_prefix="staging", running=0)  # the service scheduler starts them
-    ecs = boto3.client("ecs", region_name=REGION)
-
-    def steady() -> bool:  # what the environment page will show: HEALTHY (counts lag on ECS)
-        found = ecs.describe_services(cluster="stg", services=services)["services"]
-        return all(s["runningCount"] == s["desiredCount"] == 2 and len(s["deployments"]) == 1
-                   and s["deployments"][0].get("rolloutState") == "COMPLETED" for s in found)
-    wait_until(steady)
+    start_services(realtime_sim, ["orders-api", "payments-api"])
     declare(rt.broker, JobRunner(rt), max_age_ms=600_000)
     worker = Worker(rt.broker, worker_threads=2, worker_timeout=100)
     worker.start()
@@ -84,6 +74,21 @@ def live(app, rt, realtime_sim) -> Iterator[str]:
     stop.set()
     worker.stop(timeout=5_000)
     exporter.join(10)
+
+
+def start_services(sim: Any, services: list[str]) -> None:
+    """Services of staging in the real-time simulator, started by its service scheduler, returned
+    once steady: what the environment page will show as HEALTHY (counts lag on ECS)."""
+    for svc in services:  # the images the task definitions name, in the simulator's ECR
+        sim.push_image(f"staging-{svc}", "latest")
+    seed_cluster("stg", services, family_prefix="staging", running=0)
+    ecs = boto3.client("ecs", region_name=REGION)
+
+    def steady() -> bool:
+        found = ecs.describe_services(cluster="stg", services=services)["services"]
+        return all(s["runningCount"] == s["desiredCount"] == 2 and len(s["deployments"]) == 1
+                   and s["deployments"][0].get("rolloutState") == "COMPLETED" for s in found)
+    wait_until(steady)
 
 
 def wait_until(predicate: Any, timeout: float = 30.0) -> None:
@@ -111,3 +116,40 @@ def sign_in(page: Any, base: str, email: str, password: str = PASSWORD) -> None:
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(lambda url: "/login" not in url)
+
+
+def job_row(rt: Any, *, action: str = "service.restart", target: str = "orders-api", status: str = "running",
+            detail: str = "", actor: str = "dev@acme.test", events: tuple[tuple[str, str], ...] = ()) -> str:
+    """A job in the state a test needs, written as the job service writes it (row and progress
+    events), without a worker picking it up: the state a page must show, held still."""
+    import datetime as dt
+    import uuid
+
+    from scope.models import Job
+
+    now = dt.datetime.now(dt.timezone.utc)
+    active = status in ("queued", "running")
+    job = Job(id=uuid.uuid4().hex, action=action, environment="staging", target=target, status=status, detail=detail,
+              actor=actor, source="web", request_id="", params={}, attempts=1,
+              active_key=f"staging/{target}" if active else None, created_at=now - dt.timedelta(seconds=40),
+              started_at=now - dt.timedelta(seconds=38), finished_at=None if active else now)
+    with rt.sessions.begin() as s:
+        s.add(job)
+    for type_, message in events:
+        rt.events.append(job.id, type_, message)
+    return job.id
+
+
+def with_schedule(rt: Any, config_file: Any) -> None:
+    """Give staging an on/off schedule (Europe/Berlin, weekdays 07:00-20:00) in the running app."""
+    with_staging(rt, config_file, 'schedule = { timezone = "Europe/Berlin", up = "Mon-Fri 07:00-20:00" }')
+
+
+def with_staging(rt: Any, config_file: Any, *lines: str) -> None:
+    """Add configuration lines to staging (e.g. ``require_reason = true``) in the running app."""
+    from scope.catalog import load_catalog
+    from tests.conftest import BASE_TOML
+
+    body = BASE_TOML.replace('webhook_secret_env = "STAGING_WEBHOOK_SECRET"\n',
+                             'webhook_secret_env = "STAGING_WEBHOOK_SECRET"\n' + "".join(f"{x}\n" for x in lines))
+    rt.catalog = load_catalog(config_file(body), rt.settings.environ, own_redis_url=rt.settings.redis_url)

@@ -1,6 +1,7 @@
 """The logs page in a real Chromium: history, filter, and the follow toggle tailing new lines."""
 from __future__ import annotations
 
+import re
 import time
 
 from playwright.sync_api import expect
@@ -31,9 +32,22 @@ def test_viewer_reads_filters_and_tails_logs(live, page, make_user):
     expect(lines.last).to_have_text("POST /orders 201", timeout=15_000)
     expect(page.locator("#log-lines li", has_text="POST /orders 201")).to_have_count(1)
 
+    # ERROR lines stand out (a class, plus the word itself).
+    expect(page.locator("#log-lines li.log-error .log-msg")).to_have_text(["ERROR payment gateway timeout"])
+
     page.get_by_label("Filter pattern").fill("ERROR")
+    page.get_by_label("Time range").select_option("1h")
     page.get_by_role("button", name="Show").click()
     expect(lines).to_have_text(["ERROR payment gateway timeout"])
+    # The view is shareable: its filter and range are in the address, and the address restores them.
+    expect(page).to_have_url(re.compile(r"\?filter=ERROR&range=1h$"))
+    shared = page.url
+    other = page.context.new_page()
+    other.goto(shared)
+    expect(other.get_by_label("Filter pattern")).to_have_value("ERROR")
+    expect(other.get_by_label("Time range")).to_have_value("1h")
+    expect(other.locator("#log-lines li .log-msg")).to_have_text(["ERROR payment gateway timeout"])
+    other.close()
 
     # A pattern CloudWatch cannot take is explained, not an error page.
     page.evaluate("document.getElementById('log-filter').value = 'x'.repeat(1025)")  # past maxlength

@@ -5,16 +5,17 @@ import re
 
 from playwright.sync_api import expect
 
-from tests.browser.conftest import sign_in
+from tests.browser.conftest import sign_in, with_schedule
 
 
 def test_developer_restarts_a_service_and_watches_it_succeed(live, page, make_user):
     make_user("dev@acme.test", ("staging", "developer"))
     sign_in(page, live, "dev@acme.test")
     page.get_by_role("link", name="staging").click()
-    row = page.get_by_role("row").filter(has_text="orders-api")
-    expect(row.get_by_text("HEALTHY")).to_be_visible()
-    row.get_by_role("button", name=re.compile("^Restart")).click()
+    card = page.locator("li[data-service='orders-api']")
+    expect(card.get_by_text("Healthy")).to_be_visible()
+    card.get_by_role("button", name=re.compile("^Restart")).click()
+    page.get_by_role("dialog").get_by_role("button", name="Restart orders-api").click()
     expect(page.locator("#job-status")).to_have_text("succeeded", timeout=30_000)
     expect(page.locator("#job-detail")).to_contain_text("HEALTHY after")
     expect(page.locator("#job-events li").first).to_be_visible()
@@ -24,7 +25,7 @@ def test_viewer_sees_no_action_buttons_and_a_forged_post_is_refused(live, page, 
     make_user("vic@acme.test", ("staging", "viewer"))
     sign_in(page, live, "vic@acme.test")
     page.get_by_role("link", name="staging").click()
-    expect(page.get_by_role("row").filter(has_text="orders-api")).to_be_visible()
+    expect(page.locator("li[data-service='orders-api']")).to_be_visible()
     for name in ("Restart", "Redeploy", "Flush"):
         expect(page.get_by_role("button", name=re.compile(name))).to_have_count(0)
     # A forged form post with the viewer's own session and a valid CSRF token: the server refuses.
@@ -40,20 +41,16 @@ def test_viewer_sees_no_action_buttons_and_a_forged_post_is_refused(live, page, 
 
 
 def test_operator_pauses_and_resumes_the_schedule(live, page, make_user, rt, config_file):
-    from scope.catalog import load_catalog
-    from tests.conftest import BASE_TOML
-
-    body = BASE_TOML.replace('webhook_secret_env = "STAGING_WEBHOOK_SECRET"\n',
-                             'webhook_secret_env = "STAGING_WEBHOOK_SECRET"\n'
-                             'schedule = { timezone = "Europe/Berlin", up = "Mon-Fri 07:00-20:00" }\n')
-    rt.catalog = load_catalog(config_file(body), rt.settings.environ, own_redis_url=rt.settings.redis_url)
+    with_schedule(rt, config_file)
     make_user("olga@acme.test", ("staging", "operator"))
     sign_in(page, live, "olga@acme.test")
     page.get_by_role("link", name="staging").click()
     expect(page.get_by_role("heading", name="Schedule")).to_be_visible()
     page.get_by_role("button", name="Pause schedule").click()
+    page.get_by_role("dialog").get_by_role("button", name="Pause schedule").click()
     expect(page.get_by_role("status").filter(has_text="Paused by olga@acme.test")).to_be_visible()
     page.get_by_role("button", name="Resume schedule now").click()
+    page.get_by_role("dialog").get_by_role("button", name="Resume schedule").click()
     expect(page.get_by_role("button", name="Pause schedule")).to_be_visible()
 
 

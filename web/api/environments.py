@@ -6,10 +6,12 @@ from typing import Any
 from flask import Response, jsonify
 
 from jobs.kinds import REDEPLOY, RESTART
+from jobs.service import job_dict
 from scope.access import visible_environments
 from scope.roles import Permission
 from web.api.blueprint import Blueprint
 from web.api.schemas import (
+    ActiveJobsSchema,
     EnvironmentDetailSchema,
     EnvironmentListSchema,
     JobSchema,
@@ -19,6 +21,7 @@ from web.api.schemas import (
 from web.context import principal, runtime
 from web.guard import allow
 from web.services.environments import environment_detail, plan_service_action, start_service_job
+from web.services.jobs import active_jobs
 
 blp = Blueprint("environments", __name__, url_prefix="/api/v1", description="Environments and services")
 
@@ -38,6 +41,14 @@ def get_environment(env: str) -> dict[str, Any]:
     """One environment with the live state of its services, read from ECS."""
     environment, role = allow(env, Permission.VIEW)
     return environment_detail(environment, role)
+
+
+@blp.get("/environments/<env>/active-jobs")
+@blp.response(200, ActiveJobsSchema)
+def get_active_jobs(env: str) -> dict[str, Any]:
+    """The environment's jobs that are not finished yet (the environment page polls this; no AWS call)."""
+    environment, _ = allow(env, Permission.VIEW)
+    return {"jobs": [job_dict(j) for j in active_jobs(environment.name)]}
 
 
 def _service_action(args: dict[str, Any], env: str, svc: str, action: str, permission: Permission) -> Any:

@@ -114,6 +114,11 @@ class JobSchema(ma.Schema):
         "description": "{mechanism, steps, warnings, blocked} when one was made (null otherwise)"})
 
 
+class ActiveJobsSchema(ma.Schema):
+    jobs = ma.fields.List(ma.fields.Nested(JobSchema), required=True,
+                          metadata={"description": "the environment's jobs not finished yet, oldest first"})
+
+
 class JobEventSchema(ma.Schema):
     id = ma.fields.String(required=True)
     time = ma.fields.String(required=True)

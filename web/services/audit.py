@@ -69,6 +69,32 @@ def audit_page_context() -> tuple[dict[str, Any], int]:
     except ValidationFailed as e:
         ctx["errors"] = {k: " ".join(map(str, v)) for k, v in e.fields.items()}
         return ctx, 400
-    ctx["entries"] = [entry_dict(r, full=False) for r in rows]
+    ctx["entries"] = one_row_per_operation([entry_dict(r, full=False) for r in rows])
     ctx["cursor"] = nxt
     return ctx, 200
+
+
+# The entries a job's outcome stands for on the page: its request and the decision on its approval.
+_FOLDED = {"requested"}
+_FOLDED_ACTIONS = {"approval.approve", "approval.reject"}
+
+
+def one_row_per_operation(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Newest first, as read; a job's outcome (succeeded/failed) takes in the older entries of the same
+    job on this page (its request, who approved it) as ``earlier``, so an operation is one row with its
+    outcome. Nothing is dropped: each folded entry is listed in that row, and the exports stay entry by entry."""
+    rows: list[dict[str, Any]] = []
+    outcome_row: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        job = e.get("job_id")
+        head = outcome_row.get(job) if job else None
+        if head is not None and (e["outcome"] in _FOLDED or e["action"] in _FOLDED_ACTIONS):
+            head["earlier"].append(e)
+            if not head.get("reason") and e.get("reason"):
+                head["reason"] = e["reason"]
+            continue
+        row = {**e, "earlier": []}
+        if job and e["outcome"] in ("succeeded", "failed") and job not in outcome_row:
+            outcome_row[job] = row
+        rows.append(row)
+    return rows

@@ -4,8 +4,10 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+from sqlalchemy import select
+
 from jobs.events import MAX_WAIT, JobEvent, JobEvents, event_from_entry, stream_key
-from jobs.kinds import TERMINAL
+from jobs.kinds import AWAITING_APPROVAL, QUEUED, RUNNING, TERMINAL
 from scope.access import environment_for
 from scope.errors import NotFound
 from scope.models import Job
@@ -51,3 +53,16 @@ def _answer_woken(entries: list[tuple[Any, dict[Any, Any]]], after: str | None) 
     if not got or got[-1].type in TERMINAL:
         return None
     return events_page(got, after, False)
+
+
+# Statuses of a job that still holds (or waits for) its service.
+ACTIVE_STATUSES = (AWAITING_APPROVAL, QUEUED, RUNNING)
+
+
+def active_jobs(environment: str, limit: int = 50) -> list[Job]:
+    """Jobs of an environment not finished yet, oldest first (the environment page marks their services).
+    A lapsed approval window is turned into ``rejected`` first, as on every read of a job."""
+    with runtime().sessions() as s:
+        jobs = list(s.scalars(select(Job).where(Job.environment == environment, Job.status.in_(ACTIVE_STATUSES))
+                              .order_by(Job.created_at).limit(limit)))
+    return [j for j in map(fresh, jobs) if j.status in ACTIVE_STATUSES]

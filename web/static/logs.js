@@ -28,6 +28,16 @@
     return isNaN(d) ? null : d.toISOString();
   }
 
+  // A datetime-local value (the user's local time) for an ISO instant.
+  function localInput(iso) {
+    var d = new Date(iso);
+    if (isNaN(d)) { return ""; }
+    return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + "T" +
+      pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
+  }
+
+  var ERROR_LINE = /\bERROR\b/;
+
   function fieldMessages(body) {
     var errs = body && body.errors;
     if (!errs) { return ""; }
@@ -84,7 +94,40 @@
       return q;
     }
 
+    // The query in the address bar, so that the view can be shared as a link.
+    function remember(q) {
+      var params = new URLSearchParams(location.search);
+      ["filter", "range", "since", "until"].forEach(function (k) { params.delete(k); });
+      if (q.filter) { params.set("filter", q.filter); }
+      params.set("range", el.range.value);
+      if (el.range.value === "custom") {
+        params.set("since", q.since);
+        if (q.until) { params.set("until", q.until); }
+      }
+      var qs = params.toString();
+      history.replaceState(null, "", location.pathname + (qs ? "?" + qs : "") + location.hash);
+    }
+
+    // A shared link: the filter and range it carries.
+    function fromAddress() {
+      var params = new URLSearchParams(location.search);
+      if (params.get("filter")) { el.filter.value = params.get("filter"); }
+      var range = params.get("range");
+      if (range && el.range.querySelector("option[value='" + range.replace(/[^a-z0-9]/gi, "") + "']")) { el.range.value = range; }
+      if (el.range.value === "custom") {
+        el.custom.hidden = el.customUntil.hidden = false;
+        if (params.get("since")) { el.since.value = localInput(params.get("since")); }
+        if (params.get("until")) { el.until.value = localInput(params.get("until")); }
+      }
+      var q = readForm();
+      if (q) { return q; }
+      el.range.value = "15m";
+      el.custom.hidden = el.customUntil.hidden = true;
+      return readForm();
+    }
+
     function restart(q) {
+      remember(q);
       generation += 1;
       stopTimer();
       wanted = false;
@@ -115,6 +158,7 @@
       var m = document.createElement("span");
       m.className = "log-msg";
       m.textContent = ev.message;  // never innerHTML: log lines are untrusted text
+      if (ERROR_LINE.test(ev.message || "")) { li.classList.add("log-error"); }
       li.appendChild(t);
       li.appendChild(s);
       li.appendChild(m);
@@ -198,12 +242,14 @@
         })
         .then(function (res) {
           busy = false;
-          if (gen !== generation) { return; }
+          // A newer query started while this answer was on its way (its own fetch was held
+          // back by ``busy``): drop this answer and fetch the newer one now.
+          if (gen !== generation) { fetchPage(generation); return; }
           if (res.r.ok) { onPage(res.body); } else { onError(res.r, res.body); }
         })
         .catch(function () {
           busy = false;
-          if (gen !== generation) { return; }
+          if (gen !== generation) { fetchPage(generation); return; }
           // Back off so a broken connection never hammers the server.
           delay = Math.min(delay * 2, MAX_BACKOFF_MS);
           status("Cannot reach Valet Key; retrying in " + Math.round(delay / 1000) + " s.", true);
@@ -248,7 +294,7 @@
       if (wanted && !busy && !timer) { wanted = false; fetchPage(generation); }
     });
 
-    restart(query);
+    restart(fromAddress() || query);
   }
 
   document.addEventListener("DOMContentLoaded", function () {
