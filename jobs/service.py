@@ -20,7 +20,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from jobs.audit_stream import AuditEvent, AuditLog
 from jobs.broker import send_run_job
 from jobs.events import JobEvents
-from jobs.kinds import AWAITING_APPROVAL, FAILED, QUEUED, REJECTED, RUNNING, SUCCEEDED, TERMINAL
+from jobs.kinds import (
+    AWAITING_APPROVAL,
+    FAILED,
+    QUEUED,
+    REJECTED,
+    RUNNING,
+    SUCCEEDED,
+    TERMINAL,
+    UNCONFIRMED,
+    public_status,
+)
 from scope.errors import Conflict, NotFound, Unavailable, ValetKeyError
 from scope.models import Job, utcnow
 from scope.times import iso, iso_or_none
@@ -33,12 +43,21 @@ DEFAULT_LEASE = dt.timedelta(seconds=60)
 # A job awaiting a second person's approval is rejected ("approval expired") after this long.
 APPROVAL_WINDOW = dt.timedelta(minutes=30)
 APPROVAL_EXPIRED = "Rejected: approval expired (no second person approved it within 30 minutes); nothing was done."
+# An unconfirmed job (its request has not completed) older than this lost its request: the
+# web process died, or gave up, between the row and the promotion. Longer than the slowest
+# create can take (Redis connect 5 s + the audit append and the enqueue, 40 s socket timeout
+# each, would be the worst case; they fail far sooner when Redis is down).
+UNCONFIRMED_TIMEOUT = dt.timedelta(seconds=30)
+NEVER_CONFIRMED = ("Never confirmed: the request that created this job did not complete (nobody was told it was "
+                   "accepted); nothing was done.")
+# How long a worker whose message arrived before the request promoted the job waits for it.
+CONFIRM_WAIT = 2.0
 
 
 def job_dict(job: Job) -> dict[str, Any]:
     """The job object of the HTTP contract."""
     return {"id": job.id, "action": job.action, "environment": job.environment, "target": job.target,
-            "status": job.status, "detail": job.detail, "actor": job.actor, "source": job.source,
+            "status": public_status(job.status), "detail": job.detail, "actor": job.actor, "source": job.source,
             "created_at": iso_or_none(job.created_at), "started_at": iso_or_none(job.started_at),
             "finished_at": iso_or_none(job.finished_at), "url": f"/api/v1/jobs/{job.id}",
             "reason": job.reason or "", "approved_by": job.approved_by, "approved_at": iso_or_none(job.approved_at),
@@ -84,7 +103,8 @@ class _Statements:
                    t.attempts == bindparam("attempt", type_=t.attempts.type))
         self.release = (update(_JOBS).where(t.id == bindparam("job_id"), t.status == RUNNING, mine)
                         .values(status=QUEUED, heartbeat_at=None))
-        self.finish = (update(_JOBS).where(t.id == bindparam("job_id"), t.status.in_([QUEUED, RUNNING]), mine)
+        self.finish = (update(_JOBS).where(t.id == bindparam("job_id"), t.status.in_([UNCONFIRMED, QUEUED, RUNNING]),
+                                          mine)
                        .values(status=bindparam("status"), detail=bindparam("detail"),
                                after=bindparam("after", type_=t.after.type),
                                finished_at=bindparam("now", type_=t.finished_at.type), active_key=None)
@@ -112,15 +132,20 @@ class JobService:
                request_id: str = "", params: dict[str, Any] | None = None, exclusive: bool = True,
                detail: str = "", reason: str = "", approval: bool = False,
                plan: dict[str, Any] | None = None) -> Job:
-        """Commit the job row, append its ``requested`` audit event, then enqueue.
+        """Commit the job row (unconfirmed), append its ``requested`` audit event, enqueue, then promote it.
 
-        Any failure before the enqueue refuses the action (Unavailable) and leaves
-        the row failed, so what the database says always matches what happened.
-        With ``approval`` the job waits in ``awaiting_approval`` (holding the
-        target's lock) and is enqueued only by ``approve``.
+        The row is created ``unconfirmed``: no worker claims it and no approver
+        sees it. Only once the audit entry is on the stream and the message is
+        enqueued does a compare-and-set make it ``queued`` (or
+        ``awaiting_approval``): a request killed anywhere before that leaves a
+        job that never runs, which the sweeper ends as never confirmed. Any
+        failure refuses the action (Unavailable) and leaves the row failed, so
+        what the database says always matches what happened. With ``approval``
+        the job waits in ``awaiting_approval`` (holding the target's lock) and
+        is enqueued only by ``approve``.
         """
         job = Job(id=uuid.uuid4().hex, action=action, environment=environment, target=target,
-                  status=AWAITING_APPROVAL if approval else QUEUED, actor=actor, source=source,
+                  status=UNCONFIRMED, actor=actor, source=source,
                   request_id=request_id, params=params or {},
                   active_key=f"{environment}/{target}" if exclusive else None, detail=detail,
                   created_at=self.clock(), attempts=0, before=None, after=None, heartbeat_at=None,
@@ -155,12 +180,13 @@ class JobService:
                 self.events.queue(pipe, job.id, AWAITING_APPROVAL, f"{action} of {target} requested by {actor}; "
                                   "waiting for a second person's approval")
                 pipe.execute()
-                return job
-            self.events.queue(pipe, job.id, "queued", f"{action} of {target} requested by {actor}")
-            pipe.execute()
-            if self.broker is None:
-                raise Unavailable("No job queue is configured.")
-            send_run_job(self.broker, job.id)
+            else:
+                self.events.queue(pipe, job.id, "queued", f"{action} of {target} requested by {actor}")
+                pipe.execute()
+                if self.broker is None:
+                    raise Unavailable("No job queue is configured.")
+                send_run_job(self.broker, job.id)
+            job.status = self._confirm(job.id, AWAITING_APPROVAL if approval else QUEUED)
         except Exception as e:  # noqa: BLE001 - any failure here means the job never runs
             self._abandon(job.id, "Refused: the job queue is unavailable; nothing was done.")
             if isinstance(e, ValetKeyError):
@@ -168,10 +194,22 @@ class JobService:
             raise Unavailable("The job queue is unavailable right now; nothing was done.") from e
         return job
 
+    def _confirm(self, job_id: str, status: str) -> str:
+        """Promote the job from unconfirmed (compare-and-set); Unavailable if it is no longer unconfirmed."""
+        try:
+            with self.engine.begin() as c:
+                n = c.execute(update(_JOBS).where(_JOBS.c.id == job_id, _JOBS.c.status == UNCONFIRMED)
+                              .values(status=status)).rowcount
+        except SQLAlchemyError as e:
+            raise Unavailable("The job database cannot be written right now; nothing was done.") from e
+        if n != 1:  # the sweeper ended it meanwhile (a request slower than UNCONFIRMED_TIMEOUT)
+            raise Unavailable("The request took too long to be confirmed; nothing was done.")
+        return status
+
     def _abandon(self, job_id: str, detail: str) -> None:
         try:
             with self.sessions.begin() as s:
-                s.execute(update(Job).where(Job.id == job_id, Job.status.in_([QUEUED, AWAITING_APPROVAL]))
+                s.execute(update(Job).where(Job.id == job_id, Job.status.in_([UNCONFIRMED, QUEUED, AWAITING_APPROVAL]))
                           .values(status=FAILED, detail=detail, finished_at=self.clock(), active_key=None))
         except SQLAlchemyError:
             log.exception("could not mark job %s failed after enqueue failure", job_id)
@@ -294,15 +332,29 @@ class JobService:
             return s.scalar(select(Job).where(Job.active_key == f"{environment}/{target}"))
 
     # ---- worker side ------------------------------------------------------
-    def claim(self, job_id: str) -> Job | None:
+    def claim(self, job_id: str, wait: float = CONFIRM_WAIT) -> Job | None:
         """Move a job to running; None if it is finished or another live worker holds it."""
-        now = self.clock()
-        # One compare-and-set statement that also sets started_at once and returns
-        # the claimed row: SQLite holds its single write lock for one statement
-        # instead of three, which is what concurrent worker threads queue on.
-        with self.engine.begin() as c:
-            row = c.execute(self._sql.claim, {"job_id": job_id, "now": now, "stale": now - self.lease}).one_or_none()
-        return Job(**row._mapping) if row is not None else None
+        deadline = time.monotonic() + wait
+        while True:
+            now = self.clock()
+            # One compare-and-set statement that also sets started_at once and returns
+            # the claimed row: SQLite holds its single write lock for one statement
+            # instead of three, which is what concurrent worker threads queue on.
+            with self.engine.begin() as c:
+                row = c.execute(self._sql.claim, {"job_id": job_id, "now": now,
+                                                  "stale": now - self.lease}).one_or_none()
+            if row is not None:
+                return Job(**row._mapping)
+            # The message can arrive before its request promotes the job (enqueue, then promote):
+            # wait a moment. Past that the job stays unclaimed; promoted later, the sweeper sends
+            # it again as a stale queued job; never promoted, the sweeper ends it.
+            if time.monotonic() >= deadline or self._status(job_id) != UNCONFIRMED:
+                return None
+            time.sleep(0.02)
+
+    def _status(self, job_id: str) -> str | None:
+        with self.engine.connect() as c:
+            return c.scalar(select(_JOBS.c.status).where(_JOBS.c.id == job_id))
 
     def release(self, job_id: str, attempt: int | None = None) -> None:
         """Back to queued so that a retried message can claim the job again (if still this claim's)."""
@@ -361,9 +413,12 @@ class JobService:
         return True
 
     def stale(self, older_than: dt.timedelta) -> list[Job]:
-        """Jobs queued or running with no sign of life for ``older_than`` (for the sweeper)."""
-        cutoff = self.clock() - older_than
+        """Jobs queued or running with no sign of life for ``older_than``, and unconfirmed ones whose
+        request is gone (older than UNCONFIRMED_TIMEOUT), for the sweeper."""
+        now = self.clock()
+        cutoff = now - older_than
         with self.sessions() as s:
             return list(s.scalars(select(Job).where(
                 or_((Job.status == QUEUED) & (func.coalesce(Job.approved_at, Job.created_at) < cutoff),
-                    (Job.status == RUNNING) & (Job.heartbeat_at < cutoff)))))
+                    (Job.status == RUNNING) & (Job.heartbeat_at < cutoff),
+                    (Job.status == UNCONFIRMED) & (Job.created_at < now - UNCONFIRMED_TIMEOUT)))))

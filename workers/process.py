@@ -8,8 +8,9 @@ import threading
 from dramatiq import Worker
 
 from jobs.broker import send_run_job
-from jobs.kinds import QUEUED, RUNNING
+from jobs.kinds import QUEUED, RUNNING, UNCONFIRMED
 from jobs.outcomes import recover_outcomes
+from jobs.service import NEVER_CONFIRMED
 from wiring.runtime import Runtime
 from workers.actors import declare
 from workers.runner import JobRunner
@@ -25,14 +26,18 @@ def sweep(rt: Runtime) -> int:
     A running job whose heartbeat is older than the lease lost its worker: the
     message is sent again (claim() lets exactly one worker take it over) until
     it has been attempted MAX_TAKEOVERS times, then it is failed. A queued job
-    past the age limit is failed, never run. A finished job whose outcome
+    past the age limit is failed, never run. A job still unconfirmed long after
+    its request (the web process died between its row and its promotion) is
+    ended "never confirmed; nothing was done", with its audit entry. A finished job whose outcome
     never reached the audit trail gets it appended (jobs/outcomes.py).
     """
     touched = rt.jobs.expire_approvals()
     max_age = dt.timedelta(seconds=rt.settings.job_max_age_seconds)
     now = rt.jobs.clock()
     for job in rt.jobs.stale(rt.jobs.lease * 2):
-        if job.status == QUEUED and now - (job.approved_at or job.created_at) > max_age:
+        if job.status == UNCONFIRMED:  # its request died before it was accepted: it must never run
+            rt.jobs.finish(job.id, "failed", NEVER_CONFIRMED)
+        elif job.status == QUEUED and now - (job.approved_at or job.created_at) > max_age:
             rt.jobs.finish(job.id, "failed", "Expired: never picked up within the age limit; not run.")
         elif job.status == RUNNING and job.attempts >= MAX_TAKEOVERS:
             rt.jobs.finish(job.id, "failed", f"The worker was lost {job.attempts} times; gave up. "
