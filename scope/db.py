@@ -50,6 +50,8 @@ def make_engine(url: str, **kw: Any) -> Engine:
         return engine
     kw.setdefault("pool_pre_ping", True)
     kw.setdefault("pool_size", int(os.environ.get("VALETKEY_DB_POOL_SIZE", "5")))
+    # An unreachable server (a partition, a failover) must fail a request in seconds (503), not hang it.
+    kw.setdefault("connect_args", {"connect_timeout": 5} if u.get_backend_name() == "postgresql" else {})
     return create_engine(url, **kw)
 
 
