@@ -7,19 +7,21 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
 import uuid
 from typing import Any, Callable, cast
 
 import dramatiq
 import redis
-from sqlalchemy import Engine, Table, bindparam, func, insert, or_, select, update
+from sqlalchemy import Engine, Table, bindparam, func, insert, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.audit_stream import AuditEvent, AuditLog
 from jobs.broker import send_run_job
 from jobs.events import JobEvents
+from jobs.outcome_outbox import OUTCOME_KEY_TTL, OutcomeOutbox, outcome_key
 from jobs.kinds import (
     AWAITING_APPROVAL,
     FAILED,
@@ -37,9 +39,19 @@ from scope.times import iso, iso_or_none
 
 log = logging.getLogger(__name__)
 
-# A running job whose worker has not touched it for this long is presumed
-# orphaned (worker killed): a redelivered message may take it over.
-DEFAULT_LEASE = dt.timedelta(seconds=60)
+# A running job whose worker process has not renewed it for this long is presumed
+# orphaned (worker killed): a redelivered message may take it over. Each worker
+# process renews the leases of all the jobs it holds in one statement, every
+# third of a lease (renew_held), so a short lease costs one UPDATE per process.
+DEFAULT_LEASE = dt.timedelta(seconds=10)
+# A job whose thread has not touched it (heartbeat, checkpoint) for this long is no longer
+# renewed by its process: a stalled thread loses its job after this plus a lease. Longer than
+# anything a job may legitimately wait on in one go (an AWS call with botocore's retries, a
+# Redis outage a progress event waits out).
+MAX_SILENCE = 180.0
+# A queued job whose message seems lost is sent again after this long (not sooner: with every
+# worker busy, a job may simply wait its turn, and each re-send is one more message).
+QUEUED_RESEND = dt.timedelta(minutes=2)
 # A job awaiting a second person's approval is rejected ("approval expired") after this long.
 APPROVAL_WINDOW = dt.timedelta(minutes=30)
 APPROVAL_EXPIRED = "Rejected: approval expired (no second person approved it within 30 minutes); nothing was done."
@@ -123,6 +135,13 @@ class JobService:
                  lease: dt.timedelta = DEFAULT_LEASE) -> None:
         self.sessions, self.audit, self.events, self.broker, self.clock = sessions, audit, events, broker, clock
         self.lease = lease
+        self.outbox = OutcomeOutbox(audit)  # outcomes Redis could not take at the time (finish)
+        # The jobs this process holds: id -> (claim's attempts, monotonic time its thread last touched it).
+        self._held: dict[str, tuple[int, float]] = {}
+        self._held_lock = threading.Lock()
+        # Set on SIGTERM: each job is handed back at its thread's next plain heartbeat (between polls,
+        # where nothing is in flight), so another worker takes it at once and never two act on it.
+        self.handing_back = threading.Event()
         # Reads go through ORM sessions; the state changes above run as Core on the same engine.
         self.engine: Engine = sessions.kw["bind"]
         self._sql = _Statements()
@@ -344,7 +363,9 @@ class JobService:
                 row = c.execute(self._sql.claim, {"job_id": job_id, "now": now,
                                                   "stale": now - self.lease}).one_or_none()
             if row is not None:
-                return Job(**row._mapping)
+                job = Job(**row._mapping)
+                self._hold(job.id, job.attempts)
+                return job
             # The message can arrive before its request promotes the job (enqueue, then promote):
             # wait a moment. Past that the job stays unclaimed; promoted later, the sweeper sends
             # it again as a stale queued job; never promoted, the sweeper ends it.
@@ -360,6 +381,7 @@ class JobService:
         """Back to queued so that a retried message can claim the job again (if still this claim's)."""
         with self.engine.begin() as c:
             c.execute(self._sql.release, {"job_id": job_id, "attempt": attempt})
+        self._drop(job_id, attempt)
 
     def heartbeat(self, job_id: str, params: dict[str, Any] | None = None,
                   before: dict[str, Any] | None = None, attempt: int | None = None) -> bool:
@@ -368,6 +390,9 @@ class JobService:
         False when the job is no longer running under this claim (``attempt``): another
         worker took it over, or it was finished; the caller must stop touching it.
         """
+        if params is None and attempt is not None and self.handing_back.is_set():
+            self._hand_back(job_id, attempt)
+            return False
         values: dict[str, Any] = {"job_id": job_id, "now": self.clock(), "attempt": attempt}
         if params is None:
             stmt = self._sql.heartbeat
@@ -376,7 +401,59 @@ class JobService:
         else:
             stmt, values["params"], values["before"] = self._sql.checkpoint_before, params, before
         with self.engine.begin() as c:
-            return c.execute(stmt, values).rowcount == 1
+            held = c.execute(stmt, values).rowcount == 1
+        if not held:
+            self._drop(job_id, attempt)
+        elif attempt is not None:
+            self._hold(job_id, attempt)
+        return held
+
+    # ---- leases of this process's jobs ---------------------------------------------
+    def _hold(self, job_id: str, attempt: int) -> None:
+        with self._held_lock:
+            self._held[job_id] = (attempt, time.monotonic())
+
+    def _drop(self, job_id: str, attempt: int | None = None) -> None:
+        """Forget the job (only this claim of it, with ``attempt``: a takeover in this very process stays)."""
+        with self._held_lock:
+            held = self._held.get(job_id)
+            if held is not None and (attempt is None or held[0] == attempt):
+                del self._held[job_id]
+
+    def held(self) -> list[str]:
+        with self._held_lock:
+            return list(self._held)
+
+    def renew_held(self, max_silence: float = MAX_SILENCE) -> int:
+        """Renew the lease of every job this process holds, in one statement; returns how many.
+
+        A job whose thread has been silent longer than ``max_silence`` is left to expire.
+        """
+        now = time.monotonic()
+        with self._held_lock:
+            pairs = [(job_id, attempt) for job_id, (attempt, touched) in self._held.items()
+                     if now - touched < max_silence]
+        if not pairs:
+            return 0
+        t = _JOBS.c
+        with self.engine.begin() as c:
+            return int(c.execute(update(_JOBS).where(tuple_(t.id, t.attempts).in_(pairs), t.status == RUNNING)
+                                 .values(heartbeat_at=self.clock())).rowcount)
+
+    def _hand_back(self, job_id: str, attempt: int) -> None:
+        """Give the job back (queued again, message re-sent) if it is still this claim's."""
+        with self.engine.begin() as c:
+            n = c.execute(self._sql.release, {"job_id": job_id, "attempt": attempt}).rowcount
+        self._drop(job_id, attempt)
+        if n != 1 or self.broker is None:
+            return
+        send_run_job(self.broker, job_id)
+        try:
+            self.events.append(job_id, "handed back", "This worker is stopping; handing the job to another one",
+                               keep=False)
+        except redis.RedisError:
+            log.warning("job %s: its hand-back event could not be written", job_id)
+        log.info("job %s: handed back (worker stopping)", job_id)
 
     def finish(self, job_id: str, status: str, detail: str, after: dict[str, Any] | None = None,
                attempt: int | None = None) -> bool:
@@ -388,6 +465,7 @@ class JobService:
             # The compare-and-set returns the finished row: no second read in the write transaction.
             job = c.execute(self._sql.finish, {"job_id": job_id, "status": status, "detail": detail,
                                                "after": after, "now": self.clock(), "attempt": attempt}).one_or_none()
+        self._drop(job_id, attempt)
         if job is None:
             return False
         event = outcome_event(job)
@@ -397,7 +475,8 @@ class JobService:
         # retried, so that rare case may show the outcome twice rather than never.)
         pipe = self.events.r.pipeline(transaction=False)
         self.events.queue(pipe, job_id, status, detail)
-        self.audit.queue(pipe, event)
+        # Keyed by the job: whoever appends its outcome (here, the outbox, a sweeper) does it once.
+        self.audit.queue_once(pipe, outcome_key(job_id), event, OUTCOME_KEY_TTL)
         try:
             results: list[Any] | None = pipe.execute(raise_on_error=False)
         except redis.RedisError:
@@ -405,20 +484,21 @@ class JobService:
         if results is None or any(isinstance(r, Exception) for r in results[:-1]):
             log.warning("job %s: its last progress event could not be written", job_id)
         if results is None or isinstance(results[-1], Exception):
-            # The job row holds the outcome durably; the append is retried once after a
-            # moment, and failing that, the sweeper appends it later (jobs/outcomes.py).
-            log.error("audit stream unavailable; retrying outcome of job %s", job_id)
-            time.sleep(1)
-            self.audit.record(event)
+            # The job row holds the outcome durably. The job is done either way: its entry waits
+            # in this process's outbox for Redis, and, should the process die, the sweeper
+            # appends it (jobs/outcomes.py).
+            log.error("audit stream unavailable; the outcome of job %s will be appended when it is back", job_id)
+            self.outbox.put(event)
         return True
 
-    def stale(self, older_than: dt.timedelta) -> list[Job]:
-        """Jobs queued or running with no sign of life for ``older_than``, and unconfirmed ones whose
-        request is gone (older than UNCONFIRMED_TIMEOUT), for the sweeper."""
+    def stale(self, older_than: dt.timedelta | None = None, queued_after: dt.timedelta = QUEUED_RESEND) -> list[Job]:
+        """For the sweeper: running jobs whose lease ran out ``older_than`` (default: the lease) ago,
+        queued ones waiting longer than ``queued_after``, and unconfirmed ones whose request is gone
+        (older than UNCONFIRMED_TIMEOUT)."""
         now = self.clock()
-        cutoff = now - older_than
+        cutoff = now - (self.lease if older_than is None else older_than)
         with self.sessions() as s:
             return list(s.scalars(select(Job).where(
-                or_((Job.status == QUEUED) & (func.coalesce(Job.approved_at, Job.created_at) < cutoff),
+                or_((Job.status == QUEUED) & (func.coalesce(Job.approved_at, Job.created_at) < now - queued_after),
                     (Job.status == RUNNING) & (Job.heartbeat_at < cutoff),
                     (Job.status == UNCONFIRMED) & (Job.created_at < now - UNCONFIRMED_TIMEOUT)))))

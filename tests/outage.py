@@ -81,7 +81,10 @@ class TcpProxy:
 class RedisServer:
     """A redis-server of the test's own, stopped and started again on the same port."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, persistent: bool = False) -> None:
+        # persistent: every write is in its append-only file, so a kill and a start again is an
+        # outage (a restart, a failover), not a loss of data.
+        self.persistent = persistent
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed")
@@ -94,8 +97,9 @@ class RedisServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "RedisServer":
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", str(self.workdir)],
+                                      *aof, "--dir", str(self.workdir)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         probe = redis_lib.Redis.from_url(self.url)
         deadline = time.monotonic() + 10
@@ -112,7 +116,7 @@ class RedisServer:
             probe.close()
 
     def stop(self) -> None:
-        """Stop it the way an outage would: its data is gone too (no persistence)."""
+        """Kill it the way an outage would (its data survives only if persistent)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)

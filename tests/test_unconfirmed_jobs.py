@@ -23,7 +23,7 @@ from sqlalchemy import select, update
 
 from jobs.broker import send_run_job
 from jobs.kinds import FAILED, QUEUED, RESTART, UNCONFIRMED
-from jobs.service import NEVER_CONFIRMED, UNCONFIRMED_TIMEOUT
+from jobs.service import NEVER_CONFIRMED, QUEUED_RESEND, UNCONFIRMED_TIMEOUT
 from scope.models import Job
 from tests.conftest import audit_events
 from tests.test_processes import start, wait_for
@@ -128,7 +128,7 @@ def test_a_job_promoted_after_its_message_was_given_up_on_is_sent_again(rt):
     """Promoted after the worker stopped waiting: the sweeper re-sends it as a stale queued job."""
     job = rt.jobs.create(action=RESTART, environment="staging", target="orders-api", actor="dev@acme.test",
                          source="api")
-    stale = dt.datetime.now(dt.timezone.utc) - rt.jobs.lease * 3
+    stale = dt.datetime.now(dt.timezone.utc) - QUEUED_RESEND - dt.timedelta(seconds=1)
     with rt.engine.begin() as c:
         c.execute(update(Job).where(Job.id == job.id).values(created_at=stale))
     before = rt.redis.llen("dramatiq:valetkey")

@@ -1,4 +1,12 @@
-"""``valetkey worker``: a Dramatiq worker in this process, plus the sweeper of orphaned jobs."""
+"""``valetkey worker``: a Dramatiq worker in this process, the lease keeper of its jobs, and the sweeper.
+
+Takeover: this process renews the leases of all the jobs it holds in one
+statement every third of a lease (VALETKEY_JOB_LEASE, 10 s); killed, its jobs'
+leases run out within a lease, and every worker's sweeper (every
+VALETKEY_SWEEP_INTERVAL, 3 s) hands them to another worker, which resumes each
+from its checkpoint. On SIGTERM each job is handed back at its next heartbeat
+(between polls) and taken by another worker at once.
+"""
 from __future__ import annotations
 
 import datetime as dt
@@ -9,6 +17,7 @@ from dramatiq import Worker
 
 from jobs.broker import send_run_job
 from jobs.kinds import QUEUED, RUNNING, UNCONFIRMED
+from cloud.errors import outage
 from jobs.outcomes import recover_outcomes
 from jobs.service import NEVER_CONFIRMED
 from wiring.runtime import Runtime
@@ -34,7 +43,7 @@ def sweep(rt: Runtime) -> int:
     touched = rt.jobs.expire_approvals()
     max_age = dt.timedelta(seconds=rt.settings.job_max_age_seconds)
     now = rt.jobs.clock()
-    for job in rt.jobs.stale(rt.jobs.lease * 2):
+    for job in rt.jobs.stale():
         if job.status == UNCONFIRMED:  # its request died before it was accepted: it must never run
             rt.jobs.finish(job.id, "failed", NEVER_CONFIRMED)
         elif job.status == QUEUED and now - (job.approved_at or job.created_at) > max_age:
@@ -50,12 +59,32 @@ def sweep(rt: Runtime) -> int:
     return touched + recover_outcomes(rt.engine, rt.redis, rt.audit)
 
 
+# How long a job's progress event waits out a Redis outage before it is dropped (the job goes on).
+REDIS_PATIENCE = 60.0
+
+
+def keep_leases(rt: Runtime, stop: threading.Event) -> None:
+    """Renew this process's job leases every third of a lease until ``stop``: one statement for all."""
+    every = rt.jobs.lease.total_seconds() / 3
+    while not stop.wait(every):
+        try:
+            rt.jobs.renew_held()
+        except Exception as e:  # noqa: BLE001 - a database outage: the leases run out, jobs are taken over
+            log.warning("could not renew job leases: %s", outage(e) or type(e).__name__)
+
+
 def run_worker(rt: Runtime, stop: threading.Event, threads: int = 4) -> None:
     assert rt.broker is not None
+    rt.events.outage_patience = REDIS_PATIENCE
     runner = JobRunner(rt)
     declare(rt.broker, runner, max_age_ms=rt.settings.job_max_age_seconds * 1000)
     worker = Worker(rt.broker, worker_threads=threads, worker_timeout=1000)
     worker.start()
+    # Leases are renewed until the last job thread is done (not only until SIGTERM): a job still
+    # finishing its step must not be taken over meanwhile.
+    threads_done = threading.Event()
+    leases = threading.Thread(target=keep_leases, args=(rt, threads_done), name="job-leases", daemon=True)
+    leases.start()
     log.info("worker started with %d threads", threads)
     try:
         while not stop.wait(rt.settings.sweep_interval):
@@ -63,9 +92,17 @@ def run_worker(rt: Runtime, stop: threading.Event, threads: int = 4) -> None:
                 n = sweep(rt)
                 if n:
                     log.info("sweeper handled %d stale job(s)", n)
-            except Exception:  # noqa: BLE001 - the sweeper must never take the worker down
-                log.exception("sweeper failed")
+            except Exception as e:  # noqa: BLE001 - the sweeper must never take the worker down
+                if outage(e) is not None:
+                    log.warning("sweeper skipped: %s unreachable", outage(e))
+                else:
+                    log.exception("sweeper failed")
     finally:
-        log.info("worker stopping")
+        log.info("worker stopping: handing its jobs back")
+        rt.jobs.handing_back.set()
         worker.stop(timeout=10_000)
+        threads_done.set()
+        leases.join(5)
+        if rt.jobs.outbox.flush():
+            log.error("stopping with outcome entries Redis did not take; the sweeper will append them")
         rt.close()
