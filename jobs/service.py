@@ -60,8 +60,8 @@ APPROVAL_EXPIRED = "Rejected: approval expired (no second person approved it wit
 # create can take (Redis connect 5 s + the audit append and the enqueue, 40 s socket timeout
 # each, would be the worst case; they fail far sooner when Redis is down).
 UNCONFIRMED_TIMEOUT = dt.timedelta(seconds=30)
-NEVER_CONFIRMED = ("Never confirmed: the request that created this job did not complete (nobody was told it was "
-                   "accepted); nothing was done.")
+NEVER_CONFIRMED = ("Never confirmed: the request that created (or approved) this job did not complete (nobody was "
+                   "told it was accepted); nothing was done.")
 # How long a worker whose message arrived before the request promoted the job waits for it.
 CONFIRM_WAIT = 2.0
 
@@ -249,10 +249,12 @@ class JobService:
         Unavailable (and the job failed) if the audit entry or the enqueue fails.
         """
         now = self.clock()
+        # Unconfirmed until its entry is on the stream and it is enqueued, as at create: an
+        # approval whose request dies half-way never runs (the sweeper ends it).
         with self.engine.begin() as c:
             n = c.execute(update(Job).where(Job.id == job_id, Job.status == AWAITING_APPROVAL,
                                             Job.created_at > now - APPROVAL_WINDOW)
-                          .values(status=QUEUED, approved_by=approver, approved_at=now)).rowcount
+                          .values(status=UNCONFIRMED, approved_by=approver, approved_at=now)).rowcount
         if n != 1:
             raise self._not_awaiting(job_id)
         job = self.get(job_id)
@@ -265,6 +267,7 @@ class JobService:
             if self.broker is None:
                 raise Unavailable("No job queue is configured.")
             send_run_job(self.broker, job.id)
+            self._confirm(job.id, QUEUED)
         except Exception as e:  # noqa: BLE001 - an approval that is not on record (or not queued) never runs
             self._abandon(job.id, "Refused: the approval could not be recorded or queued; nothing was done.")
             if isinstance(e, ValetKeyError):
@@ -311,7 +314,7 @@ class JobService:
         job = self.get(job_id)
         if job.status == REJECTED:
             return Conflict(f"Job {job_id} is not awaiting approval: {job.detail}", job_id=job_id)
-        return Conflict(f"Job {job_id} is not awaiting approval (it is {job.status}).", job_id=job_id)
+        return Conflict(f"Job {job_id} is not awaiting approval (it is {public_status(job.status)}).", job_id=job_id)
 
     def expire_approvals(self, only: str | None = None) -> int:
         """End every job whose approval window has passed as ``rejected`` (once, with its audit entry).
@@ -388,8 +391,21 @@ class JobService:
         """Renew the job's lease; with ``params``, also save the operation's checkpoint (and ``before``).
 
         False when the job is no longer running under this claim (``attempt``): another
-        worker took it over, or it was finished; the caller must stop touching it.
+        worker took it over, or it was finished; the caller must stop touching it. Also
+        False when the database cannot be reached: the job cannot be kept or checkpointed,
+        so this attempt stops where it is (it is not failed) and, once the database is
+        back, another worker takes it over from its last checkpoint.
         """
+        try:
+            return self._heartbeat(job_id, params, before, attempt)
+        except SQLAlchemyError as e:
+            log.warning("job %s: database unreachable at a heartbeat (%s); this attempt stops, the job will be "
+                        "taken over", job_id, type(e).__name__)
+            self._drop(job_id, attempt)
+            return False
+
+    def _heartbeat(self, job_id: str, params: dict[str, Any] | None, before: dict[str, Any] | None,
+                   attempt: int | None) -> bool:
         if params is None and attempt is not None and self.handing_back.is_set():
             self._hand_back(job_id, attempt)
             return False
@@ -501,4 +517,5 @@ class JobService:
             return list(s.scalars(select(Job).where(
                 or_((Job.status == QUEUED) & (func.coalesce(Job.approved_at, Job.created_at) < now - queued_after),
                     (Job.status == RUNNING) & (Job.heartbeat_at < cutoff),
-                    (Job.status == UNCONFIRMED) & (Job.created_at < now - UNCONFIRMED_TIMEOUT)))))
+                    (Job.status == UNCONFIRMED)
+                    & (func.coalesce(Job.approved_at, Job.created_at) < now - UNCONFIRMED_TIMEOUT)))))

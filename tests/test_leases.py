@@ -134,3 +134,23 @@ def test_a_progress_event_waits_out_a_short_redis_outage(rt_own_redis, own_redis
     rt.events.outage_patience = 1
     own_redis.stop()
     assert rt.events.append(job_id, "progress", "Stopped 2 of 2", keep=False) == ""
+
+
+def test_just_after_a_database_outage_running_jobs_are_not_judged(rt):
+    """Every lease looks expired when the database returns; live workers get a lease to renew theirs."""
+    from workers.process import DatabaseWatch, sweep
+
+    job_id = new_job(rt)
+    assert rt.jobs.claim(job_id) is not None
+    age(rt, job_id, rt.jobs.lease.total_seconds() + 5)
+    queued = rt.redis.llen("dramatiq:valetkey")
+    db = DatabaseWatch(lease=0.5)
+    assert db.leases_trustworthy()
+    db.down()
+    assert not db.leases_trustworthy()
+    sweep(rt, take_over=db.leases_trustworthy())
+    assert rt.redis.llen("dramatiq:valetkey") == queued  # left alone
+    time.sleep(0.6)
+    assert db.leases_trustworthy()
+    sweep(rt, take_over=db.leases_trustworthy())
+    assert rt.redis.llen("dramatiq:valetkey") == queued + 1  # now handed to another worker

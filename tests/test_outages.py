@@ -149,3 +149,30 @@ def test_a_refused_redis_command_is_not_an_outage():
     wrapped = RuntimeError("while appending")
     wrapped.__cause__ = redis_lib.ConnectionError("refused")
     assert outage(wrapped) == "Redis"
+
+
+def test_a_job_whose_heartbeat_meets_a_database_outage_stops_unfailed(pg_proxy, pg_schema_url, redis_url,
+                                                                      config_file):
+    """Its attempt stops where it is (LeaseLost), the job stays running, and is taken over afterwards."""
+    proxy, url = pg_proxy
+    rt, _ = runtime_and_client({"VALETKEY_DATABASE_URL": url, "VALETKEY_REDIS_URL": redis_url,
+                                "VALETKEY_ENVIRONMENTS": config_file(BASE_TOML),
+                                "VALETKEY_SECRET_KEY": "test-secret-key-0123456789",
+                                "STAGING_CACHE_REDIS_URL": conftest.TARGET_REDIS_URL})
+    try:
+        job = rt.jobs.create(action=FLUSH, environment="staging", target="redis:cache", actor="dev@acme.test",
+                             source="api")
+        claimed = rt.jobs.claim(job.id)
+        assert claimed is not None and rt.jobs.heartbeat(job.id, attempt=claimed.attempts)
+        proxy.stop()
+        assert not rt.jobs.heartbeat(job.id, attempt=claimed.attempts)
+        assert not rt.jobs.heartbeat(job.id, params={"step": 1}, attempt=claimed.attempts)
+        assert job.id not in rt.jobs.held()  # its process stops renewing it
+        proxy.start()
+        assert rt.jobs.get(job.id).status == "running"  # not failed: resumed by a takeover
+    finally:
+        proxy.stop()
+        with make_engine(pg_schema_url).begin() as c:
+            for t in conftest.TABLES:
+                c.execute(text(f"DELETE FROM {t}"))
+        rt.close()

@@ -155,3 +155,44 @@ def test_an_unconfirmed_job_is_only_ended_after_its_request_had_time(rt):
     with pytest.raises(Unavailable):
         rt.jobs._confirm(job.id, QUEUED)
     assert rt.jobs.claim(job.id, wait=0) is None
+
+
+DYING_APPROVAL = """
+import sys
+from wiring.runtime import Runtime
+rt = Runtime.from_env(__import__("os").environ)
+rt.jobs.approve(sys.argv[1], approver="ops@acme.test", source="web")
+print("approve returned", flush=True)
+"""
+
+
+def test_an_approval_killed_before_its_entry_never_runs(environ, rt, silent_redis, tmp_path):
+    job = rt.jobs.create(action=RESTART, environment="staging", target="orders-api", actor="dev@acme.test",
+                         source="api", approval=True)
+    assert rt.jobs.get(job.id).status == "awaiting_approval"
+    env = {**os.environ, **environ, "VALETKEY_REDIS_URL": silent_redis, "PYTHONPATH": os.getcwd()}
+    log = open(tmp_path / "approve.log", "wb")
+    p = subprocess.Popen([sys.executable, "-c", DYING_APPROVAL, job.id], env=env, stdout=log,
+                         stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: rt.jobs.get(job.id).approved_by, 30, "the approval's row to commit")
+        time.sleep(0.3)
+        assert p.poll() is None, (tmp_path / "approve.log").read_text()
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(10)
+        log.close()
+    got = rt.jobs.get(job.id)
+    assert (got.status, got.approved_by) == (UNCONFIRMED, "ops@acme.test")
+    assert rt.jobs.claim(job.id, wait=0.2) is None  # no worker runs it
+    assert [e["action"] for e in audit_events(rt) if e["job_id"] == job.id] == [RESTART]  # requested only
+    sweep(rt)
+    assert rt.jobs.get(job.id).status == UNCONFIRMED  # its approval is recent: the request may still finish
+    with rt.engine.begin() as c:
+        c.execute(update(Job).where(Job.id == job.id).values(
+            approved_at=dt.datetime.now(dt.timezone.utc) - UNCONFIRMED_TIMEOUT - dt.timedelta(seconds=1)))
+    sweep(rt)
+    ended = rt.jobs.get(job.id)
+    assert (ended.status, ended.detail, ended.active_key, ended.attempts) == (FAILED, NEVER_CONFIRMED, None, 0)
+    assert [(e["action"], e["outcome"]) for e in audit_events(rt) if e["job_id"] == job.id] == [
+        (RESTART, "requested"), (RESTART, "failed")]

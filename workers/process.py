@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 
 from dramatiq import Worker
 
@@ -28,14 +29,34 @@ log = logging.getLogger("valetkey.worker")
 MAX_TAKEOVERS = 3
 
 
-def sweep(rt: Runtime) -> int:
+class DatabaseWatch:
+    """When this process last found the database unreachable (leases renewals, sweeps).
+
+    After an outage every lease looks expired, though the workers that hold them are
+    alive and about to renew them: running jobs are judged only once the database has
+    answered for a whole lease again, so a live worker is never taken over.
+    """
+
+    def __init__(self, lease: float) -> None:
+        self.lease = lease
+        self._down_at = time.monotonic() - lease
+
+    def down(self) -> None:
+        self._down_at = time.monotonic()
+
+    def leases_trustworthy(self) -> bool:
+        return time.monotonic() - self._down_at >= self.lease
+
+
+def sweep(rt: Runtime, take_over: bool = True) -> int:
     """Re-send or fail jobs whose worker vanished; returns how many were touched.
 
     Jobs whose approval window passed end ``rejected`` ("approval expired").
     A running job whose heartbeat is older than the lease lost its worker: the
     message is sent again (claim() lets exactly one worker take it over) until
     it has been attempted MAX_TAKEOVERS times, then it is failed. A queued job
-    past the age limit is failed, never run. A job still unconfirmed long after
+    past the age limit is failed, never run. Without ``take_over`` (just after a
+    database outage) running jobs are left alone. A job still unconfirmed long after
     its request (the web process died between its row and its promotion) is
     ended "never confirmed; nothing was done", with its audit entry. A finished job whose outcome
     never reached the audit trail gets it appended (jobs/outcomes.py).
@@ -48,6 +69,8 @@ def sweep(rt: Runtime) -> int:
             rt.jobs.finish(job.id, "failed", NEVER_CONFIRMED)
         elif job.status == QUEUED and now - (job.approved_at or job.created_at) > max_age:
             rt.jobs.finish(job.id, "failed", "Expired: never picked up within the age limit; not run.")
+        elif job.status == RUNNING and not take_over:
+            continue
         elif job.status == RUNNING and job.attempts >= MAX_TAKEOVERS:
             rt.jobs.finish(job.id, "failed", f"The worker was lost {job.attempts} times; gave up. "
                                              "Check the service state before trying again.")
@@ -63,13 +86,14 @@ def sweep(rt: Runtime) -> int:
 REDIS_PATIENCE = 60.0
 
 
-def keep_leases(rt: Runtime, stop: threading.Event) -> None:
+def keep_leases(rt: Runtime, stop: threading.Event, db: DatabaseWatch) -> None:
     """Renew this process's job leases every third of a lease until ``stop``: one statement for all."""
     every = rt.jobs.lease.total_seconds() / 3
     while not stop.wait(every):
         try:
             rt.jobs.renew_held()
         except Exception as e:  # noqa: BLE001 - a database outage: the leases run out, jobs are taken over
+            db.down()
             log.warning("could not renew job leases: %s", outage(e) or type(e).__name__)
 
 
@@ -83,16 +107,19 @@ def run_worker(rt: Runtime, stop: threading.Event, threads: int = 4) -> None:
     # Leases are renewed until the last job thread is done (not only until SIGTERM): a job still
     # finishing its step must not be taken over meanwhile.
     threads_done = threading.Event()
-    leases = threading.Thread(target=keep_leases, args=(rt, threads_done), name="job-leases", daemon=True)
+    db = DatabaseWatch(rt.jobs.lease.total_seconds())
+    leases = threading.Thread(target=keep_leases, args=(rt, threads_done, db), name="job-leases", daemon=True)
     leases.start()
     log.info("worker started with %d threads", threads)
     try:
         while not stop.wait(rt.settings.sweep_interval):
             try:
-                n = sweep(rt)
+                n = sweep(rt, take_over=db.leases_trustworthy())
                 if n:
                     log.info("sweeper handled %d stale job(s)", n)
             except Exception as e:  # noqa: BLE001 - the sweeper must never take the worker down
+                if outage(e) == "database":
+                    db.down()
                 if outage(e) is not None:
                     log.warning("sweeper skipped: %s unreachable", outage(e))
                 else:
