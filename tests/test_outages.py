@@ -30,7 +30,8 @@ def assert_outage(r: Any, html: bool = False, says: str = "cannot be reached") -
     text = r.get_data(as_text=True)
     assert "Traceback" not in text and "psycopg" not in text and "redis.exceptions" not in text
     if html:
-        assert r.mimetype == "text/html" and "Service Unavailable" in text
+        assert r.mimetype == "text/html" and "503 · Service Unavailable" in text
+        assert 'rel="stylesheet"' in text  # the site's own error page (as signed out), not a bare one
     else:
         body = r.get_json()
         assert r.mimetype == "application/problem+json" and body["status"] == 503

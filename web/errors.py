@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify, render_template, request
+from flask import Flask, Response, current_app, g, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from markupsafe import escape
 from werkzeug.exceptions import HTTPException
@@ -50,7 +50,12 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> Response:
 def _error_page(body: dict[str, Any]) -> str:
     try:
         return render_template("error.html", problem=body)
-    except Exception:  # noqa: BLE001 - the page frame needs what is down (who is signed in): a bare page
+    except Exception:  # noqa: BLE001 - the page frame needs what is down (who is signed in)
+        pass
+    try:  # the same page as a signed-out visitor sees it: flask-login's cached user, set to anonymous
+        g._login_user = current_app.login_manager.anonymous_user()  # type: ignore[attr-defined]
+        return render_template("error.html", problem=body)
+    except Exception:  # noqa: BLE001 - and if even that fails, a bare page
         title, detail = escape(f"{body['status']} · {body['title']}"), escape(body["detail"])
         return (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title></head>"
                 f"<body><main><h1>{title}</h1><p>{detail}</p><p><a href=\"/\">Back to your environments</a>"
