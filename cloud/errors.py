@@ -25,6 +25,9 @@ from scope.errors import UpstreamError
 
 # What a boto3 call raises: catch exactly this at the edge of an AWS adapter.
 AWS_ERRORS: tuple[type[Exception], ...] = (ClientError, BotoCoreError)
+# Seconds a client is told to wait (Retry-After) when our database or Redis, or a Redis target,
+# is unreachable: long enough not to hammer a recovering server, short enough for a restart or failover.
+OUTAGE_RETRY_AFTER = 5
 # What a redis-py call on a target (a cluster too) raises, plus sockets and a bad URL.
 REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException, OSError, ValueError)
 
@@ -101,7 +104,12 @@ class RedisTargetError(UpstreamError):
 
     def __init__(self, target: str, doing: str, cause: BaseException) -> None:
         self.transient = is_transient_redis(cause)
-        super().__init__(f"Redis target {target!r} failed while {doing} ({type(cause).__name__}).")
+        detail = f"Redis target {target!r} failed while {doing} ({type(cause).__name__})."
+        if self.transient:  # unreachable for now: an outage from the caller's side, 503 with Retry-After
+            super().__init__(detail, retry_after=OUTAGE_RETRY_AFTER)
+            self.status, self.title = 503, "Service Unavailable"
+        else:  # a refused password or command stays a 502
+            super().__init__(detail)
 
 
 def is_transient_redis(e: BaseException) -> bool:
@@ -111,9 +119,6 @@ def is_transient_redis(e: BaseException) -> bool:
 
 
 # ---- outages of our own dependencies ---------------------------------------------------
-# Seconds a client is told to wait (Retry-After) when our database or Redis is unreachable:
-# long enough not to hammer a recovering server, short enough for a restart or failover.
-OUTAGE_RETRY_AFTER = 5
 # The database could not be reached or did not answer (connection refused or lost, pool or
 # lock timeout): not a bad statement. IntegrityError and friends are not outages.
 _DB_DOWN: tuple[type[Exception], ...] = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError,

@@ -17,7 +17,7 @@ from markupsafe import escape
 from werkzeug.exceptions import HTTPException
 
 from cloud.errors import OUTAGE_RETRY_AFTER, outage
-from scope.errors import UpstreamError, ValetKeyError, ValidationFailed
+from scope.errors import ValetKeyError, ValidationFailed
 
 log = logging.getLogger("valetkey.web")
 PROBLEM = "application/problem+json"
@@ -87,9 +87,7 @@ def init_app(app: Flask) -> None:
             extra["errors"] = extra.pop("fields")
         extra.pop("code", None)
         status, title = e.status, e.title
-        if isinstance(e, UpstreamError) and e.transient:  # AWS busy, a target Redis unreachable: come back soon
-            status, title = 503, "Service Unavailable"
-        if status == 503:
+        if status == 503:  # every 503 says when to come back
             extra.setdefault("retry_after", OUTAGE_RETRY_AFTER)
         resp = problem(status, title, e.detail, **extra)
         if e.status == 401:
