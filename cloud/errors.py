@@ -1,4 +1,4 @@
-"""The one classifier of boto3/botocore and redis-py errors, and the errors cloud adapters raise at the edge.
+"""The one classifier of boto3/botocore, redis-py and database errors, and the errors cloud adapters raise at the edge.
 
 Every adapter wraps a library error where it catches it (``raise ... from e``)
 into an ``UpstreamError`` (502) of the one hierarchy (``scope.errors``): an
@@ -19,11 +19,15 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 from redis.exceptions import RedisClusterException
+from sqlalchemy import exc as sa_exc
 
 from scope.errors import UpstreamError
 
 # What a boto3 call raises: catch exactly this at the edge of an AWS adapter.
 AWS_ERRORS: tuple[type[Exception], ...] = (ClientError, BotoCoreError)
+# Seconds a client is told to wait (Retry-After) when our database or Redis, or a Redis target,
+# is unreachable: long enough not to hammer a recovering server, short enough for a restart or failover.
+OUTAGE_RETRY_AFTER = 5
 # What a redis-py call on a target (a cluster too) raises, plus sockets and a bad URL.
 REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException, OSError, ValueError)
 
@@ -115,10 +119,39 @@ class RedisTargetError(UpstreamError):
 
     def __init__(self, target: str, doing: str, cause: BaseException) -> None:
         self.transient = is_transient_redis(cause)
-        super().__init__(f"Redis target {target!r} failed while {doing} ({type(cause).__name__}).")
+        detail = f"Redis target {target!r} failed while {doing} ({type(cause).__name__})."
+        if self.transient:  # unreachable for now: an outage from the caller's side, 503 with Retry-After
+            super().__init__(detail, retry_after=OUTAGE_RETRY_AFTER)
+            self.status, self.title = 503, "Service Unavailable"
+        else:  # a refused password or command stays a 502
+            super().__init__(detail)
 
 
 def is_transient_redis(e: BaseException) -> bool:
     """Connection trouble may pass; a refused password or command will not."""
     return (isinstance(e, (redis.ConnectionError, redis.TimeoutError))
             and not isinstance(e, redis.AuthenticationError))
+
+
+# ---- outages of our own dependencies ---------------------------------------------------
+# The database could not be reached or did not answer (connection refused or lost, pool or
+# lock timeout): not a bad statement. IntegrityError and friends are not outages.
+_DB_DOWN: tuple[type[Exception], ...] = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError,
+                                         sa_exc.TimeoutError)
+
+
+def outage(e: BaseException) -> str | None:
+    """What of ours is down when ``e`` says a dependency is unreachable ("database", "Redis"); else None.
+
+    Redis: a refused or lost connection, or no answer in time (a wrong password or
+    command is a bug, not an outage). Also looks through ``raise ... from`` causes.
+    """
+    seen = 0
+    cur: BaseException | None = e
+    while cur is not None and seen < 5:
+        if isinstance(cur, _DB_DOWN) or (isinstance(cur, sa_exc.DBAPIError) and cur.connection_invalidated):
+            return "database"
+        if is_transient_redis(cur):
+            return "Redis"
+        cur, seen = cur.__cause__, seen + 1
+    return None

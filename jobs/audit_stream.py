@@ -17,6 +17,14 @@ from scope.text import as_text
 from scope.times import iso, utcnow
 
 STREAM = "valetkey:audit"
+# Append an event only if its key was not taken yet (SET NX with an expiry, then XADD, atomically):
+# every appender of a job's outcome goes through it, so racing appenders append it once.
+_ONCE = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  return redis.call('XADD', KEYS[2], '*', 'event', ARGV[2])
+end
+return false
+"""
 GROUP = "exporters"  # the exporters' consumer group on STREAM
 
 
@@ -62,6 +70,19 @@ class AuditLog:
         except redis.RedisError as e:
             raise Unavailable("The audit trail cannot be written right now; nothing was done.") from e
         return as_text(eid)
+
+    def record_once(self, key: str, event: AuditEvent, ttl: int) -> bool:
+        """Append ``event`` unless ``key`` was taken (by another appender of it) within ``ttl`` seconds.
+
+        True if appended now; False if someone already did. Unavailable if Redis cannot be reached."""
+        try:
+            return bool(self.r.eval(_ONCE, 2, key, self.stream, ttl, event.encode()["event"]))
+        except redis.RedisError as e:
+            raise Unavailable("The audit trail cannot be written right now.") from e
+
+    def queue_once(self, pipe: redis.client.Pipeline, key: str, event: AuditEvent, ttl: int) -> None:
+        """``record_once`` in ``pipe`` (sent with other writes in one round trip)."""
+        pipe.eval(_ONCE, 2, key, self.stream, ttl, event.encode()["event"])
 
     def queue(self, pipe: redis.client.Pipeline, event: AuditEvent) -> None:
         """Add the append to ``pipe``: the caller sends it with other writes in one round trip

@@ -5,8 +5,10 @@ receives strictly newer events, so across polls none repeats and none is skipped
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +18,8 @@ from redis.typing import EncodableT, FieldT
 from scope.errors import ValidationFailed
 from scope.text import as_text
 from scope.times import iso, utcnow
+
+log = logging.getLogger(__name__)
 
 PREFIX = "valetkey:job:"
 KEEP_SECONDS = 14 * 24 * 3600
@@ -51,13 +55,33 @@ class JobEvent:
 
 
 class JobEvents:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, outage_patience: float = 0.0) -> None:
         self.r = client
+        # Workers set this: a progress event waits out a Redis outage this long (then is dropped,
+        # logged) instead of failing the job; the job row, not its events, holds its state.
+        self.outage_patience = outage_patience
 
     def append(self, job_id: str, type_: str, message: str, *, keep: bool = True) -> str:
         """Append one event. ``keep`` (re)starts the stream's expiry; progress events in the
         middle of a job pass False: the first and the last event of a job set it, and a job
-        never lives anywhere near KEEP_SECONDS, so one EXPIRE each is enough."""
+        never lives anywhere near KEEP_SECONDS, so one EXPIRE each is enough.
+
+        With ``outage_patience``, an unreachable Redis is retried every half second for that
+        long; then the event is dropped ("" returned). Without, the error is raised."""
+        deadline = time.monotonic() + self.outage_patience
+        while True:
+            try:
+                return self._append(job_id, type_, message, keep)
+            except (redis.ConnectionError, redis.TimeoutError):
+                if self.outage_patience <= 0:
+                    raise
+                if time.monotonic() >= deadline:
+                    log.warning("job %s: Redis unreachable for %.0fs; dropped its %r event", job_id,
+                                self.outage_patience, type_)
+                    return ""
+                time.sleep(0.5)
+
+    def _append(self, job_id: str, type_: str, message: str, keep: bool) -> str:
         if keep:
             pipe = self.r.pipeline(transaction=False)
             self.queue(pipe, job_id, type_, message)

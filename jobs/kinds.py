@@ -22,6 +22,16 @@ QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 # Two-person approval: a job waits (never enqueued) until approved, or ends rejected.
 AWAITING_APPROVAL, REJECTED = "awaiting_approval", "rejected"
 TERMINAL = frozenset({SUCCEEDED, FAILED, REJECTED})
+# Internal: a job row committed by a request that has not completed yet (its ``requested``
+# audit entry and its enqueue are still to come). No worker claims it and no approver sees
+# it; the request promotes it to queued (or awaiting_approval) once both are done, and the
+# sweeper ends one whose request died ("never confirmed; nothing was done"). Shown as queued.
+UNCONFIRMED = "unconfirmed"
+
+
+def public_status(status: str) -> str:
+    """The contract's status of a job (DESIGN.md): the internal unconfirmed state reads as queued."""
+    return QUEUED if status == UNCONFIRMED else status
 JOB_STATUSES = (AWAITING_APPROVAL, QUEUED, RUNNING, SUCCEEDED, FAILED, REJECTED)
 
 AUDIT_ACTIONS = ("service.restart", "service.redeploy", "logs.view", "redis.flush", "task.run",

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, case, extract, func, select
 from sqlalchemy.sql.elements import ColumnElement
 
+from jobs.kinds import public_status
 from scope.models import Job
 
 # Seconds. Restarts and redeploys take minutes; one-off tasks up to the task timeout (30 min by default).
@@ -47,7 +48,10 @@ def job_figures(engine: Engine) -> JobFigures:
                     *[func.sum(case((secs <= b, 1), else_=0)) for b in DURATION_BUCKETS])
              .where(ran).group_by(Job.action))
     with engine.connect() as c:
-        counts = {(str(a), str(s)): int(n) for a, s, n in c.execute(counts_q)}
+        counts: dict[tuple[str, str], int] = {}
+        for a, s, n in c.execute(counts_q):  # the contract's statuses only (unconfirmed counts as queued)
+            key = (str(a), public_status(str(s)))
+            counts[key] = counts.get(key, 0) + int(n)
         durations = {}
         for row in c.execute(dur_q):
             action, n, total, *per_bucket = row

@@ -1,17 +1,21 @@
 """Outcome audit entries lost between a job's final commit and its audit append, found and appended again.
 
 ``JobService.finish`` commits the terminal row first (the durable truth), then
-appends the outcome to the audit stream. A process killed between the two, or
-a Redis outage longer than the one retry, would leave a finished job with no
-outcome in the trail. The sweeper closes that gap:
+appends the outcome to the audit stream; when Redis cannot take it, the
+process's outbox appends it once Redis is back (jobs/outcome_outbox.py). A
+process killed before either would leave a finished job with no outcome in the
+trail. The sweeper closes that gap, within a minute of Redis answering again:
 
 - only when the exporters have read and acknowledged everything on the stream
   (their group was handed the stream's last entry and has nothing pending),
   so an entry still on its way to the table is never taken for a lost one;
-- only for jobs finished more than GRACE ago (their append, had it happened,
-  is on the stream by then, however slow Redis was) and less than HORIZON
-  ago (older trails are not re-examined every minute);
-- once per job across sweepers (a Redis key taken with SET NX, for GRACE).
+- only for jobs finished more than GRACE ago (their own append has normally
+  landed by then) and less than HORIZON ago (older trails are not re-examined
+  every sweep);
+- once per job across every appender (finish, outboxes, sweepers): each
+  appends through ``AuditLog.record_once`` with the job's key, which takes the
+  key and appends in one atomic step, so a slow append still on its way and a
+  sweeper's can never both land.
 
 A job refused at the enqueue (row failed, 503 to the caller) gets its
 ``failed`` outcome the same way, so every job row has an outcome entry.
@@ -26,6 +30,7 @@ import redis
 from sqlalchemy import Engine, exists, select
 
 from jobs.audit_stream import GROUP, STREAM, AuditLog
+from jobs.outcome_outbox import OUTCOME_KEY_TTL, outcome_key
 from jobs.kinds import FAILED, SUCCEEDED
 from jobs.service import outcome_event
 from scope.errors import Unavailable
@@ -34,12 +39,10 @@ from scope.text import as_text
 
 log = logging.getLogger("valetkey.worker")
 
-# Longer than the slowest append that finish() can still make: the writer-lock wait (30 s), a
-# Redis call that times out (40 s), the pause and the retried append (41 s), with room to spare.
-GRACE = dt.timedelta(minutes=10)
+# Only to leave a job's own append its moment: correctness comes from the once-key, not from time.
+GRACE = dt.timedelta(seconds=15)
 HORIZON = dt.timedelta(days=1)
 BATCH = 100
-CLAIM_PREFIX = "valetkey:outcome-recovered:"
 
 
 def _id(value: Any) -> tuple[int, int]:
@@ -82,13 +85,9 @@ def recover_outcomes(engine: Engine, r: redis.Redis, audit: AuditLog, now: dt.da
         return 0
     recovered = 0
     for job in lost_outcomes(engine, now or utcnow()):
-        # The claim only has to outlive the moment between another sweeper's "caught up"
-        # and its own claim; once an append lands, the exporters are not caught up until
-        # it is stored. A claim whose append failed simply expires: that job is tried again.
-        if not r.set(CLAIM_PREFIX + job.id, "1", nx=True, ex=int(GRACE.total_seconds())):
-            continue  # another sweeper is appending it
         try:
-            audit.record(outcome_event(job))
+            if not audit.record_once(outcome_key(job.id), outcome_event(job), OUTCOME_KEY_TTL):
+                continue  # someone appended it meanwhile (its entry is on the way to the table)
         except Unavailable:
             log.error("job %s: could not append its missing %s outcome; will retry", job.id, job.status)
             return recovered  # Redis is in trouble: the rest waits for a later sweep too

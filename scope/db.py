@@ -54,6 +54,8 @@ def make_engine(url: str, **kw: Any) -> Engine:
     # covers a web process's 16 request threads plus the long-poll hub and /metrics at once,
     # so a burst never queues a request for a connection (SQLAlchemy's default, 10, did).
     kw.setdefault("max_overflow", int(os.environ.get("VALETKEY_DB_MAX_OVERFLOW", "20")))
+    # An unreachable server (a partition, a failover) must fail a request in seconds (503), not hang it.
+    kw.setdefault("connect_args", {"connect_timeout": 5} if u.get_backend_name() == "postgresql" else {})
     return create_engine(url, **kw)
 
 

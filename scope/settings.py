@@ -79,8 +79,8 @@ class Settings:
     stability_timeout: float = 900.0
     task_timeout: float = 1800.0  # a one-off task running longer is stopped (StopTask) and failed
     job_max_age_seconds: int = 3600
-    job_lease_seconds: float = 60.0  # a running job silent this long has lost its worker
-    sweep_interval: float = 30.0
+    job_lease_seconds: float = 10.0  # a running job whose worker process is silent this long has lost it
+    sweep_interval: float = 3.0
     # The audit exporter reclaims stream entries a dead exporter left pending this long.
     audit_claim_idle_ms: int = 30_000
     # Share of each AWS throttling budget (per account and Region) Valet Key may use; 0 turns the budget off.
@@ -124,8 +124,8 @@ class Settings:
                                      e.get("VALETKEY_STABILITY_TIMEOUT", "900"), 1),
             task_timeout=_float("VALETKEY_TASK_TIMEOUT", e.get("VALETKEY_TASK_TIMEOUT", "1800"), 1),
             job_max_age_seconds=_int("VALETKEY_JOB_MAX_AGE", e.get("VALETKEY_JOB_MAX_AGE", "3600"), 1),
-            job_lease_seconds=_float("VALETKEY_JOB_LEASE", e.get("VALETKEY_JOB_LEASE", "60"), 1),
-            sweep_interval=_float("VALETKEY_SWEEP_INTERVAL", e.get("VALETKEY_SWEEP_INTERVAL", "30"), 0.1),
+            job_lease_seconds=_float("VALETKEY_JOB_LEASE", e.get("VALETKEY_JOB_LEASE", "10"), 1),
+            sweep_interval=_float("VALETKEY_SWEEP_INTERVAL", e.get("VALETKEY_SWEEP_INTERVAL", "3"), 0.1),
             audit_claim_idle_ms=_int("VALETKEY_AUDIT_CLAIM_IDLE_MS",
                                      e.get("VALETKEY_AUDIT_CLAIM_IDLE_MS", "30000"), minimum=100),
             aws_budget_share=_share("VALETKEY_AWS_BUDGET_SHARE", e.get("VALETKEY_AWS_BUDGET_SHARE", "0.5")),
