@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import threading
 
 from dramatiq import Worker
@@ -10,6 +11,7 @@ from dramatiq import Worker
 from jobs.broker import send_run_job
 from jobs.kinds import QUEUED, RUNNING
 from jobs.outcomes import recover_outcomes
+from jobs.suspended import run_ticker
 from wiring.runtime import Runtime
 from workers.actors import declare
 from workers.runner import JobRunner
@@ -45,12 +47,20 @@ def sweep(rt: Runtime) -> int:
     return touched + recover_outcomes(rt.engine, rt.redis, rt.audit)
 
 
-def run_worker(rt: Runtime, stop: threading.Event, threads: int = 4) -> None:
+def default_threads() -> int:
+    """A thread per core: a job waiting on ECS is suspended and holds none (jobs/suspended.py)."""
+    return os.cpu_count() or 1
+
+
+def run_worker(rt: Runtime, stop: threading.Event, threads: int | None = None) -> None:
     assert rt.broker is not None
+    threads = threads or default_threads()
     runner = JobRunner(rt)
     declare(rt.broker, runner, max_age_ms=rt.settings.job_max_age_seconds * 1000)
     worker = Worker(rt.broker, worker_threads=threads, worker_timeout=1000)
     worker.start()
+    ticker_stop = threading.Event()
+    run_ticker(runner.suspended, rt.broker, ticker_stop)  # sends the steps of suspended jobs when due
     log.info("worker started with %d threads", threads)
     try:
         while not stop.wait(rt.settings.sweep_interval):
@@ -62,5 +72,6 @@ def run_worker(rt: Runtime, stop: threading.Event, threads: int = 4) -> None:
                 log.exception("sweeper failed")
     finally:
         log.info("worker stopping")
+        ticker_stop.set()
         worker.stop(timeout=10_000)
         rt.close()
