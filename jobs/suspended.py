@@ -50,6 +50,11 @@ if ARGV[2] == '' then return redis.call('ZREM', KEYS[1], ARGV[1]) end
 return redis.call('ZADD', KEYS[1], tonumber(ARGV[2]), ARGV[1])
 """
 
+RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2])) end
+return 0
+"""
+
 
 def member(job_id: str, attempt: int) -> str:
     return f"{job_id}:{attempt}"
@@ -64,16 +69,24 @@ class SuspendedJobs:
         self.lock_ms, self.visibility = max(1, int(lock_seconds * 1000)), visibility
         self._take = client.register_script(TAKE_DUE)
         self._end = client.register_script(END_STEP)
+        self._renew = client.register_script(RENEW)
 
     # ---- a step ---------------------------------------------------------------
-    def begin(self, job_id: str, attempt: int, *, lock: bool = True) -> str | None:
+    def begin(self, job_id: str, attempt: int, *, force: bool = False) -> str | None:
         """Start a step: take the job's step lock (None: another copy runs it now) and push its due
-        entry ``visibility`` ahead (if this process dies mid-step, the step is sent again then)."""
+        entry ``visibility`` ahead (if this process dies mid-step, the step is sent again then).
+
+        ``force``: a new claim of the job (it won the compare-and-set in the database) takes the
+        lock even from a step of the claim it replaces, whose next ``renew`` then fails."""
         token = secrets.token_hex(8)
-        if lock and not self.redis.set(LOCK_PREFIX + job_id, token, nx=True, px=self.lock_ms):
+        if not self.redis.set(LOCK_PREFIX + job_id, token, nx=not force, px=self.lock_ms):
             return None
         self.redis.zadd(DUE_KEY, {member(job_id, attempt): self.clock() + self.visibility})
         return token
+
+    def renew(self, job_id: str, token: str) -> bool:
+        """Before each checkpoint (and so before each mutation): is the step lock still ours? Extend it."""
+        return bool(self._renew(keys=[LOCK_PREFIX + job_id], args=[token, self.lock_ms]))
 
     def suspend(self, job_id: str, attempt: int, seconds: float, token: str | None) -> None:
         """End the step with the next one due in ``seconds``."""

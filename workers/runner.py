@@ -43,6 +43,10 @@ class LeaseLost(Exception):
     """This worker's claim on the job ended (taken over after a stall, or finished): stop touching it."""
 
 
+class StepLost(LeaseLost):
+    """This step's lock expired and another copy of the step holds it now: leave the job to that copy."""
+
+
 # Consecutive transient failures (5xx, timeouts) a job waits out before it fails; AWS throttling,
 # which only says "later", is waited out longer. The count is checkpointed ("retries") and starts
 # again after a step that got as far as a checkpoint.
@@ -104,7 +108,7 @@ class JobRunner:
         if job is None:
             log.info("job %s: already finished or held by a live worker; skipping", job_id)
             return None
-        token = self.suspended.begin(job.id, job.attempts, lock=False)  # the claim itself is exclusive
+        token = self.suspended.begin(job.id, job.attempts, force=True)  # the claim itself is exclusive
         events = self.rt.events
         # An approved job's age counts from its approval: it waited for a person, not for a worker.
         age = dt.datetime.now(dt.timezone.utc) - (job.approved_at or job.created_at)
@@ -118,6 +122,7 @@ class JobRunner:
         except ValetKeyError as e:
             self._finish(job, FAILED, e.detail, token=token)
             return FAILED
+        assert token is not None  # forced
         return self._steps(job, env, token, continuing=False)
 
     def _continue(self, job_id: str, attempt: int) -> str | None:
@@ -141,10 +146,10 @@ class JobRunner:
             return FAILED
         return self._steps(job, env, token, continuing=True)
 
-    def _steps(self, job: Job, env: Environment, token: str | None, continuing: bool) -> str | None:
+    def _steps(self, job: Job, env: Environment, token: str, continuing: bool) -> str | None:
         while True:
             try:
-                outcome = self._dispatch(job, env, continuing)
+                outcome = self._dispatch(job, env, continuing, token)
             except Suspend as s:
                 if self._sleep is None:
                     self.suspended.suspend(job.id, job.attempts, s.seconds, token)
@@ -156,6 +161,9 @@ class JobRunner:
                     return None
                 job, continuing = again, True
                 continue
+            except StepLost:
+                log.warning("job %s: this step outlasted its lock; another copy of it goes on", job.id)
+                return None
             except LeaseLost:
                 log.warning("job %s: attempt %d lost its claim (another worker took over, or it ended); stopping",
                             job.id, job.attempts)
@@ -197,6 +205,8 @@ class JobRunner:
             return None
         delay = backoff(n)
         params["retries"] = n
+        if token is not None and not self.suspended.renew(job.id, token):
+            raise StepLost(job.id)
         if not self.rt.jobs.heartbeat(job.id, params=params, attempt=job.attempts):
             raise LeaseLost(job.id)
         self.rt.events.append(job.id, "retry", f"{e.detail} Retrying in {delay:.0f}s ({n} of {limit}).", keep=False)
@@ -247,7 +257,7 @@ class JobRunner:
             raise Forbidden(f"Refused at run time: the approver {approver} no longer holds operator or admin in "
                             f"{env.name}; nothing was done.")
 
-    def _dispatch(self, job: Job, env: Environment, continuing: bool) -> Outcome:
+    def _dispatch(self, job: Job, env: Environment, continuing: bool, token: str) -> Outcome:
         params = dict(job.params or {})
         params.pop("retries", None)  # a step that gets as far as a checkpoint starts the count again
 
@@ -255,6 +265,10 @@ class JobRunner:
             self.rt.events.append(job.id, type_, message, keep=False)  # create and finish set the expiry
 
         def checkpoint(p: dict[str, Any]) -> None:
+            # Both fences before anything the operation does next (a mutation follows a checkpoint):
+            # this step still holds the job's step lock, and this claim still holds the job.
+            if not self.suspended.renew(job.id, token):
+                raise StepLost(job.id)
             if not self.rt.jobs.heartbeat(job.id, params=dict(p), before=p.get("before"), attempt=job.attempts):
                 raise LeaseLost(job.id)
 
