@@ -134,3 +134,81 @@ def _max_per_second(sim: Simulator, apis: tuple[str, ...]) -> int:
             j += 1
         best = max(best, i - j + 1)
     return best
+
+
+# ---- a worker killed mid-flight -------------------------------------------------------------
+def test_worker_killed_mid_flight_loses_no_job_and_repeats_no_mutation(client, rt, make_user, environ, tmp_path,
+                                                                       realtime_sim) -> None:
+    """Restarts in batches, redeploys and one-off tasks in flight on a 1-thread `valetkey worker`; it is
+    SIGKILLed while they wait on ECS (and while one may be mid-step); a new worker resumes them all from
+    their checkpoints. Every StopTask, UpdateService and RunTask the simulator saw happened once."""
+    import os
+    import signal
+
+    import boto3
+
+    from tests.conftest import audit_events
+    from tests.test_processes import start, wait_for
+
+    sim = realtime_sim
+    batches = [f"batch-{i}" for i in range(6)]
+    redeploys = ["dep-0", "dep-1"]
+    s = seed(sim, "stg", [ServiceSpec(n, desired=2, min_percent=50) for n in batches + redeploys], settle=False)
+    wait_for(lambda: all(len([t for t in sim.tasks("stg", n) if t.wanted_running
+                              and t.counted_healthy(sim.clock.now(), 0)]) == 2 for n in batches + redeploys),
+             60, "the services to run their tasks")
+    for n in batches:  # the tag moved: these restarts stop tasks in batches
+        sim.push_image(s.services[n].repository, "latest")
+    boto3.client("ecs", region_name="us-east-1").register_task_definition(
+        family="staging-migrate", networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256",
+        memory="512", containerDefinitions=[{"name": "app", "image": s.services["dep-0"].image, "essential": True,
+                                             "cpu": 256, "memory": 512}])
+    sim.set_one_off("staging-migrate", duration=15, exit_code=0)
+    originals = {t.arn for n in batches for t in sim.tasks("stg", n) if t.wanted_running}
+    t0 = sim.clock.now()
+    dev = make_user("dev@acme.test", ("staging", "developer"))
+    base = "/api/v1/environments/staging"
+    jobs = [client.post(f"{base}/services/{n}/restart", headers=dev).get_json() for n in batches]
+    jobs += [client.post(f"{base}/services/{n}/redeploy", headers=dev).get_json() for n in redeploys]
+    tasks = [client.post(f"{base}/tasks", headers=dev, json={"task_definition": "staging-migrate"}).get_json()]
+    jobs += tasks
+    assert all("id" in j for j in jobs), [j for j in jobs if "id" not in j]
+    worker_env = {**environ, "VALETKEY_JOB_LEASE": "5", "VALETKEY_SWEEP_INTERVAL": "1",
+                  "VALETKEY_POLL_INTERVAL": "0.5", "VALETKEY_STABILITY_TIMEOUT": "120",
+                  "VALETKEY_TASK_TIMEOUT": "120"}
+    log = open(tmp_path / "worker.log", "wb")
+    a = start(["worker", "--threads", "1"], worker_env, log)
+    try:
+        def mid_flight() -> bool:
+            return (sim.calls.count("StopTask") >= len(batches) and sim.calls.count("RunTask") >= 1
+                    and sim.calls.count("UpdateService") >= 2
+                    and all(rt.jobs.get(j["id"]).status == RUNNING for j in jobs))
+        wait_for(mid_flight, 60, "worker A to have every job in flight")
+        os.killpg(a.pid, signal.SIGKILL)
+        a.wait(10)
+        killed_at = {j["id"]: rt.jobs.get(j["id"]).status for j in jobs}
+        b = start(["worker", "--threads", "1"], worker_env, log)
+        try:
+            wait_for(lambda: all(rt.jobs.get(j["id"]).status in ("succeeded", "failed") for j in jobs), 150,
+                     "worker B to finish every job")
+        finally:
+            os.killpg(b.pid, signal.SIGTERM)
+            b.wait(20)
+    finally:
+        if a.poll() is None:
+            os.killpg(a.pid, signal.SIGKILL)
+        log.close()
+    out = (tmp_path / "worker.log").read_text()
+    done = [rt.jobs.get(j["id"]) for j in jobs]
+    assert set(killed_at.values()) == {RUNNING}  # every one of them was in flight when A died
+    assert [d.status for d in done] == ["succeeded"] * len(jobs), ([d.detail for d in done][6:], out[-1500:])
+    # Nothing repeated: each original stopped once, one deployment per redeploy, one task per one-off job.
+    stopped = Counter(c.params["task"] for c in sim.calls.of("StopTask"))
+    assert set(stopped) == originals and max(stopped.values()) == 1
+    assert Counter(c.params["service"] for c in sim.calls.of("UpdateService")) == Counter(redeploys)
+    assert sorted(c.params["clientToken"] for c in sim.calls.of("RunTask")) == sorted(t["id"] for t in tasks)
+    for n in batches:
+        assert sim.truth.violations(n, since=t0) == [], n
+    for j in jobs:
+        assert [e["outcome"] for e in audit_events(rt) if e["job_id"] == j["id"]] == ["requested", "succeeded"]
+    assert "Traceback" not in out
