@@ -180,8 +180,10 @@ def test_worker_killed_mid_flight_loses_no_job_and_repeats_no_mutation(client, r
     a = start(["worker", "--threads", "1"], worker_env, log)
     try:
         def mid_flight() -> bool:
-            return (sim.calls.count("StopTask") >= len(batches) and sim.calls.count("RunTask") >= 1
-                    and sim.calls.count("UpdateService") >= 2
+            # The one-off task's RunTask answered and checkpointed: a kill between the two would make the
+            # resumed job send the very same RunTask (same clientToken, ECS answers with the same task).
+            return (sim.calls.count("StopTask") >= len(batches) and sim.calls.count("UpdateService") >= 2
+                    and bool(rt.jobs.get(tasks[0]["id"]).params.get("task_arn"))
                     and all(rt.jobs.get(j["id"]).status == RUNNING for j in jobs))
         wait_for(mid_flight, 60, "worker A to have every job in flight")
         os.killpg(a.pid, signal.SIGKILL)
@@ -207,6 +209,7 @@ def test_worker_killed_mid_flight_loses_no_job_and_repeats_no_mutation(client, r
     assert set(stopped) == originals and max(stopped.values()) == 1
     assert Counter(c.params["service"] for c in sim.calls.of("UpdateService")) == Counter(redeploys)
     assert sorted(c.params["clientToken"] for c in sim.calls.of("RunTask")) == sorted(t["id"] for t in tasks)
+    assert len([t for t in sim.tasks("stg") if t.service is None]) == len(tasks)
     for n in batches:
         assert sim.truth.violations(n, since=t0) == [], n
     for j in jobs:
