@@ -109,7 +109,7 @@ def run_product(n: int, threads: int, url: str, tmp: Path) -> dict[str, Any]:
 
         def ecs_client(env: Any) -> Any:
             client = rt.aws.ecs(env)
-            client.meta.events.register("before-call.ecs.DescribeServices", note_first,
+            client.meta.events.register("before-parameter-build.ecs.DescribeServices", note_first,
                                         unique_id="bench-inflight-first-call")
             return client
 
