@@ -75,6 +75,7 @@ from scope.models import Job
 from scope.settings import Settings
 from wiring.runtime import Runtime
 from workers.actors import declare
+from workers.process import default_threads
 from workers.runner import JobRunner
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/7"
@@ -483,7 +484,8 @@ def database(tmp: Path, pg_url: str | None) -> Iterator[tuple[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.queue", description=__doc__.split("\n")[0])
     ap.add_argument("--jobs", type=int, default=400, help="messages / restart jobs per run (default 400)")
-    ap.add_argument("--threads", type=int, default=4, help="worker threads, one process (default 4)")
+    ap.add_argument("--threads", type=int, default=default_threads(),
+                    help="worker threads, one process (default: valetkey worker's, a thread per core)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each; the median ratio is reported")
     ap.add_argument("--profile", action="store_true",
                     help="cProfile the actor threads of the last valetkey run (report on stderr)")
