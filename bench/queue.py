@@ -568,7 +568,7 @@ def _bench(args: argparse.Namespace, url: str, settings: Settings, db_name: str)
           f"process CPU per job {med(c[1] for c in cpus):.2f} ms, floor {med(c[2] for c in cpus):.2f} ms, "
           f"no-op {med(c[0] for c in cpus):.2f} ms)")
     print(f"floor: ratio={med(floor_ratios):.3f} — the contract's own work per restart ({events} progress "
-          f"events, 4 job-row statements, 2 scope reads, {calls // n} ECS calls) with no product code around "
+          f"events, 5 job-row statements, 2 scope reads, {calls // n} ECS calls) with no product code around "
           f"it; valetkey reaches {med(ratios) / med(floor_ratios):.0%} of it")
 
     vk_calls = count_valetkey_one()
