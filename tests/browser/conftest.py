@@ -67,12 +67,15 @@ def live(app, rt, realtime_sim) -> Iterator[str]:
         return all(s["runningCount"] == s["desiredCount"] == 2 and len(s["deployments"]) == 1
                    and s["deployments"][0].get("rolloutState") == "COMPLETED" for s in found)
     wait_until(steady)
-    declare(rt.broker, JobRunner(rt), max_age_ms=600_000)
+    runner = JobRunner(rt)
+    declare(rt.broker, runner, max_age_ms=600_000)
     worker = Worker(rt.broker, worker_threads=2, worker_timeout=100)
     worker.start()
     from audit.exporter import Exporter
+    from jobs.suspended import run_ticker
 
     stop = threading.Event()
+    run_ticker(runner.suspended, rt.broker, stop)  # as valetkey worker does: sends the steps of suspended jobs
     exporter = threading.Thread(target=Exporter(rt.redis, rt.sessions, block_ms=200).run, args=(stop,), daemon=True)
     exporter.start()
     port = free_port()
