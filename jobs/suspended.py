@@ -50,6 +50,15 @@ if ARGV[2] == '' then return redis.call('ZREM', KEYS[1], ARGV[1]) end
 return redis.call('ZADD', KEYS[1], tonumber(ARGV[2]), ARGV[1])
 """
 
+# KEYS: step lock, due set. ARGV: token, lock ms, force ("1" or ""), member, score. One round trip.
+BEGIN = """
+local ok
+if ARGV[3] == '1' then ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+else ok = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', tonumber(ARGV[2])) end
+if not ok then return 0 end
+redis.call('ZADD', KEYS[2], tonumber(ARGV[5]), ARGV[4])
+return 1
+"""
 RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2])) end
 return 0
@@ -70,6 +79,7 @@ class SuspendedJobs:
         self._take = client.register_script(TAKE_DUE)
         self._end = client.register_script(END_STEP)
         self._renew = client.register_script(RENEW)
+        self._begin = client.register_script(BEGIN)
 
     # ---- a step ---------------------------------------------------------------
     def begin(self, job_id: str, attempt: int, *, force: bool = False) -> str | None:
@@ -79,10 +89,10 @@ class SuspendedJobs:
         ``force``: a new claim of the job (it won the compare-and-set in the database) takes the
         lock even from a step of the claim it replaces, whose next ``renew`` then fails."""
         token = secrets.token_hex(8)
-        if not self.redis.set(LOCK_PREFIX + job_id, token, nx=not force, px=self.lock_ms):
-            return None
-        self.redis.zadd(DUE_KEY, {member(job_id, attempt): self.clock() + self.visibility})
-        return token
+        got = self._begin(keys=[LOCK_PREFIX + job_id, DUE_KEY],
+                          args=[token, self.lock_ms, "1" if force else "", member(job_id, attempt),
+                                repr(self.clock() + self.visibility)])
+        return token if got else None
 
     def renew(self, job_id: str, token: str) -> bool:
         """Before each checkpoint (and so before each mutation): is the step lock still ours? Extend it."""

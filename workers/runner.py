@@ -95,6 +95,19 @@ class JobRunner:
         self._logs_client = logs_client or rt.aws.logs
         lease = rt.jobs.lease.total_seconds()
         self.suspended = suspended or SuspendedJobs(rt.redis, lock_seconds=lease, visibility=lease)
+        self._held: dict[str, float] = {}  # step lock token -> when it was taken or last renewed (monotonic)
+
+    def _taken(self, token: str | None) -> None:
+        if token is not None:
+            self._held[token] = time.monotonic()
+
+    def _suspend(self, job_id: str, attempt: int, seconds: float, token: str | None) -> None:
+        self._held.pop(token or "", None)
+        self.suspended.suspend(job_id, attempt, seconds, token)
+
+    def _end(self, job_id: str, attempt: int, token: str | None) -> None:
+        self._held.pop(token or "", None)
+        self.suspended.end(job_id, attempt, token)
 
     def run(self, job_id: str, attempt: int | None = None) -> str | None:
         """Run the job (``attempt`` None: a new claim) or its next step (``attempt``: the claim it continues).
@@ -109,6 +122,7 @@ class JobRunner:
             log.info("job %s: already finished or held by a live worker; skipping", job_id)
             return None
         token = self.suspended.begin(job.id, job.attempts, force=True)  # the claim itself is exclusive
+        self._taken(token)
         events = self.rt.events
         # An approved job's age counts from its approval: it waited for a person, not for a worker.
         age = dt.datetime.now(dt.timezone.utc) - (job.approved_at or job.created_at)
@@ -131,13 +145,14 @@ class JobRunner:
         if token is None:
             log.info("job %s: its step is running elsewhere; this copy of the message is dropped", job_id)
             return None
+        self._taken(token)
         try:
             job = self.rt.jobs.get(job_id)
         except NotFound:
             job = None
         if job is None or job.status != RUNNING or job.attempts != attempt:
             # Finished, or taken over by a newer claim (which has its own due entry): nothing to do.
-            self.suspended.end(job_id, attempt, token)
+            self._end(job_id, attempt, token)
             return None
         env = self.rt.catalog.get(job.environment)
         if env is None:
@@ -152,33 +167,34 @@ class JobRunner:
                 outcome = self._dispatch(job, env, continuing, token)
             except Suspend as s:
                 if self._sleep is None:
-                    self.suspended.suspend(job.id, job.attempts, s.seconds, token)
+                    self._suspend(job.id, job.attempts, s.seconds, token)
                     return RUNNING
                 self._sleep(s.seconds)
                 again = self.rt.jobs.get(job.id)
                 if again.status != RUNNING or again.attempts != job.attempts:
-                    self.suspended.end(job.id, job.attempts, token)
+                    self._end(job.id, job.attempts, token)
                     return None
                 job, continuing = again, True
                 continue
             except StepLost:
                 log.warning("job %s: this step outlasted its lock; another copy of it goes on", job.id)
+                self._held.pop(token, None)
                 return None
             except LeaseLost:
                 log.warning("job %s: attempt %d lost its claim (another worker took over, or it ended); stopping",
                             job.id, job.attempts)
-                self.suspended.end(job.id, job.attempts, token)
+                self._end(job.id, job.attempts, token)
                 return None
             except TransientError as e:
                 try:
                     delay = self._retry_later(job, e, token)
                 except LeaseLost:
-                    self.suspended.end(job.id, job.attempts, token)
+                    self._end(job.id, job.attempts, token)
                     return None
                 if delay is None:
                     return FAILED
                 if self._sleep is None:
-                    self.suspended.suspend(job.id, job.attempts, delay, token)
+                    self._suspend(job.id, job.attempts, delay, token)
                     return RUNNING
                 self._sleep(delay)
                 job, continuing = self.rt.jobs.get(job.id), True
@@ -194,6 +210,20 @@ class JobRunner:
             self._finish(job, SUCCEEDED, outcome.detail, outcome.after, token=token)
             return SUCCEEDED
 
+    def _hold(self, job_id: str, token: str) -> None:
+        """Make sure this step still holds the job's step lock (StepLost if not), renewing it.
+
+        Within half the lock's time since it was taken or renewed it cannot have expired, and a new
+        claim that took it over is caught by the claim's own fence (the heartbeat compare-and-set):
+        no round trip is needed then.
+        """
+        now = time.monotonic()
+        if now - self._held.get(token, float("-inf")) < self.suspended.lock_ms / 2000:
+            return
+        if not self.suspended.renew(job_id, token):
+            raise StepLost(job_id)
+        self._held[token] = now
+
     def _retry_later(self, job: Job, e: TransientError, token: str | None) -> float | None:
         """Count one more transient failure in the checkpoint; the delay before the next step, or None
         (the job failed: too many in a row)."""
@@ -205,8 +235,8 @@ class JobRunner:
             return None
         delay = backoff(n)
         params["retries"] = n
-        if token is not None and not self.suspended.renew(job.id, token):
-            raise StepLost(job.id)
+        if token is not None:
+            self._hold(job.id, token)
         if not self.rt.jobs.heartbeat(job.id, params=params, attempt=job.attempts):
             raise LeaseLost(job.id)
         self.rt.events.append(job.id, "retry", f"{e.detail} Retrying in {delay:.0f}s ({n} of {limit}).", keep=False)
@@ -217,7 +247,7 @@ class JobRunner:
         if not self.rt.jobs.finish(job.id, status, detail, after, attempt=job.attempts):
             log.warning("job %s: attempt %d no longer holds the job; its outcome (%s) was not recorded",
                         job.id, job.attempts, status)
-        self.suspended.end(job.id, job.attempts, token)
+        self._end(job.id, job.attempts, token)
 
     def _recheck_scope(self, job: Job) -> Environment:
         """Scope is checked again here: grants or config may have changed since the request."""
@@ -267,8 +297,7 @@ class JobRunner:
         def checkpoint(p: dict[str, Any]) -> None:
             # Both fences before anything the operation does next (a mutation follows a checkpoint):
             # this step still holds the job's step lock, and this claim still holds the job.
-            if not self.suspended.renew(job.id, token):
-                raise StepLost(job.id)
+            self._hold(job.id, token)
             if not self.rt.jobs.heartbeat(job.id, params=dict(p), before=p.get("before"), attempt=job.attempts):
                 raise LeaseLost(job.id)
 
