@@ -6,8 +6,10 @@ with the fewest arguments, bare XADDs. What it does per job, in order:
 
 - claim the job row (compare-and-set UPDATE ... RETURNING);
 - re-check the actor's scope (the user row and the grants: two SELECTs);
-- the 11 ECS calls of a 2-task restart at 50% (see ``restart_answers``);
-- checkpoint the tasks to replace (UPDATE), before stopping any;
+- the 22 ECS calls of a 2-task restart at 50% (see ``restart_answers``): the plan, the tasks
+  stopped before, and a look at the service and its tasks before each batch, after the last
+  and for the outcome;
+- checkpoint the tasks to replace (UPDATE) before stopping any, and before each StopTask;
 - as many progress events as the product wrote for a job (measured in the
   same run), the last one in one round trip with the outcome audit event;
 - finish the row (UPDATE ... RETURNING).
@@ -65,14 +67,18 @@ def declare_floor(rt: Any, ecs: Any, events: int) -> None:
         client.describe_services(cluster=CLUSTER, services=[svc])
         arns = client.list_tasks(cluster=CLUSTER, serviceName=svc, desiredStatus="RUNNING")["taskArns"]
         client.describe_tasks(cluster=CLUSTER, tasks=arns)
+        client.list_tasks(cluster=CLUSTER, serviceName=svc, desiredStatus="STOPPED")
         with engine.begin() as c:
             c.execute(checkpoint, {"job_id": job_id, "params": {"restart_tasks": arns}})
-        for i, arn in enumerate(arns):
-            client.stop_task(cluster=CLUSTER, task=arn, reason="bench")
-            client.describe_tasks(cluster=CLUSTER, tasks=arns[i:])
+        for i in range(len(arns) + 2):  # a look before each batch, one after the last, one for the outcome
             client.describe_services(cluster=CLUSTER, services=[svc])
-        new = client.list_tasks(cluster=CLUSTER, serviceName=svc, desiredStatus="RUNNING")["taskArns"]
-        client.describe_tasks(cluster=CLUSTER, tasks=new)
+            running = client.list_tasks(cluster=CLUSTER, serviceName=svc, desiredStatus="RUNNING")["taskArns"]
+            client.list_tasks(cluster=CLUSTER, serviceName=svc, desiredStatus="STOPPED")
+            client.describe_tasks(cluster=CLUSTER, tasks=sorted(set(arns) | set(running)))
+            if i < len(arns):
+                with engine.begin() as c:  # every mutation checkpointed first
+                    c.execute(checkpoint, {"job_id": job_id, "params": {"restart_tasks": arns, "stopping": [i]}})
+                client.stop_task(cluster=CLUSTER, task=arns[i], reason="bench")
         for _ in range(events - 2):  # all but "queued" (written at creation) and the last one
             r.xadd(key, note, maxlen=2000, approximate=True)
         with engine.begin() as c:

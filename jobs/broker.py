@@ -35,9 +35,11 @@ def install(redis_url: str) -> RedisBroker:
     return broker
 
 
-def send_run_job(broker: dramatiq.Broker, job_id: str) -> None:
-    """Enqueue the job; the message carries only the id."""
-    broker.enqueue(dramatiq.Message(queue_name=QUEUE, actor_name=RUN_JOB_ACTOR, args=(job_id,),
+def send_run_job(broker: dramatiq.Broker, job_id: str, attempt: int | None = None) -> None:
+    """Enqueue the job; the message carries only the id, and for the next step of a suspended job
+    the claim (``attempts``) that step continues (jobs/suspended.py)."""
+    args: tuple[str] | tuple[str, int] = (job_id,) if attempt is None else (job_id, attempt)
+    broker.enqueue(dramatiq.Message(queue_name=QUEUE, actor_name=RUN_JOB_ACTOR, args=args,
                                     kwargs={}, options={}))
 
 

@@ -1,5 +1,9 @@
 """The exact AWS call sequences of restart and redeploy, on a fake clock, through botocore's Stubber.
 
+Operations run as a worker runs them (``Steps``): every wait between two looks suspends the job and the
+next look starts again from the checkpoint, so these sequences also prove that resuming from a
+checkpoint neither repeats a mutation nor skips a look.
+
 Each test scripts what ECS answers (eventual consistency included: a stopped task
 still RUNNING, a replacement appearing later with ``startedBy``) and asserts the
 calls made — in order, with their key parameters — and that none is left over.
@@ -7,6 +11,7 @@ calls made — in order, with their key parameters — and that none is left ove
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from typing import Any
 
@@ -16,6 +21,7 @@ from botocore.exceptions import ReadTimeoutError
 from botocore.stub import ANY, Stubber
 
 from scope.errors import OperationFailed, TransientError
+from workers.context import Outcome, Suspend
 from workers.ecs import EcsOperations
 
 CLUSTER = "stg"
@@ -101,14 +107,50 @@ def td() -> str:
     return f"arn:aws:ecs:us-east-1:1:task-definition/orders-{uuid.uuid4().hex[:8]}:7"
 
 
+class Steps:
+    """The operation as a worker runs it: a sequence of steps over its checkpoint.
+
+    Each wait suspends the step (the fake clock moves by the delay, recorded in ``t.sleeps``), and the
+    next step runs on a fresh EcsOperations from the last checkpoint as stored (a JSON round trip, as
+    the job row does) — nothing carries over in memory from one step to the next.
+    """
+
+    def __init__(self, clients_, t: FakeTime, events: list, saved: list, timeout: float) -> None:
+        self.clients, self.t, self.events, self.saved, self.timeout = clients_, t, events, saved, timeout
+        self.settle_seconds = 10.0
+        self.steps = 0
+
+    def _ops(self, continuing: bool) -> EcsOperations:
+        (ecs, ecr, elb) = self.clients
+
+        def suspend(seconds: float) -> None:
+            raise Suspend(seconds)
+
+        return EcsOperations(ecs, CLUSTER, progress=lambda k, m: self.events.append((k, m)),
+                             checkpoint=lambda p: self.saved.append(json.loads(json.dumps(p))), poll_interval=5,
+                             timeout=self.timeout, sleep=suspend, clock=self.t.clock, ecr=ecr, elbv2=elb,
+                             region="us-east-1", settle_seconds=self.settle_seconds, continuing=continuing)
+
+    def _run(self, action: str, service: str, params: dict) -> Outcome:
+        continuing = False
+        while True:
+            self.steps += 1
+            try:
+                return getattr(self._ops(continuing), action)(service, params)
+            except Suspend as s:
+                self.t.sleep(s.seconds)
+                params, continuing = json.loads(json.dumps(self.saved[-1])), True
+
+    def restart(self, service: str, params: dict) -> Outcome:
+        return self._run("restart", service, params)
+
+    def redeploy(self, service: str, params: dict) -> Outcome:
+        return self._run("redeploy", service, params)
+
+
 def ops(clients_, t: FakeTime, events: list | None = None, saved: list | None = None,
-        timeout: float = 120.0) -> EcsOperations:
-    (ecs, ecr, elb) = clients_
-    ev = events if events is not None else []
-    keep = saved if saved is not None else []
-    return EcsOperations(ecs, CLUSTER, progress=lambda k, m: ev.append((k, m)),
-                         checkpoint=lambda p: keep.append(dict(p)), poll_interval=5, timeout=timeout,
-                         sleep=t.sleep, clock=t.clock, ecr=ecr, elbv2=elb, region="us-east-1", settle_seconds=10)
+        timeout: float = 120.0) -> Steps:
+    return Steps(clients_, t, events if events is not None else [], saved if saved is not None else [], timeout)
 
 
 def stub_plan(stub, td: str, arns: list[str], health_check: bool = True, **svc_kw: Any) -> None:
@@ -168,8 +210,10 @@ def test_restart_by_deployment_call_sequence(clients, td):
     ecs.add_response("describe_service_deployments", {"serviceDeployments": [
         {"serviceDeploymentArn": SD_ARN, "status": "SUCCESSFUL"}]})
     stub_look(ecs, [task("arn:t/n0", by="ecs-svc/2"), task("arn:t/n1", by="ecs-svc/2")])
-    out = ops(cl, t, events, saved).restart(SVC, {})
+    run = ops(cl, t, events, saved)
+    out = run.restart(SVC, {})
     assert out.detail == "HEALTHY after 5s · same image sha:9c0d11"
+    assert run.steps == 2 and not [m for k, m in events if k == "resume"]  # suspended once, not "resumed"
     assert calls == ["DescribeServices", "DescribeTaskDefinition", "ListTasks", "DescribeTasks",
                      "DescribeImages", "DescribeImages", "UpdateService",
                      "DescribeServices", "DescribeServiceDeployments", "ListTasks",
@@ -314,9 +358,10 @@ def test_batches_wait_for_identity_and_health_not_counts(clients, td):
     gone1 = task("arn:t/1", last="STOPPED", desired="STOPPED")
     look([n0, n1], [gone, gone1], healthy_ips=["10.0.0.3", "10.0.0.4"])
     look([n0, n1], [gone, gone1], healthy_ips=["10.0.0.3", "10.0.0.4"])  # the final look for the digests
-    out = ops(cl, t, events).restart(SVC, {})
+    run = ops(cl, t, events)
+    out = run.restart(SVC, {})
     assert out.detail == "HEALTHY after 15s · same image sha:9c0d11"
-    assert t.sleeps == [5, 5, 5]
+    assert t.sleeps == [5, 5, 5] and run.steps == 4
     assert [c for c in calls if c == "StopTask"] == ["StopTask", "StopTask"]
     assert calls.index("StopTask") < len(calls) - 1 - calls[::-1].index("StopTask")
     assert any(m.startswith("Batch 1 of 2: stopping 1 old task(s); 1 keep serving") for _, m in events)

@@ -16,7 +16,7 @@ from jobs.service import JobService
 from scope.models import Job
 from tests.conftest import REGION, audit_events
 from wiring.runtime import Runtime, redis_client
-from workers.runner import JobRunner, Retry
+from workers.runner import JobRunner
 
 RESTART = "/api/v1/environments/staging/services/orders-api/restart"
 REDEPLOY = "/api/v1/environments/staging/services/orders-api/redeploy"
@@ -246,23 +246,33 @@ def test_a_job_runs_once(client, rt, dev, staging, runner):
     assert outcomes == ["requested", "succeeded"]
 
 
-def test_transient_failure_retries_then_gives_up(client, rt, dev, staging):
+def test_transient_failure_suspends_with_backoff_then_gives_up(client, rt, dev, staging):
+    """5xx from ECS: the job is not failed at once, nor does a thread wait. It stays running under its claim,
+    its next step due later and later (backoff) in Redis; after three retries in a row it fails."""
     from botocore.stub import Stubber
 
     job = client.post(REDEPLOY, headers=dev).get_json()
     ecs = boto3.client("ecs", region_name=REGION)
     stub = Stubber(ecs)
     for _ in range(4):
-        stub.add_client_error("describe_services", "ThrottlingException", http_status_code=400)
+        stub.add_client_error("describe_services", "ServiceUnavailableException", http_status_code=503)
     stub.activate()
-    runner = JobRunner(rt, ecs_client=lambda env: ecs, sleep=lambda s: None)
-    for attempt in range(3):
-        with pytest.raises(Retry):
-            runner.run(job["id"], retries=attempt, max_retries=3)
-        assert rt.jobs.get(job["id"]).status == "queued"
-    assert runner.run(job["id"], retries=3, max_retries=3) == "failed"
+    runner = JobRunner(rt, ecs_client=lambda env: ecs)  # no sleep: a worker's runner, suspending
+    delays = []
+    for step in range(3):
+        before = time.time()
+        got = runner.run(job["id"]) if step == 0 else runner.run(job["id"], attempt=1)
+        assert got == "running"
+        row = rt.jobs.get(job["id"])
+        assert (row.status, row.attempts, row.params["retries"]) == ("running", 1, step + 1)
+        delays.append(runner.suspended.due_at(job["id"], 1) - before)
+    assert 1.5 <= delays[0] < delays[1] < delays[2] <= 8.5  # 2, 4, 8 s, less up to 20% jitter
+    assert runner.run(job["id"], attempt=1) == "failed"
     stub.assert_no_pending_responses()
     assert "Gave up after 3 retries" in rt.jobs.get(job["id"]).detail
+    assert runner.suspended.due_at(job["id"], 1) is None  # nothing left to send
+    retries = [e.message for e in rt.events.read(job["id"], None) if e.type == "retry"]
+    assert len(retries) == 3 and retries[0].endswith("(1 of 3).")
 
 
 def test_a_worker_that_lost_its_claim_stops_before_touching_the_service(client, rt, dev, staging):

@@ -12,6 +12,7 @@ from sqlalchemy import update
 
 from jobs.kinds import FLUSH, REDEPLOY, RESTART, SUCCEEDED
 from scope.catalog import Environment
+from jobs.suspended import SuspendedJobs
 from scope.models import Job
 from tests.conftest import ACCOUNT, SECRET_VALUE, free_port
 from wiring.runtime import Runtime, aws_clients
@@ -19,7 +20,7 @@ from wiring.runtime import Runtime, aws_clients
 FAMILIES = {"valetkey_jobs", "valetkey_jobs_waiting", "valetkey_job_duration_seconds", "valetkey_queue_depth",
             "valetkey_aws_calls", "valetkey_aws_throttles", "valetkey_aws_budget_refusals",
             "valetkey_aws_budget_tokens", "valetkey_aws_budget_capacity", "valetkey_audit_exporter_lag",
-            "valetkey_audit_exporter_pending", "valetkey_metrics_source_up"}
+            "valetkey_audit_exporter_pending", "valetkey_metrics_source_up", "valetkey_jobs_suspended"}
 EMAIL = "dana.secret-person@example.test"
 
 
@@ -51,6 +52,8 @@ def seed_jobs(rt: Runtime) -> None:
     running = rt.jobs.create(action=FLUSH, environment="staging", target="cache", actor=EMAIL, source="api",
                              params={"pattern": "session:*"})
     rt.jobs.claim(running.id)
+    # Suspended between two steps: its next one due in a minute (jobs/suspended.py).
+    SuspendedJobs(rt.redis).suspend(running.id, 1, 60, None)
 
 
 def test_metrics_parse_and_hold_every_family_without_people_or_secrets(
@@ -69,6 +72,7 @@ def test_metrics_parse_and_hold_every_family_without_people_or_secrets(
     assert sample(fams, "valetkey_job_duration_seconds_bucket", action=REDEPLOY, le="+Inf") == 1
     assert sample(fams, "valetkey_job_duration_seconds_sum", action=REDEPLOY) == pytest.approx(42)
     assert sample(fams, "valetkey_queue_depth", queue="valetkey", state="ready") == 3  # nobody consumed them
+    assert sample(fams, "valetkey_jobs_suspended") == 1
     assert sample(fams, "valetkey_metrics_source_up", source="database") == 1
     assert sample(fams, "valetkey_metrics_source_up", source="redis") == 1
     # Nothing about people, environments or secrets; job ids never become labels.

@@ -73,7 +73,9 @@ def test_worker_killed_mid_job_is_finished_once_by_another(client, rt, make_user
             os.killpg(a.pid, signal.SIGKILL)
         log.close()
     assert done.status == "succeeded", (done.detail, (tmp_path / "worker.log").read_text()[-3000:])
-    assert done.attempts == 2 and done.detail.startswith("HEALTHY after")
+    # Worker B resumes the suspended job under its claim (attempt 1, from the due set), unless its sweeper
+    # saw the 1 s lease lapse first and took it over (attempt 2): either way from the checkpoint, once.
+    assert done.attempts in (1, 2) and done.detail.startswith("HEALTHY after")
     # Resumed, not repeated: every original stopped exactly once, and capacity held throughout.
     stopped = Counter(c.params["task"] for c in sim.calls.of("StopTask"))
     assert set(stopped) == originals and max(stopped.values()) == 1

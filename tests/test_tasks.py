@@ -12,10 +12,12 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.stub import ANY, Stubber
+from sqlalchemy import update
 
+from scope.models import Job
 from tests.conftest import ACCOUNT, PASSWORD, REGION, SECRET_VALUE, audit_events, boto, seed_cluster
 from tests.sim.conftest import NO_RETRY
-from workers.runner import JobRunner, Retry
+from workers.runner import JobRunner
 
 TASKS_URL = "/api/v1/environments/{env}/tasks"
 
@@ -271,7 +273,8 @@ def unreachable_logs() -> Any:
     return logs
 
 
-def runner(rt: Any, ecs: Any, sleep: Callable[[float], None] = lambda s: None, logs: Any = None) -> JobRunner:
+def runner(rt: Any, ecs: Any, sleep: Callable[[float], None] | None = lambda s: None, logs: Any = None) -> JobRunner:
+    """``sleep`` None: a worker's runner, which suspends the job between steps instead of waiting."""
     logs = logs or unreachable_logs()
     return JobRunner(rt, sleep=sleep, ecs_client=lambda env: ecs, logs_client=lambda env: logs)
 
@@ -280,17 +283,20 @@ def test_redelivery_follows_the_started_task_instead_of_running_another(client, 
     ecs, s = stub
     job = start(client, dev, {"task_definition": "staging-migrate"}).json
     expect_start(s, "staging-migrate", job["id"])
-    # The worker is interrupted right after RunTask (AWS throttles the first poll).
+    # AWS throttles the first poll: the job is suspended, and its worker is lost meanwhile.
     s.add_client_error("describe_tasks", service_error_code="ThrottlingException", http_status_code=400)
-    with pytest.raises(Retry):
-        runner(rt, ecs).run(job["id"])
+    assert runner(rt, ecs, sleep=None).run(job["id"]) == "running"
     assert rt.jobs.get(job["id"]).params["task_arn"] == task_arn()
+    with rt.engine.begin() as c:
+        c.execute(update(Job).where(Job.id == job["id"]).values(
+            heartbeat_at=dt.datetime.now(dt.timezone.utc) - rt.jobs.lease - dt.timedelta(seconds=5)))
 
     # The redelivered message: no describe_task_definition, no RunTask (the Stubber
     # would refuse an unexpected call), only following the task already started.
     expect_describe(s, described("RUNNING"))
     expect_describe(s, described("STOPPED", containers=[{"name": "app", "exitCode": 0}], secs=12))
-    assert runner(rt, ecs).run(job["id"], retries=1) == "succeeded"
+    assert runner(rt, ecs).run(job["id"]) == "succeeded"
+    assert rt.jobs.get(job["id"]).attempts == 2  # taken over from the lost worker
     assert rt.jobs.get(job["id"]).detail == "exit 0 after 12s"
     messages = [e["message"] for e in client.get(job["url"] + "/events", headers=dev).json["events"]]
     assert any("RunTask not repeated" in m for m in messages)
@@ -540,15 +546,14 @@ def test_launch_parameters_are_checkpointed_before_run_task_and_reused(client, d
     # RunTask times out on the wire: did ECS start the task? The job cannot know, and retries.
     s.add_client_error("run_task", service_error_code="ServerException", http_status_code=500,
                        expected_params=expected)
-    with pytest.raises(Retry):
-        runner(rt, ecs).run(job["id"])
+    assert runner(rt, ecs, sleep=None).run(job["id"]) == "running"  # suspended, to try again after a backoff
     launch = rt.jobs.get(job["id"]).params["launch"]
     assert launch["task_definition"] == td_arn("staging-migrate") and launch["args"]["launchType"] == "FARGATE"
     # The redelivered attempt resolves nothing again (a newer revision or another service could have
     # appeared meanwhile): the very same RunTask, which ECS answers with the task the token started.
     s.add_response("run_task", {"tasks": [{"taskArn": task_arn(), "lastStatus": "RUNNING"}], "failures": []}, expected)
     expect_describe(s, described("STOPPED", containers=[{"name": "app", "exitCode": 0}], secs=4))
-    assert runner(rt, ecs).run(job["id"], retries=1) == "succeeded"
+    assert runner(rt, ecs, sleep=None).run(job["id"], attempt=1) == "succeeded"
 
 
 def test_conflict_without_resource_ids_fails_the_job(client, dev, rt, stub) -> None:

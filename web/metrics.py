@@ -33,6 +33,7 @@ from cloud.budget import bucket_levels, call_counters
 from jobs.audit_stream import GROUP, STREAM
 from jobs.kinds import NOTIFY_QUEUE, QUEUE
 from jobs.metrics import JobFigures, job_figures
+from jobs.suspended import DUE_KEY as SUSPENDED_KEY
 from web.context import runtime
 from web.errors import problem
 from wiring.runtime import Runtime
@@ -118,6 +119,10 @@ class ValetKeyCollector(Collector):
             for state, n in zip(("ready", "delayed", "dead"), depths[3 * i:3 * i + 3]):
                 q.add_metric([queue, state], int(n))
         yield q
+        sj = GaugeMetricFamily("valetkey_jobs_suspended", "Running jobs waiting on ECS for their next step "
+                               "(no thread held; due times in Redis)")
+        sj.add_metric([], int(r.zcard(SUSPENDED_KEY)))
+        yield sj
 
         calls, throttles, refusals = call_counters(r)
         c = CounterMetricFamily("valetkey_aws_calls", "AWS API requests sent (each retry attempt counts), "

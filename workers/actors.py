@@ -11,9 +11,8 @@ from dramatiq.middleware import CurrentMessage
 from jobs.kinds import ANNOUNCE_ACTOR, DELIVER_ACTOR, NOTIFY_QUEUE, QUEUE, RUN_JOB_ACTOR
 from scope.errors import TransientError, Unavailable, ValetKeyError
 from workers.notify import Notifier, delivery_failed
-from workers.runner import JobRunner, Retry
+from workers.runner import JobRunner
 
-MAX_RETRIES = 3
 # A delivery is tried this many more times, the waits doubling from the minimum backoff (5 s by
 # default: then 10, 20, 40 s … up to 10 minutes), so a receiver down for a deploy still hears.
 NOTIFY_RETRIES = 8
@@ -23,20 +22,19 @@ class DeliveryRetry(Exception):
     """Raised to Dramatiq so that it retries one delivery with backoff."""
 
 
-def _retry_when(retries: int, exc: Exception) -> bool:
-    # Only transient AWS trouble is retried (the runner raises Retry for it);
-    # anything else already failed the job and must not run again.
-    return isinstance(exc, Retry) and retries < MAX_RETRIES
+def _never_retry(retries: int, exc: Exception) -> bool:
+    # A message is never retried by Dramatiq: transient AWS trouble suspends the job with a
+    # backoff (workers/runner.py), anything else already ended it; a message lost with a crash
+    # is sent again by the due set (jobs/suspended.py) or the sweeper.
+    return False
 
 
 def declare(broker: dramatiq.Broker, runner: JobRunner, *, max_age_ms: int) -> Any:
-    def run_job(job_id: str) -> None:
-        msg = CurrentMessage.get_current_message()
-        retries = int(msg.options.get("retries", 0)) if msg is not None else 0
-        runner.run(job_id, retries=retries, max_retries=MAX_RETRIES)
+    def run_job(job_id: str, attempt: int | None = None) -> None:
+        runner.run(job_id, attempt)
 
-    return dramatiq.actor(broker=broker, actor_name=RUN_JOB_ACTOR, queue_name=QUEUE, retry_when=_retry_when,
-                          min_backoff=2_000, max_backoff=30_000, max_age=max_age_ms)(run_job)
+    return dramatiq.actor(broker=broker, actor_name=RUN_JOB_ACTOR, queue_name=QUEUE, retry_when=_never_retry,
+                          max_age=max_age_ms)(run_job)
 
 
 def _retry_delivery(retries: int, exc: Exception) -> bool:

@@ -10,6 +10,15 @@ from scope.models import Job
 from scope.settings import Settings
 
 
+class Suspend(Exception):
+    """Raised by ``JobContext.sleep`` in a worker: the job's next step is due in ``seconds``; the
+    thread is freed meanwhile. The operation checkpoints everything its next step needs first."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"next step in {seconds:.1f}s")
+        self.seconds = seconds
+
+
 @dataclass
 class Outcome:
     """A verified result: ``detail`` is the human outcome shown on the job and in the audit trail."""
@@ -27,12 +36,16 @@ class JobContext:
     params: dict[str, Any]  # job.params, mutable; persist changes with checkpoint()
     progress: Callable[[str, str], None]  # (type, message) -> job event
     checkpoint: Callable[[dict[str, Any]], None]  # persist params (and params["before"]) to the job row
-    sleep: Callable[[float], None]  # sleeps and heartbeats the job
+    # Waits before the next poll. In a worker it raises Suspend (the step ends; the next one is
+    # scheduled); elsewhere (tests, benchmarks) it may simply sleep and return.
+    sleep: Callable[[float], None]
     ecs_client: Callable[[Environment], Any]
     # Any other AWS client of the environment (ecr, elbv2, ...); None: no such client (tests)
     aws_client: Callable[[Environment, str], Any] = lambda env, service: None
     clock: Callable[[], float] = time.monotonic  # what sleep() moves on (a fake clock in tests)
     logs_client: Callable[[Environment], Any] | None = None  # CloudWatch Logs (a one-off task's output)
+    # True for a step that continues this claim after a suspension (not a first run or a takeover)
+    continuing: bool = False
 
     @property
     def reason(self) -> str:

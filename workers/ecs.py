@@ -19,6 +19,14 @@ changes. Then:
 Every mutation is checkpointed first (``params``), and a resumed job looks
 before it acts: it adopts a deployment that appeared after its checkpoint and
 never stops a task whose desiredStatus is already STOPPED.
+
+Each wait between two looks goes through ``_wait``: the loop's state (when
+the job started, which tasks were first seen RUNNING when, the batch count,
+the last progress line, looks left for an adoption) is checkpointed, then
+``sleep`` is called. In a worker ``sleep`` suspends the job (workers/context.py
+``Suspend``): the thread is freed and the next step starts again from the top
+with the checkpointed ``params`` — the same path a resumed job takes, minus
+the "Resuming" note (``continuing``).
 """
 from __future__ import annotations
 
@@ -117,7 +125,10 @@ class EcsOperations:
     autoscaling: Any = None  # an Application Auto Scaling client, for the plan's warning only
     region: str = ""
     settle_seconds: float = SETTLE_SECONDS
+    continuing: bool = False  # this call continues a suspended job: no "Resuming" note
+    # task ARN -> when it was first seen RUNNING (checkpointed: params["first_running"])
     _first_running: dict[str, float] = field(default_factory=dict)
+    _settled: set[str] = field(default_factory=set)  # the originals: RUNNING since before the job
 
     @property
     def reader(self) -> EcsReader:
@@ -143,13 +154,23 @@ class EcsOperations:
         return plan
 
     # ---- restart ----------------------------------------------------------
+    def _begin(self, params: dict[str, Any]) -> float:
+        """When the job started (checkpointed with its first step), and the loop state it saved."""
+        started = float(params.setdefault("started", self.clock()))
+        self._first_running = params.setdefault("first_running", {})
+        return started
+
+    def _note(self, text: str) -> None:
+        if not self.continuing:
+            self.progress("resume", text)
+
     def restart(self, service: str, params: dict[str, Any]) -> Outcome:
-        started = self.clock()
+        started = self._begin(params)
         if params.get("mechanism") == DEPLOYMENT:
-            self.progress("resume", "Resuming the restart: looking for the deployment it started")
+            self._note("Resuming the restart: looking for the deployment it started")
             return self._finish_deployment_restart(service, params, started)
         if params.get("mechanism") == BATCHES:
-            self.progress("resume", "Resuming the restart: looking at which tasks are already stopping")
+            self._note("Resuming the restart: looking at which tasks are already stopping")
             return self._batches(service, params, started)
         plan = self._start("restart", service)
         assert plan.state is not None
@@ -157,7 +178,7 @@ class EcsOperations:
         params["mechanism"] = plan.mechanism
         params["before"] = st.record()
         if plan.mechanism == DEPLOYMENT:
-            self._deploy(service, params, st)
+            self._deploy(service, params, st, started)
             return self._finish_deployment_restart(service, params, started)
         params["restart_tasks"] = [t["taskArn"] for t in plan.tasks]
         params["stopped_before"] = self._call(f"listing the tasks of {service}", lambda: self.reader.task_arns(
@@ -169,7 +190,7 @@ class EcsOperations:
     def _finish_deployment_restart(self, service: str, params: dict[str, Any], started: float) -> Outcome:
         before = params["before"]
         if not params.get("deployment_id"):
-            self._adopt_or_deploy(service, params)
+            self._adopt_or_deploy(service, params, started)
         after = self._follow(service, params, started)
         return self._same_image(before, after, started, "the tag moved while the deployment ran")
 
@@ -186,7 +207,7 @@ class EcsOperations:
         return Outcome(f"HEALTHY after {secs}s{image}", before, after.record())
 
     # ---- deployments (restart by deployment, redeploy) ----------------------------------
-    def _deploy(self, service: str, params: dict[str, Any], st: ServiceState) -> None:
+    def _deploy(self, service: str, params: dict[str, Any], st: ServiceState, started: float) -> None:
         """Checkpoint, then UpdateService(forceNewDeployment); never retried blindly."""
         params["deploy_from"] = st.primary.id if st.primary else ""
         params["deploy_from_sd"] = st.service_deployment_arn
@@ -197,9 +218,8 @@ class EcsOperations:
         except ReadTimeoutError:
             # The request may have reached ECS: look instead of asking again.
             self.progress("deployment", "ECS did not answer in time; looking whether the deployment started")
-            if not self._adopt(service, params, looks=3):
-                raise OperationFailed("ECS did not answer the request for a new deployment, and none appeared "
-                                      "since; nothing else was changed. Try again.") from None
+            params["adopt"] = {"looks": 3, "then": "fail"}
+            self._adopting(service, params, started)
             return
         except AWS_ERRORS as e:
             raise job_error(aws_error(e, f"starting a deployment of {service}")) from e
@@ -210,28 +230,38 @@ class EcsOperations:
         self.checkpoint(params)
         self.progress("deployment", f"Started deployment {params['deployment_id']} of {st.task_definition}")
 
-    def _adopt(self, service: str, params: dict[str, Any], looks: int) -> bool:
-        """A deployment newer than the checkpointed one is ours (it appeared after the checkpoint): adopt it."""
-        for i in range(looks):
+    def _adopting(self, service: str, params: dict[str, Any], started: float) -> None:
+        """A deployment newer than the checkpointed one is ours (it appeared after the checkpoint): adopt it.
+
+        ``params["adopt"]`` counts the looks left (checkpointed across suspensions) and says what
+        happens when none shows: "fail" (UpdateService was sent and not answered: never sent again)
+        or "deploy" (a resumed job that may have crashed before sending it)."""
+        while True:
             st = self.state(service)
             p = st.primary
+            adopt = params["adopt"]
             if p is not None and p.id != params.get("deploy_from"):
+                del params["adopt"]
                 params["deployment_id"] = p.id
                 params["service_deployment"] = (st.service_deployment_arn
                                                 if st.service_deployment_arn != params.get("deploy_from_sd") else "")
                 self.checkpoint(params)
                 self.progress("deployment", f"Adopted deployment {p.id}, started after this job's checkpoint")
-                return True
-            if i + 1 < looks:
-                self.sleep(self.poll_interval)
-        return False
+                return
+            adopt["looks"] = int(adopt["looks"]) - 1
+            if adopt["looks"] <= 0:
+                del params["adopt"]
+                if adopt["then"] == "fail":
+                    raise OperationFailed("ECS did not answer the request for a new deployment, and none appeared "
+                                          "since; nothing else was changed. Try again.")
+                self._deploy(service, params, self.state(service), started)
+                return
+            self._wait(params, self.poll_interval)
 
-    def _adopt_or_deploy(self, service: str, params: dict[str, Any]) -> None:
+    def _adopt_or_deploy(self, service: str, params: dict[str, Any], started: float) -> None:
         """Resumed after the checkpoint of an UpdateService: adopt its deployment; ask only if none appeared."""
-        if self._adopt(service, params, looks=2):
-            return
-        st = self.state(service)
-        self._deploy(service, params, st)
+        params.setdefault("adopt", {"looks": 2, "then": "deploy"})
+        self._adopting(service, params, started)
 
     def _service_deployment(self, arn: str) -> dict[str, Any] | None:
         try:
@@ -245,7 +275,6 @@ class EcsOperations:
     def _follow(self, service: str, params: dict[str, Any], started: float) -> ServiceState:
         """Wait until our deployment succeeded and its tasks are healthy; fail on rollback, stop, crash loop."""
         dep_id, sd_arn = params.get("deployment_id", ""), params.get("service_deployment", "")
-        last = ""
         while True:
             st = self.state(service)
             p = st.primary
@@ -296,10 +325,8 @@ class EcsOperations:
                         raise OperationFailed(
                             f"New tasks keep failing: {_why(failed[0])}. ECS keeps the old tasks serving while the "
                             f"deployment {dep_id} stays in progress; fix the image or roll back.")
-            if line != last:
-                self.progress("progress", line)
-                last = line
-            self._tick(started, f"waiting for deployment {dep_id or ''} ({line})")
+            self._line(params, line)
+            self._tick(params, started, f"waiting for deployment {dep_id or ''} ({line})")
 
     # ---- batches ------------------------------------------------------------------------
     def _batches(self, service: str, params: dict[str, Any], started: float) -> Outcome:
@@ -309,10 +336,7 @@ class EcsOperations:
         health_checked = bool(params.get("health_checked"))
         began_on = before.get("deployment_id", "")
         total = len(originals)
-        for arn in originals:  # they ran before the job began: settled long ago
-            self._first_running.setdefault(arn, float("-inf"))
-        minimum_note = ""
-        rounds = 0
+        self._settled = set(originals)  # they ran before the job began: settled long ago
         while True:
             look = self._wait_batch(service, params, started, began_on, stopped_before, health_checked)
             st = look.state
@@ -326,11 +350,11 @@ class EcsOperations:
                 raise OperationFailed(f"Stopped before the next batch: {refusal}")
             batch = batch_size(len(look.healthy), minimum, len(remaining), total)
             group = remaining[:batch]
-            rounds += 1
-            if len(look.healthy) - batch < minimum and not minimum_note:
-                minimum_note = (f"{len(look.healthy)} healthy task(s), {minimum} required: replacing one at a time; "
-                                "the service is briefly at reduced capacity")
-                self.progress("warning", minimum_note)
+            rounds = params["rounds"] = int(params.get("rounds", 0)) + 1
+            if len(look.healthy) - batch < minimum and not params.get("minimum_noted"):
+                params["minimum_noted"] = True
+                self.progress("warning", f"{len(look.healthy)} healthy task(s), {minimum} required: replacing one "
+                                         "at a time; the service is briefly at reduced capacity")
             left = len(remaining)
             batches_left = -(-left // batch)
             self.progress("progress", f"Batch {rounds} of {rounds + batches_left - 1}: stopping {len(group)} old "
@@ -351,7 +375,6 @@ class EcsOperations:
                     stopped_before: set[str], health_checked: bool) -> Look:
         """Wait until every original told to stop is STOPPED and as many replacements are healthy."""
         originals = set(params["restart_tasks"])
-        last = ""
         while True:
             st = self.state(service)
             p = st.primary
@@ -371,10 +394,8 @@ class EcsOperations:
                 return look
             line = (f"Old tasks going: {len(draining)} still stopping; new tasks: {len(look.replacements)} of "
                     f"{need} running and healthy")
-            if line != last:
-                self.progress("progress", line)
-                last = line
-            self._tick(started, f"waiting for replacement tasks ({line})")
+            self._line(params, line)
+            self._tick(params, started, f"waiting for replacement tasks ({line})")
 
     # ---- looking at tasks ---------------------------------------------------------------
     def _health_checked(self, st: ServiceState) -> bool:
@@ -410,8 +431,11 @@ class EcsOperations:
         now = self.clock()
         up = [t for t in tasks if t.get("lastStatus") == TaskStatus.RUNNING
               and t.get("desiredStatus") == TaskStatus.RUNNING]
+        seen = self._first_running
+        for arn in [a for a in seen if a not in {t["taskArn"] for t in up}]:
+            del seen[arn]  # no longer running: nothing to remember (the checkpoint stays small)
         for t in up:
-            self._first_running.setdefault(t["taskArn"], now)
+            seen.setdefault(t["taskArn"], now)
         if health_checked:
             up = [t for t in up if t.get("healthStatus") == HealthStatus.HEALTHY]
         if st.target_groups and self.elbv2 is not None:
@@ -421,21 +445,21 @@ class EcsOperations:
                                                                  tg.get("port")))
                 up = [t for t in up if _ip(t) in ok]
         elif not health_checked and settle:
-            up = [t for t in up if now - self._first_running[t["taskArn"]] >= self.settle_seconds]
+            up = [t for t in up if t["taskArn"] in self._settled or now - seen[t["taskArn"]] >= self.settle_seconds]
         return [t["taskArn"] for t in up]
 
     # ---- redeploy ---------------------------------------------------------
     def redeploy(self, service: str, params: dict[str, Any]) -> Outcome:
-        started = self.clock()
+        started = self._begin(params)
         if "deploy_from" not in params:
             plan = self._start("redeploy", service)
             assert plan.state is not None
             params["before"] = plan.state.record()
-            self._deploy(service, params, plan.state)
+            self._deploy(service, params, plan.state, started)
         else:
-            self.progress("resume", "Resuming: looking for the deployment this job started")
+            self._note("Resuming: looking for the deployment this job started")
             if not params.get("deployment_id"):
-                self._adopt_or_deploy(service, params)
+                self._adopt_or_deploy(service, params, started)
         before = params["before"]
         after = self._follow(service, params, started)
         was: dict[str, str] = before.get("container_digests") or {}
@@ -455,10 +479,21 @@ class EcsOperations:
         return Outcome(detail, before, after.record())
 
     # ---- waiting ----------------------------------------------------------
-    def _tick(self, started: float, what: str) -> None:
+    def _line(self, params: dict[str, Any], line: str) -> None:
+        """A progress line, once while it stays the same (across suspensions too)."""
+        if line != params.get("last_line"):
+            self.progress("progress", line)
+            params["last_line"] = line
+
+    def _tick(self, params: dict[str, Any], started: float, what: str) -> None:
         if self.clock() - started > self.timeout:
             raise OperationFailed(f"Timed out after {round(self.timeout)}s {what}.")
-        self.sleep(self.poll_interval)
+        self._wait(params, self.poll_interval)
+
+    def _wait(self, params: dict[str, Any], seconds: float) -> None:
+        """Checkpoint what the next look needs, then wait (in a worker: suspend the job)."""
+        self.checkpoint(params)
+        self.sleep(seconds)
 
 
 _guard = threading.local()
@@ -489,7 +524,7 @@ def _operations(ctx: JobContext) -> EcsOperations:
     return EcsOperations(ctx.ecs_client(env), env.cluster, ctx.progress, ctx.checkpoint,
                          poll_interval=s.poll_interval, timeout=s.stability_timeout, sleep=ctx.sleep,
                          clock=ctx.clock, reason=ctx.reason, ecr=ctx.aws_client(env, "ecr"),
-                         elbv2=ctx.aws_client(env, "elbv2"), region=env.region)
+                         elbv2=ctx.aws_client(env, "elbv2"), region=env.region, continuing=ctx.continuing)
 
 
 def restart(ctx: JobContext) -> Outcome:

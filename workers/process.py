@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import threading
 import time
 
@@ -21,6 +22,7 @@ from jobs.kinds import QUEUED, RUNNING, UNCONFIRMED
 from cloud.errors import outage
 from jobs.outcomes import recover_outcomes
 from jobs.service import NEVER_CONFIRMED
+from jobs.suspended import run_ticker
 from wiring.runtime import Runtime
 from workers.actors import declare, declare_notify
 from workers.notify import Notifier
@@ -98,8 +100,14 @@ def keep_leases(rt: Runtime, stop: threading.Event, db: DatabaseWatch) -> None:
             log.warning("could not renew job leases: %s", outage(e) or type(e).__name__)
 
 
-def run_worker(rt: Runtime, stop: threading.Event, threads: int = 4) -> None:
+def default_threads() -> int:
+    """A thread per core: a job waiting on ECS is suspended and holds none (jobs/suspended.py)."""
+    return os.cpu_count() or 1
+
+
+def run_worker(rt: Runtime, stop: threading.Event, threads: int | None = None) -> None:
     assert rt.broker is not None
+    threads = threads or default_threads()
     rt.events.outage_patience = REDIS_PATIENCE
     runner = JobRunner(rt)
     declare(rt.broker, runner, max_age_ms=rt.settings.job_max_age_seconds * 1000)
@@ -112,6 +120,8 @@ def run_worker(rt: Runtime, stop: threading.Event, threads: int = 4) -> None:
     db = DatabaseWatch(rt.jobs.lease.total_seconds())
     leases = threading.Thread(target=keep_leases, args=(rt, threads_done, db), name="job-leases", daemon=True)
     leases.start()
+    ticker_stop = threading.Event()
+    run_ticker(runner.suspended, rt.broker, ticker_stop)  # sends the steps of suspended jobs when due
     log.info("worker started with %d threads", threads)
     try:
         while not stop.wait(rt.settings.sweep_interval):
@@ -129,6 +139,7 @@ def run_worker(rt: Runtime, stop: threading.Event, threads: int = 4) -> None:
     finally:
         log.info("worker stopping: handing its jobs back")
         rt.jobs.handing_back.set()
+        ticker_stop.set()
         worker.stop(timeout=10_000)
         threads_done.set()
         leases.join(5)

@@ -110,6 +110,7 @@ class OneOffTask:
     clock: Callable[[], float] = time.time  # wall clock: the start is checkpointed across workers
     reason: str = "Valet Key"
     logs: CloudWatchLogsClient | None = None  # to capture the task's output; None: not captured
+    continuing: bool = False  # this call continues a suspended job: no "Resuming" note
 
     @property
     def cluster(self) -> str:
@@ -250,11 +251,13 @@ class OneOffTask:
     def run(self, family: str, params: dict[str, Any], client_token: str) -> Outcome:
         if params.get("task_arn"):
             arn = str(params["task_arn"])
-            self.progress("resume", f"Resuming: following task {task_id(arn)} started earlier (RunTask not repeated)")
+            if not self.continuing:
+                self.progress("resume", f"Resuming: following task {task_id(arn)} started earlier "
+                                        "(RunTask not repeated)")
         else:
             arn = self.start(family, params, client_token)
         started = float(params.get("started_epoch") or self.clock())
-        task = self.wait_stopped(arn, started)
+        task = self.wait_stopped(arn, started, params)
         # The output goes to the job's events only, never into the outcome's ``after``: that is copied
         # into the audit trail, which is kept and exported, and a task prints whatever it likes.
         self.output(params)
@@ -268,14 +271,16 @@ class OneOffTask:
                                   f"(ECS forgets stopped tasks after about an hour).")
         return tasks[0]
 
-    def wait_stopped(self, arn: str, started: float) -> TaskTypeDef:
-        last = ""
+    def wait_stopped(self, arn: str, started: float, params: dict[str, Any] | None = None) -> TaskTypeDef:
+        """Poll until STOPPED. Between polls the last state seen is checkpointed (``params``) and the
+        job waits (in a worker: it is suspended and the next poll starts again from ``run``)."""
+        params = params if params is not None else {}
         while True:
             task = self.describe(arn)
             status = task.get("lastStatus", "")
-            if status != last:
+            if status != params.get("last_state"):
                 self.progress("state", f"Task {task_id(arn)}: {status}")
-                last = status
+                params["last_state"] = status
             if status == TaskStatus.STOPPED:
                 return task
             elapsed = self.clock() - started
@@ -283,6 +288,7 @@ class OneOffTask:
                 self._call("stopping the task", lambda: self.ecs.stop_task(
                     cluster=self.cluster, task=arn, reason=f"{self.reason}: timed out"[:255]))
                 raise OperationFailed(f"Timed out after {round(elapsed)}s ({status}); the task was stopped.")
+            self.checkpoint(params)
             self.sleep(self.poll_interval)
 
     def outcome(self, task: TaskTypeDef, params: dict[str, Any], started: float) -> Outcome:
@@ -323,5 +329,5 @@ def run_task(ctx: JobContext) -> Outcome:
     s = ctx.settings
     op = OneOffTask(ctx.ecs_client(ctx.env), ctx.env, ctx.progress, ctx.checkpoint,
                     poll_interval=s.poll_interval, timeout=s.task_timeout, sleep=ctx.sleep, reason=ctx.reason,
-                    logs=ctx.logs_client(ctx.env) if ctx.logs_client else None)
+                    logs=ctx.logs_client(ctx.env) if ctx.logs_client else None, continuing=ctx.continuing)
     return op.run(family, ctx.params, client_token=ctx.job.id)

@@ -57,12 +57,15 @@ def live(app, rt, realtime_sim) -> Iterator[str]:
     from workers.runner import JobRunner
 
     start_services(realtime_sim, ["orders-api", "payments-api"])
-    declare(rt.broker, JobRunner(rt), max_age_ms=600_000)
+    runner = JobRunner(rt)
+    declare(rt.broker, runner, max_age_ms=600_000)
     worker = Worker(rt.broker, worker_threads=2, worker_timeout=100)
     worker.start()
     from audit.exporter import Exporter
+    from jobs.suspended import run_ticker
 
     stop = threading.Event()
+    run_ticker(runner.suspended, rt.broker, stop)  # as valetkey worker does: sends the steps of suspended jobs
     exporter = threading.Thread(target=Exporter(rt.redis, rt.sessions, block_ms=200).run, args=(stop,), daemon=True)
     exporter.start()
     port = free_port()

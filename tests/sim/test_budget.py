@@ -18,11 +18,11 @@ from cloud.aws import DEFAULT_CONFIG, AwsClients
 from cloud.budget import CallBudget, call_counters
 from ecssim import RealClock, Simulator, Timings
 from ecssim.seed import ServiceSpec, seed
-from jobs.kinds import QUEUED, REDEPLOY, SUCCEEDED
+from jobs.kinds import REDEPLOY, RUNNING, SUCCEEDED
 from scope.catalog import Environment
 from tests.sim.conftest import NO_RETRY, client
 from wiring.runtime import Runtime
-from workers.runner import JobRunner, Retry
+from workers.runner import JobRunner
 
 STG = Environment(name="staging", cls="staging", enabled=True, region="us-east-1", cluster="stg")
 
@@ -110,19 +110,21 @@ def test_a_throttled_job_is_delayed_then_succeeds(sim: Simulator, throttled_runt
         ci.describe_services(cluster="stg", services=["web"])
     job = rt.jobs.create(action=REDEPLOY, environment="staging", target="web", actor="dev@example.test",
                          source="api")
-    runner = JobRunner(rt, sleep=sim.advance)
-    with pytest.raises(Retry):  # AWS said ThrottlingException: Dramatiq retries the message with backoff
-        runner.run(job.id, retries=0)
+    runner = JobRunner(rt, clock=sim.clock.now)  # a worker's runner: a throttled step suspends the job
+    assert runner.run(job.id) == RUNNING
     held = rt.jobs.get(job.id)
-    assert held is not None and held.status == QUEUED and held.finished_at is None
+    assert held is not None and (held.status, held.attempts, held.params["retries"]) == (RUNNING, 1, 1)
+    assert held.finished_at is None
     assert sim.calls.count("UpdateService") == 0
     assert [c.error for c in sim.calls.of("DescribeServices")][-1] == "ThrottlingException"
+    assert runner.suspended.due_at(job.id, 1) is not None  # its next step is due (after a backoff)
 
-    sim.advance(10)  # Dramatiq's retry backoff; the bucket refills meanwhile
-    assert runner.run(job.id, retries=1) == SUCCEEDED
+    sim.advance(10)  # the backoff; the bucket refills meanwhile
+    assert JobRunner(rt, sleep=sim.advance, clock=sim.clock.now).run(job.id, attempt=1) == SUCCEEDED
     done = rt.jobs.get(job.id)
     assert done is not None and done.status == SUCCEEDED and done.detail.startswith("Deployed")
     assert sim.calls.count("UpdateService") == 1
+    assert runner.suspended.due_at(job.id, 1) is None
 
 
 def test_botocore_backs_off_an_aws_throttle_until_the_call_succeeds(aws: str) -> None:
