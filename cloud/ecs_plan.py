@@ -191,9 +191,12 @@ def _plan_redeploy(plan: Plan, st: ServiceState) -> None:
 
 def _plan_restart(plan: Plan, st: ServiceState, td: Any, ecr: EcrImages | None) -> None:
     n = len(plan.tasks)
-    if n == 0:
+    if n == 0 and st.running == 0:
         plan.blocked = (f"{st.name} has no running task to restart ({st.running}/{st.desired} running). "
                         "Redeploy it, or scale it up.")
+        return
+    if n == 0:
+        _plan_unlisted_restart(plan, st)
         return
     for c in td.get("containerDefinitions") or []:
         name, image = str(c.get("name", "")), str(c.get("image", ""))
@@ -253,6 +256,27 @@ def _plan_restart(plan: Plan, st: ServiceState, td: Any, ecr: EcrImages | None) 
             f"{st.name} runs {healthy} healthy task(s) and must keep {minimum} (minimumHealthyPercent "
             f"{st.min_healthy_percent}% of {st.desired}): tasks are replaced one at a time, and the service is "
             "briefly at reduced capacity while each replacement starts.")
+
+
+def _plan_unlisted_restart(plan: Plan, st: ServiceState) -> None:
+    """ECS counts running tasks but lists none RUNNING: ListTasks and DescribeTasks lag the
+    service's counters (eventual consistency), or its tasks are being replaced right now.
+    Batches need the tasks themselves; a new deployment does not (ECS replaces whatever it
+    runs). What cannot be known is the running digest, so the plan says the image is not
+    verified beforehand and the outcome reports the one that runs after."""
+    plan.mechanism = DEPLOYMENT
+    plan.warnings.append(
+        f"ECS counts {st.running} running task(s) of {st.name} but lists none as RUNNING yet, so the running "
+        "image cannot be read: the restart starts a new deployment, which resolves every tag anew, and "
+        "reports the image the service runs afterwards.")
+    plan.steps = [
+        f"start a new deployment of {st.task_definition}",
+        f"ECS starts new tasks (up to {st.max_percent}% of {st.desired}) and stops old ones, never fewer than "
+        f"{min_allowed(st.desired, st.min_healthy_percent)} healthy",
+        "wait until ECS reports the deployment SUCCESSFUL and its new tasks are healthy"
+        + (" (the circuit breaker rolls back a failing one)" if st.circuit_breaker else ""),
+        "report the image digests the service runs afterwards",
+    ]
 
 
 def healthy_by_container(tasks: list[TaskTypeDef], health_checked: bool) -> list[TaskTypeDef]:

@@ -280,6 +280,74 @@ def test_resumed_deployment_restart_adopts_the_new_deployment(clients, td):
     assert params["deployment_id"] == "ecs-svc/2" and params["service_deployment"] == SD_ARN
 
 
+# ---- ECS counts running tasks it does not list yet (ListTasks lags the service) ------------------
+def stub_unlisted_plan(stub, td: str) -> None:
+    """2 of 2 running by the service's count, none listed RUNNING (eventual consistency)."""
+    stub.add_response("describe_services", service(td, [deployment("ecs-svc/1", td)]),
+                      {"cluster": CLUSTER, "services": [SVC]})
+    stub.add_response("describe_task_definition", {"taskDefinition": {
+        "taskDefinitionArn": td, "containerDefinitions": [{"name": "app", "image": f"{REPO_URI}:latest"}]}})
+    stub.add_response("list_tasks", {"taskArns": []},
+                      {"cluster": CLUSTER, "serviceName": SVC, "desiredStatus": "RUNNING"})
+    stub.add_response("update_service", {"service": service(td, [deployment("ecs-svc/2", td, "IN_PROGRESS",
+                                                                            running=0)])["services"][0]},
+                      {"cluster": CLUSTER, "service": SVC, "forceNewDeployment": True})
+
+
+def stub_empty_look(stub) -> None:
+    """A look that finds no task at all: nothing to describe."""
+    for status in ("RUNNING", "STOPPED"):
+        stub.add_response("list_tasks", {"taskArns": []},
+                          {"cluster": CLUSTER, "serviceName": SVC, "desiredStatus": status})
+
+
+def test_unlisted_tasks_restart_by_deployment_and_finish_unverified_after_the_grace(clients, td):
+    """Batches need the tasks; a deployment does not. ECS then reports the deployment COMPLETED with 2 of 2
+    running, but lists none of its tasks: the job waits UNLISTED_GRACE for the list, then finishes on
+    ECS' word and says the image was not verified (never a claim of "same image")."""
+    from workers.ecs import UNLISTED_GRACE
+
+    cl, (ecs, _, _), calls = clients
+    t, events = FakeTime(), []
+    stub_unlisted_plan(ecs, td)
+    polls = int(UNLISTED_GRACE / 5) + 1  # the first poll starts the grace; it ends UNLISTED_GRACE later
+    for _ in range(polls):
+        ecs.add_response("describe_services", service(td, [deployment("ecs-svc/2", td)]))
+        stub_empty_look(ecs)
+    out = ops(cl, t, events).restart(SVC, {})
+    assert out.detail.startswith(f"HEALTHY after {int(UNLISTED_GRACE)}s (deployment COMPLETED) · image not "
+                                 "verified: ECS listed none of deployment ecs-svc/2's tasks")
+    assert "same image" not in out.detail
+    assert calls.count("UpdateService") == 1 and "StopTask" not in calls and "DescribeImages" not in calls
+    assert any("lists none as RUNNING yet" in m for k, m in events if k == "warning")
+    assert any("waiting for ECS to list its tasks" in m for k, m in events if k == "progress")
+
+
+def test_unlisted_tasks_that_show_up_in_time_are_verified_as_usual(clients, td):
+    cl, (ecs, _, _), _calls = clients
+    stub_unlisted_plan(ecs, td)
+    ecs.add_response("describe_services", service(td, [deployment("ecs-svc/2", td)]))
+    stub_empty_look(ecs)
+    ecs.add_response("describe_services", service(td, [deployment("ecs-svc/2", td)]))
+    stub_look(ecs, [task("arn:t/n0", by="ecs-svc/2"), task("arn:t/n1", by="ecs-svc/2")])
+    out = ops(cl, FakeTime()).restart(SVC, {})
+    # Nothing to compare with: no digest was readable before, so no claim of "same image".
+    assert out.detail == "HEALTHY after 5s · now runs sha:9c0d11 (the image before could not be read)"
+
+
+def test_no_running_task_by_count_either_is_refused(clients, td):
+    cl, (ecs, _, _), calls = clients
+    ecs.add_response("describe_services", service(td, [deployment("ecs-svc/1", td, running=0)], running=0),
+                     {"cluster": CLUSTER, "services": [SVC]})
+    ecs.add_response("describe_task_definition", {"taskDefinition": {
+        "taskDefinitionArn": td, "containerDefinitions": [{"name": "app", "image": f"{REPO_URI}:latest"}]}})
+    ecs.add_response("list_tasks", {"taskArns": []},
+                     {"cluster": CLUSTER, "serviceName": SVC, "desiredStatus": "RUNNING"})
+    with pytest.raises(OperationFailed, match=r"no running task to restart \(0/2 running\)"):
+        ops(cl, FakeTime()).restart(SVC, {})
+    assert "UpdateService" not in calls
+
+
 # ---- preflight refusals ---------------------------------------------------------------------
 @pytest.mark.parametrize("controller,words", [("CODE_DEPLOY", "deploys through AWS CodeDeploy"),
                                               ("EXTERNAL", "uses the EXTERNAL deployment controller")])

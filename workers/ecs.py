@@ -81,6 +81,9 @@ FAIL_FAST = 2
 # Without a health check or a load balancer ECS counts a task as healthy 40 s after RUNNING
 # (botocore model, DeploymentConfiguration.minimumHealthyPercent).
 SETTLE_SECONDS = 40.0
+# How long a COMPLETED deployment's tasks may stay unlisted (ListTasks lags the service's counts)
+# before the job finishes on ECS' word alone, saying that the image was not verified.
+UNLISTED_GRACE = 20.0
 
 
 def _why(t: TaskTypeDef) -> str:
@@ -192,6 +195,10 @@ class EcsOperations:
         if not params.get("deployment_id"):
             self._adopt_or_deploy(service, params, started)
         after = self._follow(service, params, started)
+        if params.get("unverified"):
+            secs = round(self.clock() - started)
+            return Outcome(f"HEALTHY after {secs}s (deployment COMPLETED) · image not verified: "
+                           f"{params['unverified']}", before, after.record())
         return self._same_image(before, after, started, "the tag moved while the deployment ran")
 
     def _same_image(self, before: dict[str, Any], after: ServiceState, started: float, cause: str) -> Outcome:
@@ -203,7 +210,10 @@ class EcsOperations:
             raise OperationFailed(f"The image changed during the restart ({cause}): {what}. "
                                   "The service runs the new image now; Redeploy or roll back on purpose.")
         secs = round(self.clock() - started)
-        image = f" · same image {describe_digests(now)}" if now else ""
+        if now and not was:  # nothing to compare with: never claim "same"
+            image = f" · now runs {describe_digests(now)} (the image before could not be read)"
+        else:
+            image = f" · same image {describe_digests(now)}" if now else ""
         return Outcome(f"HEALTHY after {secs}s{image}", before, after.record())
 
     # ---- deployments (restart by deployment, redeploy) ----------------------------------
@@ -318,7 +328,12 @@ class EcsOperations:
                             [look.by_arn[a] for a in look.replacements])
                         st.image_digests = sorted(set(st.container_digests.values()))
                         return st
-                    line = f"Deployment done; {len(look.replacements)} of {st.desired} new tasks healthy so far"
+                    if self._unlisted(params, st, mine, look):
+                        return st
+                    line = (f"Deployment done; {len(look.replacements)} of {st.desired} new tasks healthy so far"
+                            if "unlisted_since" not in params else
+                            f"Deployment {dep_id} COMPLETED with {st.running} of {st.desired} running; waiting "
+                            "for ECS to list its tasks")
                 elif not st.circuit_breaker and dep_id:
                     failed = self._failed(service, started_by=dep_id, exclude=set())
                     if len(failed) >= FAIL_FAST:
@@ -327,6 +342,29 @@ class EcsOperations:
                             f"deployment {dep_id} stays in progress; fix the image or roll back.")
             self._line(params, line)
             self._tick(params, started, f"waiting for deployment {dep_id or ''} ({line})")
+
+    def _unlisted(self, params: dict[str, Any], st: ServiceState, mine: Any, look: Look) -> bool:
+        """ECS reports our deployment done and every task of it running, yet lists none of them.
+
+        ListTasks and DescribeTasks lag the service's own counters (eventual consistency), for
+        seconds on AWS. The deployment's state is ECS' word that its tasks reached steady state;
+        the task list is only how we read their image. Wait ``UNLISTED_GRACE`` for the list to
+        catch up, then finish on ECS' word and say plainly that the image was not verified
+        (``params["unverified"]``, in the outcome), rather than fail a restart that happened."""
+        dep_id = params.get("deployment_id", "")
+        ours_listed = any(t.get("startedBy") == dep_id for t in look.by_arn.values())
+        steady = (mine is not None and mine.running >= st.desired >= 1 and not mine.pending
+                  and st.running >= st.desired)
+        if not dep_id or ours_listed or not steady:
+            params.pop("unlisted_since", None)
+            return False
+        since = float(params.setdefault("unlisted_since", self.clock()))
+        if self.clock() - since < UNLISTED_GRACE:
+            return False
+        st.container_digests, st.image_digests = {}, []
+        params["unverified"] = (f"ECS listed none of deployment {dep_id}'s tasks within {UNLISTED_GRACE:.0f}s of "
+                                f"reporting it COMPLETED with {st.running} of {st.desired} running")
+        return True
 
     # ---- batches ------------------------------------------------------------------------
     def _batches(self, service: str, params: dict[str, Any], started: float) -> Outcome:
@@ -466,8 +504,9 @@ class EcsOperations:
         now = after.container_digests
         if not now:
             secs = round(self.clock() - started)
-            return Outcome(f"Deployed {after.image or after.task_definition}: HEALTHY after {secs}s", before,
-                           after.record())
+            unverified = f" · image not verified: {params['unverified']}" if params.get("unverified") else ""
+            return Outcome(f"Deployed {after.image or after.task_definition}: HEALTHY after {secs}s{unverified}",
+                           before, after.record())
         if len(now) == 1:
             (name, d), = now.items()
             old = was.get(name, "")
