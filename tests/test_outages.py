@@ -93,7 +93,7 @@ def test_database_unreachable_answers_503_on_actions_pages_and_reads(pg_proxy, p
     finally:
         proxy.stop()
         with make_engine(pg_schema_url).begin() as c:  # as the db_url fixture leaves the shared schema
-            for t in conftest.TABLES:
+            for t in conftest._tables():
                 c.execute(text(f"DELETE FROM {t}"))
         rt.close()
 
@@ -174,6 +174,6 @@ def test_a_job_whose_heartbeat_meets_a_database_outage_stops_unfailed(pg_proxy, 
     finally:
         proxy.stop()
         with make_engine(pg_schema_url).begin() as c:
-            for t in conftest.TABLES:
+            for t in conftest._tables():
                 c.execute(text(f"DELETE FROM {t}"))
         rt.close()

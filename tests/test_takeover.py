@@ -1,8 +1,10 @@
 """Takeover with real worker processes on the real-time ECS simulator (issue 21; issue 18's Redis outage).
 
 With the default lease and sweep interval: a worker SIGKILLed mid-restart is
-taken over by another and the service is free again within 30 s; a worker
-sent SIGTERM hands its job back at once; a job in flight survives its Redis
+taken over by another (its suspended job's next step runs there, or the
+sweeper takes a job that died mid-step) and the service is free again within
+30 s; a worker sent SIGTERM hands its job back at once or leaves it suspended
+for the others; a job in flight survives its Redis
 being down for 10 s. Never two workers act on one job: every original task is
 stopped exactly once and capacity holds throughout.
 """
@@ -87,7 +89,9 @@ def test_a_worker_sigkilled_mid_job_is_taken_over_and_its_service_free_within_30
         log.close()
     out = (tmp_path / "workers.log").read_text()
     assert done.status == "succeeded", (done.detail, out[-3000:])
-    assert done.attempts == 2 and took < 30, (took, out[-3000:])
+    # Waiting on ECS the job is suspended, not in A's thread: B's tick sends its next step under the
+    # same claim (attempts 1). Killed mid-step, its lease runs out and B's sweeper takes it over (2).
+    assert done.attempts in (1, 2) and took < 30, (took, out[-3000:])
     assert rt.jobs.active_job("staging", "slow-api") is None  # the service is free
     assert_resumed_not_repeated(sim, originals, t0)
 
@@ -106,7 +110,12 @@ def test_a_worker_sent_sigterm_hands_its_job_back_at_once(client, rt, make_user,
         os.killpg(a.pid, signal.SIGTERM)
         sent = time.monotonic()
         assert a.wait(20) == 0
-        wait_for(lambda: rt.jobs.get(job["id"]).attempts == 2, 20, "worker B to claim the handed-back job")
+        exited = rt.jobs.clock()
+        # A hands back a job in the middle of a step (attempts 2, claimed by B); a suspended one
+        # needs no hand-back: B's tick sends its next step under the same claim. Either way B
+        # carries on, heartbeating the job, well within a lease of the signal.
+        wait_for(lambda: rt.jobs.get(job["id"]).heartbeat_at > exited or finished(rt, job["id"]), 20,
+                 "worker B to carry on with the job")
         claimed = time.monotonic() - sent
         done = wait_for(lambda: finished(rt, job["id"]), 60, "worker B to finish the job")
     finally:
@@ -118,7 +127,8 @@ def test_a_worker_sent_sigterm_hands_its_job_back_at_once(client, rt, make_user,
     out = (tmp_path / "workers.log").read_text()
     # Handed back, not left to its lease: B had it sooner than a lease (10 s) after the signal.
     assert claimed < Settings.from_env(defaults_env).job_lease_seconds, (claimed, out[-3000:])
-    assert "handed back" in [e.type for e in rt.events.read(job["id"], None)]
+    handed_back = "handed back" in [e.type for e in rt.events.read(job["id"], None)]
+    assert done.attempts == (2 if handed_back else 1), (done.attempts, handed_back)
     assert done.status == "succeeded", (done.detail, out[-3000:])
     assert_resumed_not_repeated(sim, originals, t0)
 
