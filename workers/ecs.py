@@ -32,16 +32,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ReadTimeoutError
 
 from cloud.ecr import EcrImages
 from cloud.ecs import EcsReader, ServiceState
+from cloud.ecs_gateway import EcsGateway, SharedReader
 from cloud.ecs_plan import (
     BATCHES,
     DEPLOYMENT,
@@ -126,13 +127,32 @@ class EcsOperations:
     region: str = ""
     settle_seconds: float = SETTLE_SECONDS
     continuing: bool = False  # this call continues a suspended job: no "Resuming" note
+    # The process's ECS gateway (cloud/ecs_gateway.py) and the account the cluster is in: poll reads
+    # shared per tick with every job watching the cluster, waits ending on tick boundaries. None: own reads.
+    gateway: EcsGateway | None = None
+    account: str = ""
+    _reader: EcsReader | None = None
     # task ARN -> when it was first seen RUNNING (checkpointed: params["first_running"])
     _first_running: dict[str, float] = field(default_factory=dict)
     _settled: set[str] = field(default_factory=set)  # the originals: RUNNING since before the job
 
     @property
     def reader(self) -> EcsReader:
-        return EcsReader(self.ecs, self.cluster)
+        if self._reader is None:
+            self._reader = (EcsReader(self.ecs, self.cluster) if self.gateway is None
+                            else self.gateway.reader(self.ecs, self.cluster, self.account, self.clock))
+        return self._reader
+
+    def _after_change(self, params: dict[str, Any]) -> None:
+        """With a gateway, the look after a mutation waits for the next tick: ECS takes seconds to act
+        anyway, and that tick's shared read answers it (a look now would be a read of its own)."""
+        if self.gateway is not None:
+            self._wait(params, self.poll_interval)
+
+    def _changed(self) -> None:
+        """After a mutation of ours: reads before it are no answer any more."""
+        if isinstance(self._reader, SharedReader):
+            self._reader.changed()
 
     _call = staticmethod(aws_call)
 
@@ -179,6 +199,7 @@ class EcsOperations:
         params["before"] = st.record()
         if plan.mechanism == DEPLOYMENT:
             self._deploy(service, params, st, started)
+            self._after_change(params)
             return self._finish_deployment_restart(service, params, started)
         params["restart_tasks"] = [t["taskArn"] for t in plan.tasks]
         params["stopped_before"] = self._call(f"listing the tasks of {service}", lambda: self.reader.task_arns(
@@ -223,6 +244,8 @@ class EcsOperations:
             return
         except AWS_ERRORS as e:
             raise job_error(aws_error(e, f"starting a deployment of {service}")) from e
+        finally:
+            self._changed()
         svc = resp["service"]
         primary = next((d for d in svc.get("deployments", []) if d.get("status") == "PRIMARY"), None)
         params["deployment_id"] = primary.get("id", "") if primary else ""
@@ -361,9 +384,13 @@ class EcsOperations:
                                       f"task(s); {max(len(look.healthy) - len(group), 0)} keep serving")
             params["stopping"] = group
             self.checkpoint(params)
-            for arn in group:
-                self._call(f"stopping a task of {service}", partial(
-                    self.ecs.stop_task, cluster=self.cluster, task=arn, reason=self.reason[:255]))
+            try:
+                for arn in group:
+                    self._call(f"stopping a task of {service}", partial(
+                        self.ecs.stop_task, cluster=self.cluster, task=arn, reason=self.reason[:255]))
+            finally:
+                self._changed()
+            self._after_change(params)
         after = self.state(service)
         last = self._look(service, after, set(originals), None, stopped_before, health_checked)
         after.container_digests = container_digests([last.by_arn[a] for a in last.healthy])
@@ -491,8 +518,11 @@ class EcsOperations:
         self._wait(params, self.poll_interval)
 
     def _wait(self, params: dict[str, Any], seconds: float) -> None:
-        """Checkpoint what the next look needs, then wait (in a worker: suspend the job)."""
+        """Checkpoint what the next look needs, then wait (in a worker: suspend the job). With a gateway
+        a poll wait ends just after a tick boundary, where every watcher of the cluster wakes."""
         self.checkpoint(params)
+        if self.gateway is not None and seconds == self.poll_interval:
+            seconds = self.gateway.until_next_tick(self.clock())
         self.sleep(seconds)
 
 
@@ -524,7 +554,8 @@ def _operations(ctx: JobContext) -> EcsOperations:
     return EcsOperations(ctx.ecs_client(env), env.cluster, ctx.progress, ctx.checkpoint,
                          poll_interval=s.poll_interval, timeout=s.stability_timeout, sleep=ctx.sleep,
                          clock=ctx.clock, reason=ctx.reason, ecr=ctx.aws_client(env, "ecr"),
-                         elbv2=ctx.aws_client(env, "elbv2"), region=env.region, continuing=ctx.continuing)
+                         elbv2=ctx.aws_client(env, "elbv2"), region=env.region, continuing=ctx.continuing,
+                         gateway=ctx.gateway, account=ctx.account_of(env) if ctx.gateway is not None else "")
 
 
 def restart(ctx: JobContext) -> Outcome:

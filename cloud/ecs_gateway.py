@@ -1,0 +1,235 @@
+"""One ECS gateway per process: the poll reads of every job watching a cluster, shared through Redis per tick.
+
+Jobs waiting on ECS wake on poll-interval boundaries (``EcsGateway.until_next_tick``), so the jobs
+watching one cluster wake together, in the same *tick* (``floor(clock / interval)``). The first of
+them to read in a tick takes a short lock in Redis and reads for everyone:
+
+- services: every service watched in the cluster (a sorted set in Redis; a job's read adds its
+  service for a few ticks), DescribeServices in batches of 10 — k watched services cost ⌈k/10⌉ calls;
+- tasks: ListTasks of the whole cluster (RUNNING, then STOPPED; 100 a page), then DescribeTasks in
+  batches of 100 of every task not already known STOPPED — a task whose lastStatus is STOPPED never
+  changes again, so it is described once and kept by ARN (ECS lists it for about an hour).
+
+The answers are stored in Redis for that tick, keyed by account, Region, cluster and tick; the other
+readers (any process) wait briefly for them and read them from there. A snapshot is never older than
+the start of its tick, so a job that woke for a tick acts on what ECS said after that tick began.
+After a job's own mutation (StopTask, UpdateService), ``SharedReader.changed`` makes it refuse the
+snapshots taken before it: it reads ECS directly until a newer one exists. Mutations never go
+through here. A service asked for that the tick's snapshot lacks (a job that just started) is read
+directly and added to the snapshot for the others. Redis unavailable: direct reads, never a failure.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast
+
+import redis
+
+from cloud.ecs import EcsReader
+from cloud.ecs_cache import dumps, loads
+from cloud.ecs_types import TaskStatus
+from cloud.errors import AWS_ERRORS, aws_error
+
+if TYPE_CHECKING:
+    from mypy_boto3_ecs import ECSClient
+    from mypy_boto3_ecs.type_defs import ListTasksRequestTypeDef, ServiceTypeDef, TaskTypeDef
+
+log = logging.getLogger("valetkey.aws.gateway")
+
+KEY_PREFIX = "valetkey:ecs-gw:"
+TAKEN = ""  # the snapshot hash's field holding when it was taken (no service is named "")
+WATCH_TICKS = 4  # a service stays watched this many ticks after a job last read it
+STOPPED_KEEP_SECONDS = 7200  # ECS lists a stopped task for about an hour
+_REDIS_ERRORS = (redis.RedisError, OSError)
+
+
+class EcsGateway:
+    """The process's shared ECS reads; ``reader`` gives one job step its view of a cluster."""
+
+    def __init__(self, client: redis.Redis, *, interval: float = 3.0, wait_seconds: float = 2.0,
+                 lock_seconds: float = 10.0) -> None:
+        self.redis, self.interval = client, interval
+        self.wait_seconds, self.lock_ms = wait_seconds, int(lock_seconds * 1000)
+
+    def tick(self, now: float) -> int:
+        return math.floor(now / self.interval)
+
+    def until_next_tick(self, now: float) -> float:
+        """Seconds from ``now`` to just after the next boundary, where every watcher of a cluster wakes."""
+        return (self.tick(now) + 1) * self.interval - now + 0.001
+
+    def reader(self, ecs: ECSClient, cluster: str, account: str,
+               clock: Callable[[], float] = time.time) -> SharedReader:
+        return SharedReader(ecs, cluster, self, f"{KEY_PREFIX}{account}:{ecs.meta.region_name}:{cluster}:", clock)
+
+
+class SharedReader(EcsReader):
+    """An ``EcsReader`` whose service and task reads come from the tick's shared snapshot when it is fresh."""
+
+    def __init__(self, ecs: ECSClient, cluster: str, gateway: EcsGateway, prefix: str,
+                 clock: Callable[[], float]) -> None:
+        super().__init__(ecs, cluster)
+        self.gw, self.prefix, self.clock = gateway, prefix, clock
+        self.not_before = -math.inf  # snapshots taken before this are refused (a mutation of ours since)
+        self._tasks: dict[str, TaskTypeDef] = {}  # tasks seen through snapshots in this step
+
+    def changed(self) -> None:
+        """This job just changed ECS: no snapshot from before now may answer it."""
+        self.not_before = self.clock()
+
+    # ---- services -----------------------------------------------------------------------
+    def describe(self, names: list[str]) -> list[ServiceTypeDef]:
+        now = self.clock()
+        try:
+            self.gw.redis.zadd(self.prefix + "watch", {n: now + WATCH_TICKS * self.gw.interval for n in names})
+            got = self._snapshot("svc", now, self._read_services, names)
+        except _REDIS_ERRORS as e:
+            log.debug("shared ECS reads unavailable: %s", type(e).__name__)
+            return super().describe(names)
+        if got is None:
+            return super().describe(names)
+        key, found = got
+        missing = [n for n in names if n not in found]
+        if missing:  # not watched when the snapshot was taken: read, and share with this tick's others
+            fresh = {s["serviceName"]: s for s in super().describe(missing)}
+            extra = {n: dumps(fresh.get(n)) for n in missing}
+            try:
+                self.gw.redis.hset(key, mapping=extra)  # type: ignore[arg-type]
+            except _REDIS_ERRORS:
+                pass
+            found.update({n: fresh.get(n) for n in missing})
+        return [s for n in names if (s := found.get(n)) is not None]
+
+    def _read_services(self, now: float, names: list[str]) -> dict[str, str]:
+        got_watched: list[bytes] = self.gw.redis.zrangebyscore(self.prefix + "watch", now, "+inf")  # type: ignore[assignment]
+        watched = [m.decode() for m in got_watched]
+        want = list(dict.fromkeys([*names, *watched]))
+        got = {s["serviceName"]: s for s in super().describe(want)}
+        return {n: dumps(got.get(n)) for n in want}
+
+    # ---- tasks --------------------------------------------------------------------------
+    def task_arns(self, service: str, desired_status: str = TaskStatus.RUNNING) -> list[str]:
+        entry = self._service_tasks(service)
+        if entry is None:
+            return super().task_arns(service, desired_status)
+        return list(entry["running" if desired_status == TaskStatus.RUNNING else "stopped"])
+
+    def tasks(self, arns: list[str]) -> list[TaskTypeDef]:
+        """Known from this step's snapshots, else described (a task ECS no longer lists is absent)."""
+        missing = [a for a in arns if a not in self._tasks]
+        more = {t["taskArn"]: t for t in super().tasks(missing)} if missing else {}
+        return [t for a in arns if (t := self._tasks.get(a) or more.get(a)) is not None]
+
+    def running_tasks(self, service: str) -> list[TaskTypeDef]:
+        entry = self._service_tasks(service)
+        if entry is None:
+            return super().running_tasks(service)
+        return [t for a in entry["running"] if (t := self._tasks.get(a)) is not None
+                and t.get("lastStatus") == TaskStatus.RUNNING]
+
+    def _service_tasks(self, service: str) -> dict[str, Any] | None:
+        try:
+            got = self._snapshot("tasks", self.clock(), self._read_tasks, [service])
+        except _REDIS_ERRORS as e:
+            log.debug("shared ECS reads unavailable: %s", type(e).__name__)
+            return None
+        if got is None:
+            return None
+        entry = cast("dict[str, Any]", got[1].get(service) or {"running": [], "stopped": [], "tasks": {}})
+        self._tasks.update(entry["tasks"])
+        return entry
+
+    def _list(self, desired: str) -> list[str]:
+        arns: list[str] = []
+        kw: ListTasksRequestTypeDef = {"cluster": self.cluster, "desiredStatus": desired,  # type: ignore[typeddict-item]
+                                       "maxResults": 100}
+        try:
+            while True:
+                page = self.ecs.list_tasks(**kw)
+                arns += page.get("taskArns", [])
+                if not page.get("nextToken"):
+                    return arns
+                kw["nextToken"] = page["nextToken"]
+        except AWS_ERRORS as e:
+            raise aws_error(e, f"listing the tasks of cluster {self.cluster}") from e
+
+    def _read_tasks(self, now: float, names: list[str]) -> dict[str, str]:
+        running, stopped = self._list(TaskStatus.RUNNING), self._list(TaskStatus.STOPPED)
+        done_key = self.prefix + "stopped"
+        known: dict[str, TaskTypeDef] = {}
+        if stopped:
+            for arn, raw in zip(stopped, self.gw.redis.hmget(done_key, stopped)):
+                if raw is not None:
+                    known[arn] = loads(raw)
+        fresh = EcsReader.tasks(self, [a for a in dict.fromkeys([*running, *stopped]) if a not in known])
+        final = {t["taskArn"]: dumps(t) for t in fresh if t.get("lastStatus") == TaskStatus.STOPPED}
+        if final:
+            pipe = self.gw.redis.pipeline()
+            pipe.hset(done_key, mapping=final)  # type: ignore[arg-type]
+            pipe.expire(done_key, STOPPED_KEEP_SECONDS)
+            pipe.execute()
+        by_service: dict[str, dict[str, Any]] = {}
+        every = {**known, **{t["taskArn"]: t for t in fresh}}
+        for status, arns in (("running", running), ("stopped", stopped)):
+            for a in arns:
+                t = every.get(a)
+                group = str(t.get("group", "")) if t else ""
+                if t is None or not group.startswith("service:"):
+                    continue
+                e = by_service.setdefault(group[len("service:"):], {"running": [], "stopped": [], "tasks": {}})
+                e[status].append(a)
+                e["tasks"][a] = t
+        out = {n: dumps(e) for n, e in by_service.items()}
+        for n in names:
+            out.setdefault(n, dumps(None))
+        return out
+
+    # ---- the tick's snapshot ------------------------------------------------------------
+    def _snapshot(self, kind: str, now: float, read: Callable[[float, list[str]], dict[str, str]],
+                  names: list[str]) -> tuple[str, dict[str, Any]] | None:
+        """(key, name -> answer) of this tick's snapshot of ``kind``, taking it if nobody has;
+        None when none fresh enough came in time (the caller reads directly)."""
+        tick = self.gw.tick(now)
+        key = f"{self.prefix}{kind}:{tick}"
+        r = self.gw.redis
+        deadline = time.monotonic() + self.gw.wait_seconds
+        token = uuid.uuid4().hex
+        while True:
+            taken = r.hget(key, TAKEN)
+            if taken is not None:
+                if float(taken) < self.not_before:
+                    return None  # taken before our own change: not an answer for us
+                return key, self._fields(r, key, names)
+            if r.set(key + ":lock", token, nx=True, px=self.gw.lock_ms):
+                try:
+                    taken_at = self.clock()
+                    answers = read(now, names)
+                    pipe = r.pipeline()
+                    pipe.hset(key, mapping={**answers, TAKEN: repr(taken_at)})  # type: ignore[arg-type,dict-item]
+                    pipe.expire(key, max(1, int(3 * self.gw.interval)))
+                    pipe.execute()
+                finally:
+                    _release(r, key + ":lock", token)
+                return key, {n: loads(answers[n]) for n in names if n in answers}
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.01)
+
+    @staticmethod
+    def _fields(r: redis.Redis, key: str, names: Iterable[str]) -> dict[str, Any]:
+        names = list(names)
+        return {n: loads(raw) for n, raw in zip(names, r.hmget(key, names)) if raw is not None}
+
+
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+def _release(r: redis.Redis, key: str, token: str) -> None:
+    try:
+        r.eval(_RELEASE, 1, key, token)
+    except _REDIS_ERRORS:
+        pass  # it expires by itself
