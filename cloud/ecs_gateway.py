@@ -111,6 +111,34 @@ class SharedReader(EcsReader):
         got = {s["serviceName"]: s for s in super().describe(want)}
         return {n: dumps(got.get(n)) for n in want}
 
+    # ---- service deployments ----------------------------------------------------------
+    def service_deployments(self, arns: list[str]) -> list[dict[str, Any]]:
+        now = self.clock()
+        try:
+            self.gw.redis.zadd(self.prefix + "sdwatch", {a: now + WATCH_TICKS * self.gw.interval for a in arns})
+            got = self._snapshot("sd", now, self._read_deployments, arns)
+        except _REDIS_ERRORS as e:
+            log.debug("shared ECS reads unavailable: %s", type(e).__name__)
+            return super().service_deployments(arns)
+        if got is None:
+            return super().service_deployments(arns)
+        key, found = got
+        missing = [a for a in arns if a not in found]
+        if missing:
+            fresh = {d["serviceDeploymentArn"]: d for d in super().service_deployments(missing)}
+            try:
+                self.gw.redis.hset(key, mapping={a: dumps(fresh.get(a)) for a in missing})  # type: ignore[arg-type]
+            except _REDIS_ERRORS:
+                pass
+            found.update({a: fresh.get(a) for a in missing})
+        return [d for a in arns if (d := found.get(a)) is not None]
+
+    def _read_deployments(self, now: float, arns: list[str]) -> dict[str, str]:
+        got_watched: list[bytes] = self.gw.redis.zrangebyscore(self.prefix + "sdwatch", now, "+inf")  # type: ignore[assignment]
+        want = list(dict.fromkeys([*arns, *(m.decode() for m in got_watched)]))
+        got = {d["serviceDeploymentArn"]: d for d in super().service_deployments(want)}
+        return {a: dumps(got.get(a)) for a in want}
+
     # ---- tasks --------------------------------------------------------------------------
     def task_arns(self, service: str, desired_status: str = TaskStatus.RUNNING) -> list[str]:
         entry = self._service_tasks(service)

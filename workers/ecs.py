@@ -288,7 +288,7 @@ class EcsOperations:
 
     def _service_deployment(self, arn: str) -> dict[str, Any] | None:
         try:
-            got = self.ecs.describe_service_deployments(serviceDeploymentArns=[arn]).get("serviceDeployments", [])
+            got = self.reader.service_deployments([arn])
         except AWS_ERRORS as e:
             if error_code(e) in ("UnknownOperationException", "InvalidAction"):
                 return None  # an ECS without service deployments: the rollout state decides
