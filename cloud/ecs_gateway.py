@@ -50,8 +50,8 @@ _REDIS_ERRORS = (redis.RedisError, OSError)
 class EcsGateway:
     """The process's shared ECS reads; ``reader`` gives one job step its view of a cluster."""
 
-    def __init__(self, client: redis.Redis, *, interval: float = 3.0, wait_seconds: float = 2.0,
-                 lock_seconds: float = 10.0) -> None:
+    def __init__(self, client: redis.Redis, *, interval: float = 3.0, wait_seconds: float = 5.0,
+                 lock_seconds: float = 15.0) -> None:
         self.redis, self.interval = client, interval
         self.wait_seconds, self.lock_ms = wait_seconds, int(lock_seconds * 1000)
 
@@ -80,13 +80,14 @@ class SharedReader(EcsReader):
     def changed(self) -> None:
         """This job just changed ECS: no snapshot from before now may answer it."""
         self.not_before = self.clock()
+        self._tasks.clear()  # what the snapshots said is older than the change too
 
     # ---- services -----------------------------------------------------------------------
     def describe(self, names: list[str]) -> list[ServiceTypeDef]:
         now = self.clock()
         try:
             self.gw.redis.zadd(self.prefix + "watch", {n: now + WATCH_TICKS * self.gw.interval for n in names})
-            got = self._snapshot("svc", now, self._read_services, names)
+            got = self._snapshot("svc", now, self._read_services, names, extend=True)
         except _REDIS_ERRORS as e:
             log.debug("shared ECS reads unavailable: %s", type(e).__name__)
             return super().describe(names)
@@ -104,10 +105,9 @@ class SharedReader(EcsReader):
             found.update({n: fresh.get(n) for n in missing})
         return [s for n in names if (s := found.get(n)) is not None]
 
-    def _read_services(self, now: float, names: list[str]) -> dict[str, str]:
+    def _read_services(self, now: float, names: list[str], have: set[str]) -> dict[str, str]:
         got_watched: list[bytes] = self.gw.redis.zrangebyscore(self.prefix + "watch", now, "+inf")  # type: ignore[assignment]
-        watched = [m.decode() for m in got_watched]
-        want = list(dict.fromkeys([*names, *watched]))
+        want = [n for n in dict.fromkeys([*names, *(m.decode() for m in got_watched)]) if n not in have]
         got = {s["serviceName"]: s for s in super().describe(want)}
         return {n: dumps(got.get(n)) for n in want}
 
@@ -116,7 +116,7 @@ class SharedReader(EcsReader):
         now = self.clock()
         try:
             self.gw.redis.zadd(self.prefix + "sdwatch", {a: now + WATCH_TICKS * self.gw.interval for a in arns})
-            got = self._snapshot("sd", now, self._read_deployments, arns)
+            got = self._snapshot("sd", now, self._read_deployments, arns, extend=True)
         except _REDIS_ERRORS as e:
             log.debug("shared ECS reads unavailable: %s", type(e).__name__)
             return super().service_deployments(arns)
@@ -133,9 +133,9 @@ class SharedReader(EcsReader):
             found.update({a: fresh.get(a) for a in missing})
         return [d for a in arns if (d := found.get(a)) is not None]
 
-    def _read_deployments(self, now: float, arns: list[str]) -> dict[str, str]:
+    def _read_deployments(self, now: float, arns: list[str], have: set[str]) -> dict[str, str]:
         got_watched: list[bytes] = self.gw.redis.zrangebyscore(self.prefix + "sdwatch", now, "+inf")  # type: ignore[assignment]
-        want = list(dict.fromkeys([*arns, *(m.decode() for m in got_watched)]))
+        want = [a for a in dict.fromkeys([*arns, *(m.decode() for m in got_watched)]) if a not in have]
         got = {d["serviceDeploymentArn"]: d for d in super().service_deployments(want)}
         return {a: dumps(got.get(a)) for a in want}
 
@@ -185,7 +185,7 @@ class SharedReader(EcsReader):
         except AWS_ERRORS as e:
             raise aws_error(e, f"listing the tasks of cluster {self.cluster}") from e
 
-    def _read_tasks(self, now: float, names: list[str]) -> dict[str, str]:
+    def _read_tasks(self, now: float, names: list[str], have: set[str]) -> dict[str, str]:
         running, stopped = self._list(TaskStatus.RUNNING), self._list(TaskStatus.STOPPED)
         done_key = self.prefix + "stopped"
         known: dict[str, TaskTypeDef] = {}
@@ -217,10 +217,14 @@ class SharedReader(EcsReader):
         return out
 
     # ---- the tick's snapshot ------------------------------------------------------------
-    def _snapshot(self, kind: str, now: float, read: Callable[[float, list[str]], dict[str, str]],
-                  names: list[str]) -> tuple[str, dict[str, Any]] | None:
+    def _snapshot(self, kind: str, now: float, read: Callable[[float, list[str], set[str]], dict[str, str]],
+                  names: list[str], extend: bool = False) -> tuple[str, dict[str, Any]] | None:
         """(key, name -> answer) of this tick's snapshot of ``kind``, taking it if nobody has;
-        None when none fresh enough came in time (the caller reads directly)."""
+        None when none fresh enough came in time (the caller reads directly).
+
+        ``extend``: names the snapshot lacks (watched since it was taken: jobs that just began) are
+        read by one reader for all of them, under the same lock, and added to it. Otherwise the
+        snapshot is complete by construction (every task of the cluster) and a lacking name has none."""
         tick = self.gw.tick(now)
         key = f"{self.prefix}{kind}:{tick}"
         r = self.gw.redis
@@ -228,21 +232,28 @@ class SharedReader(EcsReader):
         token = uuid.uuid4().hex
         while True:
             taken = r.hget(key, TAKEN)
+            found: dict[str, Any] = {}
             if taken is not None:
-                if float(taken) < self.not_before:
+                if float(taken) <= self.not_before:
                     return None  # taken before our own change: not an answer for us
-                return key, self._fields(r, key, names)
+                found = self._fields(r, key, names)
+                if not extend or len(found) == len(set(names)):
+                    return key, found
             if r.set(key + ":lock", token, nx=True, px=self.gw.lock_ms):
                 try:
-                    taken_at = self.clock()
-                    answers = read(now, names)
+                    have: set[str] = set()
+                    if taken is not None:  # others may have added some meanwhile
+                        have = {k.decode() if isinstance(k, bytes) else str(k) for k in r.hkeys(key)}
+                        found = self._fields(r, key, names)
+                    stamp = {} if taken is not None else {TAKEN: repr(self.clock())}
+                    answers = read(now, names, have)
                     pipe = r.pipeline()
-                    pipe.hset(key, mapping={**answers, TAKEN: repr(taken_at)})  # type: ignore[arg-type,dict-item]
+                    pipe.hset(key, mapping={**answers, **stamp})  # type: ignore[arg-type,dict-item]
                     pipe.expire(key, max(1, int(3 * self.gw.interval)))
                     pipe.execute()
                 finally:
                     _release(r, key + ":lock", token)
-                return key, {n: loads(answers[n]) for n in names if n in answers}
+                return key, {**found, **{n: loads(answers[n]) for n in names if n in answers}}
             if time.monotonic() >= deadline:
                 return None
             time.sleep(0.01)
