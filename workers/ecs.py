@@ -132,6 +132,7 @@ class EcsOperations:
     gateway: EcsGateway | None = None
     account: str = ""
     _reader: EcsReader | None = None
+    _changed_at: float = float("-inf")  # this job's last mutation (params["changed_at"]): older reads refused
     # task ARN -> when it was first seen RUNNING (checkpointed: params["first_running"])
     _first_running: dict[str, float] = field(default_factory=dict)
     _settled: set[str] = field(default_factory=set)  # the originals: RUNNING since before the job
@@ -139,8 +140,11 @@ class EcsOperations:
     @property
     def reader(self) -> EcsReader:
         if self._reader is None:
-            self._reader = (EcsReader(self.ecs, self.cluster) if self.gateway is None
-                            else self.gateway.reader(self.ecs, self.cluster, self.account, self.clock))
+            if self.gateway is None:
+                self._reader = EcsReader(self.ecs, self.cluster)
+            else:
+                self._reader = self.gateway.reader(self.ecs, self.cluster, self.account, self.clock)
+                self._reader.not_before = self._changed_at
         return self._reader
 
     def _after_change(self, params: dict[str, Any]) -> None:
@@ -149,10 +153,14 @@ class EcsOperations:
         if self.gateway is not None:
             self._wait(params, self.poll_interval)
 
-    def _changed(self) -> None:
-        """After a mutation of ours: reads before it are no answer any more."""
-        if isinstance(self._reader, SharedReader):
-            self._reader.changed()
+    def _changed(self, params: dict[str, Any]) -> None:
+        """After a mutation of ours: reads before it are no answer any more, to this step nor to the
+        next ones (which may run at once, in another process: the time is checkpointed)."""
+        if self.gateway is not None:
+            reader = self.reader
+            assert isinstance(reader, SharedReader)
+            reader.changed()
+            params["changed_at"] = reader.not_before
 
     _call = staticmethod(aws_call)
 
@@ -177,6 +185,12 @@ class EcsOperations:
     def _begin(self, params: dict[str, Any]) -> float:
         """When the job started (checkpointed with its first step), and the loop state it saved."""
         started = float(params.setdefault("started", self.clock()))
+        self._changed_at = float(params.get("changed_at", float("-inf")))
+        if not self.continuing and ("mechanism" in params or "deploy_from" in params):
+            # Resumed after a crash or a takeover: a mutation may have been sent after the last checkpoint.
+            self._changed_at = self.clock()
+        if isinstance(self._reader, SharedReader):
+            self._reader.not_before = max(self._reader.not_before, self._changed_at)
         self._first_running = params.setdefault("first_running", {})
         return started
 
@@ -237,15 +251,15 @@ class EcsOperations:
             with no_blind_retry(self.ecs):
                 resp = self.ecs.update_service(cluster=self.cluster, service=service, forceNewDeployment=True)
         except ReadTimeoutError:
-            # The request may have reached ECS: look instead of asking again.
+            # The request may have reached ECS: look (at ECS after it) instead of asking again.
+            self._changed(params)
             self.progress("deployment", "ECS did not answer in time; looking whether the deployment started")
             params["adopt"] = {"looks": 3, "then": "fail"}
             self._adopting(service, params, started)
             return
         except AWS_ERRORS as e:
             raise job_error(aws_error(e, f"starting a deployment of {service}")) from e
-        finally:
-            self._changed()
+        self._changed(params)
         svc = resp["service"]
         primary = next((d for d in svc.get("deployments", []) if d.get("status") == "PRIMARY"), None)
         params["deployment_id"] = primary.get("id", "") if primary else ""
@@ -389,7 +403,7 @@ class EcsOperations:
                     self._call(f"stopping a task of {service}", partial(
                         self.ecs.stop_task, cluster=self.cluster, task=arn, reason=self.reason[:255]))
             finally:
-                self._changed()
+                self._changed(params)
             self._after_change(params)
         after = self.state(service)
         last = self._look(service, after, set(originals), None, stopped_before, health_checked)
