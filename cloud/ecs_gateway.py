@@ -7,8 +7,11 @@ them to read in a tick takes a short lock in Redis and reads for everyone:
 - services: every service watched in the cluster (a sorted set in Redis; a job's read adds its
   service for a few ticks), DescribeServices in batches of 10 — k watched services cost ⌈k/10⌉ calls;
 - tasks: ListTasks of the whole cluster (RUNNING, then STOPPED; 100 a page), then DescribeTasks in
-  batches of 100 of every task not already known STOPPED — a task whose lastStatus is STOPPED never
-  changes again, so it is described once and kept by ARN (ECS lists it for about an hour).
+  batches of 100 of the tasks of every service watched for tasks — n such tasks cost ⌈n/100⌉ calls.
+  A task's service never changes and a task whose lastStatus is STOPPED never changes again, so
+  both are kept by ARN (ECS lists a stopped task for about an hour): tasks of other services and
+  stopped ones are described once;
+- service deployments followed by jobs: DescribeServiceDeployments in batches of 20.
 
 The answers are stored in Redis for that tick, keyed by account, Region, cluster and tick; the other
 readers (any process) wait briefly for them and read them from there. A snapshot is never older than
@@ -42,6 +45,7 @@ log = logging.getLogger("valetkey.aws.gateway")
 
 KEY_PREFIX = "valetkey:ecs-gw:"
 TAKEN = ""  # the snapshot hash's field holding when it was taken (no service is named "")
+LISTS = ":lists"  # the tasks snapshot's field holding the tick's ListTasks answers (no service name has ":")
 WATCH_TICKS = 4  # a service stays watched this many ticks after a job last read it
 STOPPED_KEEP_SECONDS = 7200  # ECS lists a stopped task for about an hour
 _REDIS_ERRORS = (redis.RedisError, OSError)
@@ -161,7 +165,9 @@ class SharedReader(EcsReader):
 
     def _service_tasks(self, service: str) -> dict[str, Any] | None:
         try:
-            got = self._snapshot("tasks", self.clock(), self._read_tasks, [service])
+            now = self.clock()
+            self.gw.redis.zadd(self.prefix + "twatch", {service: now + WATCH_TICKS * self.gw.interval})
+            got = self._snapshot("tasks", now, self._read_tasks, [service], extend=True)
         except _REDIS_ERRORS as e:
             log.debug("shared ECS reads unavailable: %s", type(e).__name__)
             return None
@@ -186,34 +192,54 @@ class SharedReader(EcsReader):
             raise aws_error(e, f"listing the tasks of cluster {self.cluster}") from e
 
     def _read_tasks(self, now: float, names: list[str], have: set[str]) -> dict[str, str]:
-        running, stopped = self._list(TaskStatus.RUNNING), self._list(TaskStatus.STOPPED)
+        """The tasks of every service watched for tasks: the cluster's ARNs listed once per tick (kept
+        in the snapshot for newcomers), described only where the service is watched or not yet known
+        (a task's service never changes: kept by ARN), and never again once STOPPED."""
+        r = self.gw.redis
+        key = f"{self.prefix}tasks:{self.gw.tick(now)}"
+        listed = r.hget(key, LISTS) if have else None
+        if listed is None:
+            running, stopped = self._list(TaskStatus.RUNNING), self._list(TaskStatus.STOPPED)
+        else:
+            lists = loads(listed)
+            running, stopped = lists["running"], lists["stopped"]
+        got_watched: list[bytes] = r.zrangebyscore(self.prefix + "twatch", now, "+inf")  # type: ignore[assignment]
+        want = {n for n in [*names, *(m.decode() for m in got_watched)] if n not in have}
+        every = list(dict.fromkeys([*running, *stopped]))
+        groups: dict[str, str | None] = {
+            a: g.decode() if isinstance(g, bytes) else g
+            for a, g in zip(every, r.hmget(self.prefix + "group", every) if every else [])}
         done_key = self.prefix + "stopped"
         known: dict[str, TaskTypeDef] = {}
         if stopped:
-            for arn, raw in zip(stopped, self.gw.redis.hmget(done_key, stopped)):
+            for arn, raw in zip(stopped, r.hmget(done_key, stopped)):
                 if raw is not None:
                     known[arn] = loads(raw)
-        fresh = EcsReader.tasks(self, [a for a in dict.fromkeys([*running, *stopped]) if a not in known])
+        ask = [a for a in every if a not in known
+               and ((g := groups.get(a)) is None or g in want)]
+        fresh = EcsReader.tasks(self, ask)
+        pipe = r.pipeline()
         final = {t["taskArn"]: dumps(t) for t in fresh if t.get("lastStatus") == TaskStatus.STOPPED}
         if final:
-            pipe = self.gw.redis.pipeline()
             pipe.hset(done_key, mapping=final)  # type: ignore[arg-type]
             pipe.expire(done_key, STOPPED_KEEP_SECONDS)
-            pipe.execute()
-        by_service: dict[str, dict[str, Any]] = {}
-        every = {**known, **{t["taskArn"]: t for t in fresh}}
+        new_groups = {t["taskArn"]: _service_of(t) for t in fresh if groups.get(t["taskArn"]) is None}
+        if new_groups:
+            pipe.hset(self.prefix + "group", mapping=new_groups)  # type: ignore[arg-type]
+            pipe.expire(self.prefix + "group", STOPPED_KEEP_SECONDS)
+        pipe.execute()
+        by_service: dict[str, dict[str, Any]] = {n: {"running": [], "stopped": [], "tasks": {}} for n in want}
+        every_task = {**known, **{t["taskArn"]: t for t in fresh}}
         for status, arns in (("running", running), ("stopped", stopped)):
             for a in arns:
-                t = every.get(a)
-                group = str(t.get("group", "")) if t else ""
-                if t is None or not group.startswith("service:"):
-                    continue
-                e = by_service.setdefault(group[len("service:"):], {"running": [], "stopped": [], "tasks": {}})
-                e[status].append(a)
-                e["tasks"][a] = t
+                t = every_task.get(a)
+                e = by_service.get(_service_of(t)) if t is not None else None
+                if e is not None:
+                    e[status].append(a)
+                    e["tasks"][a] = t
         out = {n: dumps(e) for n, e in by_service.items()}
-        for n in names:
-            out.setdefault(n, dumps(None))
+        if listed is None:
+            out[LISTS] = dumps({"running": running, "stopped": stopped})
         return out
 
     # ---- the tick's snapshot ------------------------------------------------------------
@@ -262,6 +288,12 @@ class SharedReader(EcsReader):
     def _fields(r: redis.Redis, key: str, names: Iterable[str]) -> dict[str, Any]:
         names = list(names)
         return {n: loads(raw) for n, raw in zip(names, r.hmget(key, names)) if raw is not None}
+
+
+def _service_of(t: TaskTypeDef) -> str:
+    """The service a task belongs to ("" for a task no service started): its group ``service:NAME``."""
+    group = str(t.get("group", ""))
+    return group[len("service:"):] if group.startswith("service:") else ""
 
 
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"

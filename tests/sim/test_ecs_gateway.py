@@ -65,20 +65,26 @@ def test_jobs_that_begin_in_one_tick_are_read_together(sim: Simulator, redis_url
 
 def test_n_tasks_cost_n_over_100_describe_tasks_per_tick(sim: Simulator, redis_url: str) -> None:
     names = [f"svc-{i:02d}" for i in range(5)]
-    seed(sim, "stg", [ServiceSpec(n, desired=50) for n in names])  # 250 tasks
+    seed(sim, "stg", [ServiceSpec(n, desired=50) for n in names] + [ServiceSpec("idle", desired=40)])
     gw = gateway(redis_url)
     next_tick(sim, gw)
-    sim.calls.clear()
-    seen = {}
-    for reader, name in zip(readers(gw, sim, 5), names):
-        arns = reader.task_arns(name)
-        tasks = reader.tasks(arns)
-        assert len(arns) == 50 and {t["group"] for t in tasks} == {f"service:{name}"}
-        seen[name] = tasks
-        assert reader.task_arns(name, TaskStatus.STOPPED) == []
-    assert sim.calls.count("DescribeTasks") == math.ceil(250 / 100) == 3
-    assert sim.calls.count("ListTasks") == 3 + 1  # RUNNING in pages of 100, STOPPED (none)
-    assert {t["taskArn"] for t in seen[names[0]]} == {t.arn for t in sim.tasks("stg", names[0])}
+    for reader, name in zip(readers(gw, sim, 5), names):  # the jobs' first steps: watched from now on
+        reader.task_arns(name)
+    for _ in range(2):
+        next_tick(sim, gw)
+        sim.calls.clear()
+        seen = {}
+        for reader, name in zip(readers(gw, sim, 5), names):
+            arns = reader.task_arns(name)
+            tasks = reader.tasks(arns)
+            assert len(arns) == 50 and {t["group"] for t in tasks} == {f"service:{name}"}
+            seen[name] = tasks
+            assert reader.task_arns(name, TaskStatus.STOPPED) == []
+        assert sim.calls.count("DescribeTasks") == math.ceil(250 / 100) == 3  # not the 40 of "idle"
+        described = {a for c in sim.calls.of("DescribeTasks") for a in c.params["tasks"]}
+        assert described == {t.arn for n in names for t in sim.tasks("stg", n)}
+        assert sim.calls.count("ListTasks") == 3 + 1  # the cluster's 290 RUNNING by 100, STOPPED (none)
+        assert {t["taskArn"] for t in seen[names[0]]} == {t.arn for t in sim.tasks("stg", names[0])}
 
 
 def test_a_stopped_task_is_described_once(sim: Simulator, redis_url: str) -> None:
