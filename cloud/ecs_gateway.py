@@ -145,6 +145,8 @@ class SharedReader(EcsReader):
 
     # ---- tasks --------------------------------------------------------------------------
     def task_arns(self, service: str, desired_status: str = TaskStatus.RUNNING) -> list[str]:
+        if desired_status not in (TaskStatus.RUNNING, TaskStatus.STOPPED):
+            return super().task_arns(service, desired_status)  # the snapshot lists these two only
         entry = self._service_tasks(service)
         if entry is None:
             return super().task_arns(service, desired_status)
