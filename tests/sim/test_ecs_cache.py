@@ -10,13 +10,13 @@ import redis as redis_lib
 
 from cloud.aws import AwsClients
 from cloud.ecs_cache import SharedReadCache
-from scope.errors import NotFound
-from web.webhook_service import ServiceCache
 from ecssim import Simulator
 from ecssim.seed import ServiceSpec, seed
 from scope.catalog import Environment
+from scope.errors import NotFound
 from tests.conftest import free_port
 from tests.sim.conftest import NO_RETRY
+from web.webhook_service import ServiceCache
 from wiring.runtime import Runtime
 
 STG = Environment(name="staging", cls="staging", enabled=True, region="us-east-1", cluster="stg")

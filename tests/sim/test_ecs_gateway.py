@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+
 import redis as redis_lib
 
 from cloud.ecs_gateway import EcsGateway, SharedReader

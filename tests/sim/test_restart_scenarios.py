@@ -11,7 +11,6 @@ import redis as redis_lib
 from botocore.exceptions import ReadTimeoutError
 
 from cloud.ecs_gateway import EcsGateway
-
 from ecssim import Simulator
 from ecssim.seed import Seeded, ServiceSpec, seed
 from scope.errors import OperationFailed
