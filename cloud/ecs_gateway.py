@@ -46,6 +46,9 @@ log = logging.getLogger("valetkey.aws.gateway")
 KEY_PREFIX = "valetkey:ecs-gw:"
 TAKEN = ""  # the snapshot hash's field holding when it was taken (no service is named "")
 LISTS = ":lists"  # the tasks snapshot's field holding the tick's ListTasks answers (no service name has ":")
+# How far the wall clocks of two processes may disagree (NTP keeps them far closer): a snapshot
+# must be taken at least this long after a job's own change to answer that job.
+CLOCK_SKEW = 1.0
 WATCH_TICKS = 4  # a service stays watched this many ticks after a job last read it
 STOPPED_KEEP_SECONDS = 7200  # ECS lists a stopped task for about an hour
 _REDIS_ERRORS = (redis.RedisError, OSError)
@@ -262,8 +265,8 @@ class SharedReader(EcsReader):
             taken = r.hget(key, TAKEN)
             found: dict[str, Any] = {}
             if taken is not None:
-                if float(taken) <= self.not_before:
-                    return None  # taken before our own change: not an answer for us
+                if float(taken) <= self.not_before + CLOCK_SKEW:
+                    return None  # maybe taken before our own change (by another process's clock): not for us
                 found = self._fields(r, key, names)
                 if not extend or len(found) == len(set(names)):
                     return key, found
