@@ -49,6 +49,9 @@ LISTS = ":lists"  # the tasks snapshot's field holding the tick's ListTasks answ
 # How far the wall clocks of two processes may disagree (NTP keeps them far closer): a snapshot
 # must be taken at least this long after a job's own change to answer that job.
 CLOCK_SKEW = 1.0
+# A tick's snapshot is kept this long (real seconds): longer than the slowest tick's readers take
+# (1,000 due steps on one process take tens of seconds); expired too soon, it would be read again.
+SNAPSHOT_KEEP_SECONDS = 120
 WATCH_TICKS = 4  # a service stays watched this many ticks after a job last read it
 STOPPED_KEEP_SECONDS = 7200  # ECS lists a stopped task for about an hour
 _REDIS_ERRORS = (redis.RedisError, OSError)
@@ -280,7 +283,7 @@ class SharedReader(EcsReader):
                     answers = read(now, names, have)
                     pipe = r.pipeline()
                     pipe.hset(key, mapping={**answers, **stamp})  # type: ignore[arg-type,dict-item]
-                    pipe.expire(key, max(1, int(3 * self.gw.interval)))
+                    pipe.expire(key, SNAPSHOT_KEEP_SECONDS)
                     pipe.execute()
                 finally:
                     _release(r, key + ":lock", token)
