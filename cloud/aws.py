@@ -19,6 +19,7 @@ from botocore.credentials import DeferredRefreshableCredentials
 
 from cloud.budget import CallBudget
 from cloud.ecs_cache import SharedReadCache
+from cloud.ecs_gateway import EcsGateway
 from cloud.errors import AWS_ERRORS
 from scope.catalog import Environment
 
@@ -63,10 +64,11 @@ class AwsClients:
     """Cached boto3 clients for the environments of a catalog."""
 
     def __init__(self, config: Config = DEFAULT_CONFIG, budget: CallBudget | None = None,
-                 read_cache: SharedReadCache | None = None) -> None:
+                 read_cache: SharedReadCache | None = None, gateway: EcsGateway | None = None) -> None:
         self.config = config
         self.budget = budget
         self.read_cache = read_cache
+        self.gateway = gateway  # the process's shared poll reads of jobs (cloud/ecs_gateway.py)
         self._lock = threading.Lock()
         self._sessions: dict[str, boto3.Session] = {}
         self._clients: dict[tuple[str, str], Any] = {}

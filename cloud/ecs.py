@@ -155,6 +155,15 @@ class EcsReader:
             raise aws_error(e, f"describing services in cluster {self.cluster}") from e
         return out
 
+    def service_deployments(self, arns: list[str]) -> list[dict[str, Any]]:
+        """DescribeServiceDeployments, 20 at a time. AWS errors are raised as botocore sent them: the
+        caller tells an ECS without service deployments (UnknownOperationException) from a failure."""
+        out: list[dict[str, Any]] = []
+        for i in range(0, len(arns), 20):  # the most one call takes
+            got = self.ecs.describe_service_deployments(serviceDeploymentArns=arns[i:i + 20])
+            out += [dict(d) for d in got.get("serviceDeployments", [])]
+        return out
+
     def task_definition(self, arn: str) -> TaskDefinitionTypeDef:
         # Task definition revisions are immutable, so caching them for the
         # process lifetime is always correct.

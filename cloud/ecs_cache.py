@@ -19,7 +19,8 @@ import datetime as dt
 import hashlib
 import json
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import redis
 from botocore.awsrequest import AWSResponse
@@ -43,6 +44,15 @@ def _decode(d: dict[str, Any]) -> Any:
     return d
 
 
+def dumps(v: Any) -> str:
+    """JSON of an AWS answer, its timestamps tagged (never pickle: Redis content must not run code)."""
+    return json.dumps(v, default=_encode, separators=(",", ":"))
+
+
+def loads(raw: str | bytes) -> Any:
+    return json.loads(raw, object_hook=_decode)
+
+
 class SharedReadCache:
     def __init__(self, client: redis.Redis, ttl_seconds: float = 2.0) -> None:
         self.redis, self.ttl_ms = client, max(1, int(ttl_seconds * 1000))
@@ -63,7 +73,7 @@ class SharedReadCache:
                 return None
             if hit is None:
                 return None
-            parsed = json.loads(hit, object_hook=_decode)
+            parsed = loads(hit)
             context["valetkey_read_cache_hit"] = True
             # botocore takes (http_response, parsed) from a before-call handler, as Stubber answers.
             return AWSResponse(None, 200, {}, None), parsed
@@ -73,7 +83,7 @@ class SharedReadCache:
             if key is None or context.get("valetkey_read_cache_hit") or int(http_response.status_code) >= 300:
                 return
             try:
-                self.redis.set(key, json.dumps(parsed, default=_encode, separators=(",", ":")), px=self.ttl_ms)
+                self.redis.set(key, dumps(parsed), px=self.ttl_ms)
             except (redis.RedisError, OSError, TypeError, ValueError) as e:
                 log.debug("ECS read cache not stored: %s", type(e).__name__)
 

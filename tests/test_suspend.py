@@ -9,6 +9,7 @@ and nothing else has run.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections import Counter
 from typing import Any, Callable
@@ -20,6 +21,7 @@ from sqlalchemy import text
 
 from cloud.aws import AwsClients
 from cloud.budget import CallBudget
+from cloud.ecs_gateway import EcsGateway
 from ecssim import Simulator
 from ecssim.seed import ServiceSpec, seed
 from jobs.kinds import RESTART, RUNNING, SUCCEEDED
@@ -90,7 +92,8 @@ def fleet(sim: Simulator, rt: Runtime, redis_url: str, make_user: Callable[..., 
     sim.throttle.enabled = True  # ECS' own buckets, at AWS' numbers
     budget = CallBudget(redis_lib.Redis.from_url(redis_url), share=0.5, max_wait=3.0, clock=sim.clock.now,
                         sleep=sim.advance)
-    rt.aws = AwsClients(NO_RETRY, budget=budget)
+    # As the product builds it (wiring.runtime.aws_clients): with the process's ECS gateway.
+    rt.aws = AwsClients(NO_RETRY, budget=budget, gateway=EcsGateway(redis_lib.Redis.from_url(redis_url), interval=3.0))
     rt.settings = dataclasses.replace(rt.settings, poll_interval=3.0, stability_timeout=900)
     return {"services": [s.name for s in specs]}
 
@@ -120,6 +123,11 @@ def test_fifty_restarts_in_flight_on_one_thread_all_finish_within_the_budget(sim
     # Within Valet Key's share of every ECS throttling bucket: AWS never throttled, and no second
     # (simulated) holds more calls of a bucket than its share's burst plus one second of refill.
     assert [c for c in sim.calls.calls if c.error == "ThrottlingException"] == []
+    # The polls were shared (cloud/ecs_gateway.py): per 3 s tick at most ⌈50/10⌉ DescribeServices for
+    # every watched service, plus one per job that joined mid-tick (its first step) — where 50 jobs
+    # polling on their own would make 50 a tick.
+    ticks = math.ceil((sim.clock.now() - t0) / 3.0) + 1
+    assert sim.calls.count("DescribeServices") <= ticks * math.ceil(N / 10) + N, (sim.calls.count("DescribeServices"), ticks)
     for name, apis in CATEGORY.items():
         burst, rate = SHARE[name]
         worst = _max_per_second(sim, apis)

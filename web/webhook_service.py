@@ -308,7 +308,9 @@ class ServiceCache:
 
     The lookup is one DescribeServices call that would dominate a webhook's
     latency; a few seconds of staleness is safe because the worker reads the
-    service again before it acts.
+    service again before it acts. A miss goes through the pages' shared read
+    cache (cloud/ecs_cache.py, Redis, 2 s): every web process answers from one
+    AWS read, so a burst spread over many processes costs the AWS budget once.
     """
 
     def __init__(self, aws: AwsClients, ttl: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
@@ -322,7 +324,7 @@ class ServiceCache:
         hit = self._seen.get((env.name, service))
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
-        td = EcsReader(self.aws.ecs(env), env.cluster).service(service).task_definition
+        td = EcsReader(self.aws.ecs(env, shared_reads=True), env.cluster).service(service).task_definition
         with self._lock:
             self._seen[(env.name, service)] = (now, td)
         return td

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cloud.aws import AwsClients
 from cloud.budget import CallBudget
 from cloud.ecs_cache import SharedReadCache
+from cloud.ecs_gateway import EcsGateway
 from jobs.announce import Announcer
 from jobs.audit_stream import AuditLog
 from jobs.broker import make_broker
@@ -41,7 +42,7 @@ def aws_clients(settings: Settings) -> AwsClients:
     """
     r = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
     return AwsClients(budget=CallBudget(r, share=settings.aws_budget_share, max_wait=settings.aws_budget_max_wait),
-                      read_cache=SharedReadCache(r))
+                      read_cache=SharedReadCache(r), gateway=EcsGateway(r, interval=settings.poll_interval))
 
 
 @dataclass

@@ -5,6 +5,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from cloud.ecs_gateway import EcsGateway
 from scope.catalog import Environment
 from scope.models import Job
 from scope.settings import Settings
@@ -46,6 +47,10 @@ class JobContext:
     logs_client: Callable[[Environment], Any] | None = None  # CloudWatch Logs (a one-off task's output)
     # True for a step that continues this claim after a suspension (not a first run or a takeover)
     continuing: bool = False
+    # The process's ECS gateway: poll reads shared with every job watching the cluster (None: own reads),
+    # and the AWS account an environment's calls go to (the gateway's keys name it).
+    gateway: EcsGateway | None = None
+    account_of: Callable[[Environment], str] = lambda env: "default"
 
     @property
     def reason(self) -> str:

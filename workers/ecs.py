@@ -32,16 +32,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ReadTimeoutError
 
 from cloud.ecr import EcrImages
 from cloud.ecs import EcsReader, ServiceState
+from cloud.ecs_gateway import EcsGateway, SharedReader
 from cloud.ecs_plan import (
     BATCHES,
     DEPLOYMENT,
@@ -129,13 +130,40 @@ class EcsOperations:
     region: str = ""
     settle_seconds: float = SETTLE_SECONDS
     continuing: bool = False  # this call continues a suspended job: no "Resuming" note
+    # The process's ECS gateway (cloud/ecs_gateway.py) and the account the cluster is in: poll reads
+    # shared per tick with every job watching the cluster, waits ending on tick boundaries. None: own reads.
+    gateway: EcsGateway | None = None
+    account: str = ""
+    _reader: EcsReader | None = None
+    _changed_at: float = float("-inf")  # this job's last mutation (params["changed_at"]): older reads refused
     # task ARN -> when it was first seen RUNNING (checkpointed: params["first_running"])
     _first_running: dict[str, float] = field(default_factory=dict)
     _settled: set[str] = field(default_factory=set)  # the originals: RUNNING since before the job
 
     @property
     def reader(self) -> EcsReader:
-        return EcsReader(self.ecs, self.cluster)
+        if self._reader is None:
+            if self.gateway is None:
+                self._reader = EcsReader(self.ecs, self.cluster)
+            else:
+                self._reader = self.gateway.reader(self.ecs, self.cluster, self.account, self.clock)
+                self._reader.not_before = self._changed_at
+        return self._reader
+
+    def _after_change(self, params: dict[str, Any]) -> None:
+        """With a gateway, the look after a mutation waits for the next tick: ECS takes seconds to act
+        anyway, and that tick's shared read answers it (a look now would be a read of its own)."""
+        if self.gateway is not None:
+            self._wait(params, self.poll_interval)
+
+    def _changed(self, params: dict[str, Any]) -> None:
+        """After a mutation of ours: reads before it are no answer any more, to this step nor to the
+        next ones (which may run at once, in another process: the time is checkpointed)."""
+        if self.gateway is not None:
+            reader = self.reader
+            assert isinstance(reader, SharedReader)
+            reader.changed()
+            params["changed_at"] = reader.not_before
 
     _call = staticmethod(aws_call)
 
@@ -160,6 +188,12 @@ class EcsOperations:
     def _begin(self, params: dict[str, Any]) -> float:
         """When the job started (checkpointed with its first step), and the loop state it saved."""
         started = float(params.setdefault("started", self.clock()))
+        self._changed_at = float(params.get("changed_at", float("-inf")))
+        if not self.continuing and ("mechanism" in params or "deploy_from" in params):
+            # Resumed after a crash or a takeover: a mutation may have been sent after the last checkpoint.
+            self._changed_at = self.clock()
+        if isinstance(self._reader, SharedReader):
+            self._reader.not_before = max(self._reader.not_before, self._changed_at)
         self._first_running = params.setdefault("first_running", {})
         return started
 
@@ -182,6 +216,7 @@ class EcsOperations:
         params["before"] = st.record()
         if plan.mechanism == DEPLOYMENT:
             self._deploy(service, params, st, started)
+            self._after_change(params)
             return self._finish_deployment_restart(service, params, started)
         params["restart_tasks"] = [t["taskArn"] for t in plan.tasks]
         params["stopped_before"] = self._call(f"listing the tasks of {service}", lambda: self.reader.task_arns(
@@ -226,13 +261,15 @@ class EcsOperations:
             with no_blind_retry(self.ecs):
                 resp = self.ecs.update_service(cluster=self.cluster, service=service, forceNewDeployment=True)
         except ReadTimeoutError:
-            # The request may have reached ECS: look instead of asking again.
+            # The request may have reached ECS: look (at ECS after it) instead of asking again.
+            self._changed(params)
             self.progress("deployment", "ECS did not answer in time; looking whether the deployment started")
             params["adopt"] = {"looks": 3, "then": "fail"}
             self._adopting(service, params, started)
             return
         except AWS_ERRORS as e:
             raise job_error(aws_error(e, f"starting a deployment of {service}")) from e
+        self._changed(params)
         svc = resp["service"]
         primary = next((d for d in svc.get("deployments", []) if d.get("status") == "PRIMARY"), None)
         params["deployment_id"] = primary.get("id", "") if primary else ""
@@ -275,7 +312,7 @@ class EcsOperations:
 
     def _service_deployment(self, arn: str) -> dict[str, Any] | None:
         try:
-            got = self.ecs.describe_service_deployments(serviceDeploymentArns=[arn]).get("serviceDeployments", [])
+            got = self.reader.service_deployments([arn])
         except AWS_ERRORS as e:
             if error_code(e) in ("UnknownOperationException", "InvalidAction"):
                 return None  # an ECS without service deployments: the rollout state decides
@@ -399,9 +436,13 @@ class EcsOperations:
                                       f"task(s); {max(len(look.healthy) - len(group), 0)} keep serving")
             params["stopping"] = group
             self.checkpoint(params)
-            for arn in group:
-                self._call(f"stopping a task of {service}", partial(
-                    self.ecs.stop_task, cluster=self.cluster, task=arn, reason=self.reason[:255]))
+            try:
+                for arn in group:
+                    self._call(f"stopping a task of {service}", partial(
+                        self.ecs.stop_task, cluster=self.cluster, task=arn, reason=self.reason[:255]))
+            finally:
+                self._changed(params)
+            self._after_change(params)
         after = self.state(service)
         last = self._look(service, after, set(originals), None, stopped_before, health_checked)
         after.container_digests = container_digests([last.by_arn[a] for a in last.healthy])
@@ -530,8 +571,11 @@ class EcsOperations:
         self._wait(params, self.poll_interval)
 
     def _wait(self, params: dict[str, Any], seconds: float) -> None:
-        """Checkpoint what the next look needs, then wait (in a worker: suspend the job)."""
+        """Checkpoint what the next look needs, then wait (in a worker: suspend the job). With a gateway
+        a poll wait ends just after a tick boundary, where every watcher of the cluster wakes."""
         self.checkpoint(params)
+        if self.gateway is not None and seconds == self.poll_interval:
+            seconds = self.gateway.until_next_tick(self.clock())
         self.sleep(seconds)
 
 
@@ -563,7 +607,8 @@ def _operations(ctx: JobContext) -> EcsOperations:
     return EcsOperations(ctx.ecs_client(env), env.cluster, ctx.progress, ctx.checkpoint,
                          poll_interval=s.poll_interval, timeout=s.stability_timeout, sleep=ctx.sleep,
                          clock=ctx.clock, reason=ctx.reason, ecr=ctx.aws_client(env, "ecr"),
-                         elbv2=ctx.aws_client(env, "elbv2"), region=env.region, continuing=ctx.continuing)
+                         elbv2=ctx.aws_client(env, "elbv2"), region=env.region, continuing=ctx.continuing,
+                         gateway=ctx.gateway, account=ctx.account_of(env) if ctx.gateway is not None else "")
 
 
 def restart(ctx: JobContext) -> Outcome:

@@ -308,5 +308,5 @@ class JobRunner:
         ctx = JobContext(settings=self.rt.settings, job=job, env=env, params=params, progress=progress,
                          checkpoint=checkpoint, sleep=suspend, ecs_client=self._ecs_client,
                          aws_client=self._aws_client, clock=self._clock, logs_client=self._logs_client,
-                         continuing=continuing)
+                         continuing=continuing, gateway=self.rt.aws.gateway, account_of=self.rt.aws.account_of)
         return OPERATIONS[job.action][1](ctx)

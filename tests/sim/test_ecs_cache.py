@@ -5,6 +5,7 @@ import datetime as dt
 import time
 from typing import Any, Callable
 
+import pytest
 import redis as redis_lib
 
 from cloud.aws import AwsClients
@@ -12,8 +13,10 @@ from cloud.ecs_cache import SharedReadCache
 from ecssim import Simulator
 from ecssim.seed import ServiceSpec, seed
 from scope.catalog import Environment
+from scope.errors import NotFound
 from tests.conftest import free_port
 from tests.sim.conftest import NO_RETRY
+from web.webhook_service import ServiceCache
 from wiring.runtime import Runtime
 
 STG = Environment(name="staging", cls="staging", enabled=True, region="us-east-1", cluster="stg")
@@ -60,3 +63,14 @@ def test_without_redis_pages_read_ecs_directly(sim: Simulator) -> None:
     for _ in range(2):
         assert ecs.describe_services(cluster="stg", services=["web"])["services"][0]["serviceName"] == "web"
     assert sim.calls.count("DescribeServices") == 2
+
+
+def test_webhook_existence_checks_of_two_processes_share_one_aws_read(sim: Simulator, redis_url: str) -> None:
+    seed(sim, "stg", [ServiceSpec("web", desired=1)])
+    r = redis_lib.Redis.from_url(redis_url)
+    r.flushdb()
+    processes = [ServiceCache(AwsClients(NO_RETRY, read_cache=SharedReadCache(r))) for _ in range(2)]
+    assert [p.task_definition(STG, "web") for p in processes] == ["stg-web:1"] * 2
+    assert sim.calls.count("DescribeServices") == 1
+    with pytest.raises(NotFound):
+        processes[0].task_definition(STG, "gone")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis as redis_lib
 from botocore.exceptions import ReadTimeoutError
 
+from cloud.ecs_gateway import EcsGateway
 from ecssim import Simulator
 from ecssim.seed import Seeded, ServiceSpec, seed
 from scope.errors import OperationFailed
@@ -16,6 +19,19 @@ from workers.ecs import EcsOperations
 from .conftest import client
 
 TWO_MINUTES = 120.0
+_gateway: list[EcsGateway | None] = [None]
+
+
+@pytest.fixture(autouse=True, params=["own reads", "gateway"])
+def reads(request: pytest.FixtureRequest, redis_url: str) -> Iterator[None]:
+    """Every scenario twice: with the job's own reads, and through the process's ECS gateway
+    (reads shared per tick in Redis, waits ending on tick boundaries)."""
+    if request.param == "gateway":
+        r = redis_lib.Redis.from_url(redis_url)
+        r.flushdb()
+        _gateway[0] = EcsGateway(r, interval=3)
+    yield
+    _gateway[0] = None
 
 
 class Crash(Exception):
@@ -28,7 +44,8 @@ def ops(sim: Simulator, events: list[tuple[str, str]] | None = None, saved: list
     keep = saved if saved is not None else []
     return EcsOperations(client("ecs"), "stg", lambda k, m: ev.append((k, m)), lambda p: keep.append(dict(p)),
                          poll_interval=3, timeout=900, sleep=sim.advance, clock=sim.clock.now,
-                         ecr=client("ecr"), elbv2=client("elbv2"), region="us-east-1", **kw)
+                         ecr=client("ecr"), elbv2=client("elbv2"), region="us-east-1",
+                         gateway=_gateway[0], account="123456789012", **kw)
 
 
 def wanted(sim: Simulator, name: str = "web") -> list[Any]:

@@ -1,0 +1,314 @@
+"""One ECS gateway per process: the poll reads of every job watching a cluster, shared through Redis per tick.
+
+Jobs waiting on ECS wake on poll-interval boundaries (``EcsGateway.until_next_tick``), so the jobs
+watching one cluster wake together, in the same *tick* (``floor(clock / interval)``). The first of
+them to read in a tick takes a short lock in Redis and reads for everyone:
+
+- services: every service watched in the cluster (a sorted set in Redis; a job's read adds its
+  service for a few ticks), DescribeServices in batches of 10 — k watched services cost ⌈k/10⌉ calls;
+- tasks: ListTasks of the whole cluster (RUNNING, then STOPPED; 100 a page), then DescribeTasks in
+  batches of 100 of the tasks of every service watched for tasks — n such tasks cost ⌈n/100⌉ calls.
+  A task's service never changes and a task whose lastStatus is STOPPED never changes again, so
+  both are kept by ARN (ECS lists a stopped task for about an hour): tasks of other services and
+  stopped ones are described once;
+- service deployments followed by jobs: DescribeServiceDeployments in batches of 20.
+
+The answers are stored in Redis for that tick, keyed by account, Region, cluster and tick; the other
+readers (any process) wait briefly for them and read them from there. A snapshot is never older than
+the start of its tick, so a job that woke for a tick acts on what ECS said after that tick began.
+After a job's own mutation (StopTask, UpdateService), ``SharedReader.changed`` makes it refuse the
+snapshots taken before it: it reads ECS directly until a newer one exists. Mutations never go
+through here. A service asked for that the tick's snapshot lacks (a job that just started) is read
+directly and added to the snapshot for the others. Redis unavailable: direct reads, never a failure.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast
+
+import redis
+
+from cloud.ecs import EcsReader
+from cloud.ecs_cache import dumps, loads
+from cloud.ecs_types import TaskStatus
+from cloud.errors import AWS_ERRORS, aws_error
+
+if TYPE_CHECKING:
+    from mypy_boto3_ecs import ECSClient
+    from mypy_boto3_ecs.type_defs import ListTasksRequestTypeDef, ServiceTypeDef, TaskTypeDef
+
+log = logging.getLogger("valetkey.aws.gateway")
+
+KEY_PREFIX = "valetkey:ecs-gw:"
+TAKEN = ""  # the snapshot hash's field holding when it was taken (no service is named "")
+LISTS = ":lists"  # the tasks snapshot's field holding the tick's ListTasks answers (no service name has ":")
+# How far the wall clocks of two processes may disagree (NTP keeps them far closer): a snapshot
+# must be taken at least this long after a job's own change to answer that job.
+CLOCK_SKEW = 1.0
+# A tick's snapshot is kept this long (real seconds): longer than the slowest tick's readers take
+# (1,000 due steps on one process take tens of seconds); expired too soon, it would be read again.
+SNAPSHOT_KEEP_SECONDS = 120
+WATCH_TICKS = 4  # a service stays watched this many ticks after a job last read it
+STOPPED_KEEP_SECONDS = 7200  # ECS lists a stopped task for about an hour
+_REDIS_ERRORS = (redis.RedisError, OSError)
+
+
+class EcsGateway:
+    """The process's shared ECS reads; ``reader`` gives one job step its view of a cluster."""
+
+    def __init__(self, client: redis.Redis, *, interval: float = 3.0, wait_seconds: float = 5.0,
+                 lock_seconds: float = 15.0) -> None:
+        self.redis, self.interval = client, interval
+        self.wait_seconds, self.lock_ms = wait_seconds, int(lock_seconds * 1000)
+
+    def tick(self, now: float) -> int:
+        return math.floor(now / self.interval)
+
+    def until_next_tick(self, now: float) -> float:
+        """Seconds from ``now`` to just after the next boundary, where every watcher of a cluster wakes."""
+        return (self.tick(now) + 1) * self.interval - now + 0.001
+
+    def reader(self, ecs: ECSClient, cluster: str, account: str,
+               clock: Callable[[], float] = time.time) -> SharedReader:
+        return SharedReader(ecs, cluster, self, f"{KEY_PREFIX}{account}:{ecs.meta.region_name}:{cluster}:", clock)
+
+
+class SharedReader(EcsReader):
+    """An ``EcsReader`` whose service and task reads come from the tick's shared snapshot when it is fresh."""
+
+    def __init__(self, ecs: ECSClient, cluster: str, gateway: EcsGateway, prefix: str,
+                 clock: Callable[[], float]) -> None:
+        super().__init__(ecs, cluster)
+        self.gw, self.prefix, self.clock = gateway, prefix, clock
+        self.not_before = -math.inf  # snapshots taken before this are refused (a mutation of ours since)
+        self._tasks: dict[str, TaskTypeDef] = {}  # tasks seen through snapshots in this step
+
+    def changed(self) -> None:
+        """This job just changed ECS: no snapshot from before now may answer it."""
+        self.not_before = self.clock()
+        self._tasks.clear()  # what the snapshots said is older than the change too
+
+    # ---- services -----------------------------------------------------------------------
+    def describe(self, names: list[str]) -> list[ServiceTypeDef]:
+        now = self.clock()
+        try:
+            self.gw.redis.zadd(self.prefix + "watch", {n: now + WATCH_TICKS * self.gw.interval for n in names})
+            got = self._snapshot("svc", now, self._read_services, names, extend=True)
+        except _REDIS_ERRORS as e:
+            log.debug("shared ECS reads unavailable: %s", type(e).__name__)
+            return super().describe(names)
+        if got is None:
+            return super().describe(names)
+        key, found = got
+        missing = [n for n in names if n not in found]
+        if missing:  # not watched when the snapshot was taken: read, and share with this tick's others
+            fresh = {s["serviceName"]: s for s in super().describe(missing)}
+            extra = {n: dumps(fresh.get(n)) for n in missing}
+            try:
+                self.gw.redis.hset(key, mapping=extra)  # type: ignore[arg-type]
+            except _REDIS_ERRORS:
+                pass
+            found.update({n: fresh.get(n) for n in missing})
+        return [s for n in names if (s := found.get(n)) is not None]
+
+    def _read_services(self, now: float, names: list[str], have: set[str]) -> dict[str, str]:
+        got_watched: list[bytes] = self.gw.redis.zrangebyscore(self.prefix + "watch", now, "+inf")  # type: ignore[assignment]
+        want = [n for n in dict.fromkeys([*names, *(m.decode() for m in got_watched)]) if n not in have]
+        got = {s["serviceName"]: s for s in super().describe(want)}
+        return {n: dumps(got.get(n)) for n in want}
+
+    # ---- service deployments ----------------------------------------------------------
+    def service_deployments(self, arns: list[str]) -> list[dict[str, Any]]:
+        now = self.clock()
+        try:
+            self.gw.redis.zadd(self.prefix + "sdwatch", {a: now + WATCH_TICKS * self.gw.interval for a in arns})
+            got = self._snapshot("sd", now, self._read_deployments, arns, extend=True)
+        except _REDIS_ERRORS as e:
+            log.debug("shared ECS reads unavailable: %s", type(e).__name__)
+            return super().service_deployments(arns)
+        if got is None:
+            return super().service_deployments(arns)
+        key, found = got
+        missing = [a for a in arns if a not in found]
+        if missing:
+            fresh = {d["serviceDeploymentArn"]: d for d in super().service_deployments(missing)}
+            try:
+                self.gw.redis.hset(key, mapping={a: dumps(fresh.get(a)) for a in missing})  # type: ignore[arg-type]
+            except _REDIS_ERRORS:
+                pass
+            found.update({a: fresh.get(a) for a in missing})
+        return [d for a in arns if (d := found.get(a)) is not None]
+
+    def _read_deployments(self, now: float, arns: list[str], have: set[str]) -> dict[str, str]:
+        got_watched: list[bytes] = self.gw.redis.zrangebyscore(self.prefix + "sdwatch", now, "+inf")  # type: ignore[assignment]
+        want = [a for a in dict.fromkeys([*arns, *(m.decode() for m in got_watched)]) if a not in have]
+        got = {d["serviceDeploymentArn"]: d for d in super().service_deployments(want)}
+        return {a: dumps(got.get(a)) for a in want}
+
+    # ---- tasks --------------------------------------------------------------------------
+    def task_arns(self, service: str, desired_status: str = TaskStatus.RUNNING) -> list[str]:
+        if desired_status not in (TaskStatus.RUNNING, TaskStatus.STOPPED):
+            return super().task_arns(service, desired_status)  # the snapshot lists these two only
+        entry = self._service_tasks(service)
+        if entry is None:
+            return super().task_arns(service, desired_status)
+        return list(entry["running" if desired_status == TaskStatus.RUNNING else "stopped"])
+
+    def tasks(self, arns: list[str]) -> list[TaskTypeDef]:
+        """Known from this step's snapshots, else described (a task ECS no longer lists is absent)."""
+        missing = [a for a in arns if a not in self._tasks]
+        more = {t["taskArn"]: t for t in super().tasks(missing)} if missing else {}
+        return [t for a in arns if (t := self._tasks.get(a) or more.get(a)) is not None]
+
+    def running_tasks(self, service: str) -> list[TaskTypeDef]:
+        entry = self._service_tasks(service)
+        if entry is None:
+            return super().running_tasks(service)
+        return [t for a in entry["running"] if (t := self._tasks.get(a)) is not None
+                and t.get("lastStatus") == TaskStatus.RUNNING]
+
+    def _service_tasks(self, service: str) -> dict[str, Any] | None:
+        try:
+            now = self.clock()
+            self.gw.redis.zadd(self.prefix + "twatch", {service: now + WATCH_TICKS * self.gw.interval})
+            got = self._snapshot("tasks", now, self._read_tasks, [service], extend=True)
+        except _REDIS_ERRORS as e:
+            log.debug("shared ECS reads unavailable: %s", type(e).__name__)
+            return None
+        if got is None:
+            return None
+        entry = cast("dict[str, Any]", got[1].get(service) or {"running": [], "stopped": [], "tasks": {}})
+        self._tasks.update(entry["tasks"])
+        return entry
+
+    def _list(self, desired: str) -> list[str]:
+        arns: list[str] = []
+        kw: ListTasksRequestTypeDef = {"cluster": self.cluster, "desiredStatus": desired,  # type: ignore[typeddict-item]
+                                       "maxResults": 100}
+        try:
+            while True:
+                page = self.ecs.list_tasks(**kw)
+                arns += page.get("taskArns", [])
+                if not page.get("nextToken"):
+                    return arns
+                kw["nextToken"] = page["nextToken"]
+        except AWS_ERRORS as e:
+            raise aws_error(e, f"listing the tasks of cluster {self.cluster}") from e
+
+    def _read_tasks(self, now: float, names: list[str], have: set[str]) -> dict[str, str]:
+        """The tasks of every service watched for tasks: the cluster's ARNs listed once per tick (kept
+        in the snapshot for newcomers), described only where the service is watched or not yet known
+        (a task's service never changes: kept by ARN), and never again once STOPPED."""
+        r = self.gw.redis
+        key = f"{self.prefix}tasks:{self.gw.tick(now)}"
+        listed = r.hget(key, LISTS) if have else None
+        if listed is None:
+            running, stopped = self._list(TaskStatus.RUNNING), self._list(TaskStatus.STOPPED)
+        else:
+            lists = loads(listed)
+            running, stopped = lists["running"], lists["stopped"]
+        got_watched: list[bytes] = r.zrangebyscore(self.prefix + "twatch", now, "+inf")  # type: ignore[assignment]
+        want = {n for n in [*names, *(m.decode() for m in got_watched)] if n not in have}
+        every = list(dict.fromkeys([*running, *stopped]))
+        groups: dict[str, str | None] = {
+            a: g.decode() if isinstance(g, bytes) else g
+            for a, g in zip(every, r.hmget(self.prefix + "group", every) if every else [])}
+        done_key = self.prefix + "stopped"
+        known: dict[str, TaskTypeDef] = {}
+        if stopped:
+            for arn, raw in zip(stopped, r.hmget(done_key, stopped)):
+                if raw is not None:
+                    known[arn] = loads(raw)
+        ask = [a for a in every if a not in known
+               and ((g := groups.get(a)) is None or g in want)]
+        fresh = EcsReader.tasks(self, ask)
+        pipe = r.pipeline()
+        final = {t["taskArn"]: dumps(t) for t in fresh if t.get("lastStatus") == TaskStatus.STOPPED}
+        if final:
+            pipe.hset(done_key, mapping=final)  # type: ignore[arg-type]
+            pipe.expire(done_key, STOPPED_KEEP_SECONDS)
+        new_groups = {t["taskArn"]: _service_of(t) for t in fresh if groups.get(t["taskArn"]) is None}
+        if new_groups:
+            pipe.hset(self.prefix + "group", mapping=new_groups)  # type: ignore[arg-type]
+            pipe.expire(self.prefix + "group", STOPPED_KEEP_SECONDS)
+        pipe.execute()
+        by_service: dict[str, dict[str, Any]] = {n: {"running": [], "stopped": [], "tasks": {}} for n in want}
+        every_task = {**known, **{t["taskArn"]: t for t in fresh}}
+        for status, arns in (("running", running), ("stopped", stopped)):
+            for a in arns:
+                t = every_task.get(a)
+                e = by_service.get(_service_of(t)) if t is not None else None
+                if e is not None:
+                    e[status].append(a)
+                    e["tasks"][a] = t
+        out = {n: dumps(e) for n, e in by_service.items()}
+        if listed is None:
+            out[LISTS] = dumps({"running": running, "stopped": stopped})
+        return out
+
+    # ---- the tick's snapshot ------------------------------------------------------------
+    def _snapshot(self, kind: str, now: float, read: Callable[[float, list[str], set[str]], dict[str, str]],
+                  names: list[str], extend: bool = False) -> tuple[str, dict[str, Any]] | None:
+        """(key, name -> answer) of this tick's snapshot of ``kind``, taking it if nobody has;
+        None when none fresh enough came in time (the caller reads directly).
+
+        ``extend``: names the snapshot lacks (watched since it was taken: jobs that just began) are
+        read by one reader for all of them, under the same lock, and added to it. Otherwise the
+        snapshot is complete by construction (every task of the cluster) and a lacking name has none."""
+        tick = self.gw.tick(now)
+        key = f"{self.prefix}{kind}:{tick}"
+        r = self.gw.redis
+        deadline = time.monotonic() + self.gw.wait_seconds
+        token = uuid.uuid4().hex
+        while True:
+            taken = r.hget(key, TAKEN)
+            found: dict[str, Any] = {}
+            if taken is not None:
+                if float(taken) <= self.not_before + CLOCK_SKEW:
+                    return None  # maybe taken before our own change (by another process's clock): not for us
+                found = self._fields(r, key, names)
+                if not extend or len(found) == len(set(names)):
+                    return key, found
+            if r.set(key + ":lock", token, nx=True, px=self.gw.lock_ms):
+                try:
+                    have: set[str] = set()
+                    if taken is not None:  # others may have added some meanwhile
+                        have = {k.decode() if isinstance(k, bytes) else str(k) for k in r.hkeys(key)}
+                        found = self._fields(r, key, names)
+                    stamp = {} if taken is not None else {TAKEN: repr(self.clock())}
+                    answers = read(now, names, have)
+                    pipe = r.pipeline()
+                    pipe.hset(key, mapping={**answers, **stamp})  # type: ignore[arg-type,dict-item]
+                    pipe.expire(key, SNAPSHOT_KEEP_SECONDS)
+                    pipe.execute()
+                finally:
+                    _release(r, key + ":lock", token)
+                return key, {**found, **{n: loads(answers[n]) for n in names if n in answers}}
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.01)
+
+    @staticmethod
+    def _fields(r: redis.Redis, key: str, names: Iterable[str]) -> dict[str, Any]:
+        names = list(names)
+        return {n: loads(raw) for n, raw in zip(names, r.hmget(key, names)) if raw is not None}
+
+
+def _service_of(t: TaskTypeDef) -> str:
+    """The service a task belongs to ("" for a task no service started): its group ``service:NAME``."""
+    group = str(t.get("group", ""))
+    return group[len("service:"):] if group.startswith("service:") else ""
+
+
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+def _release(r: redis.Redis, key: str, token: str) -> None:
+    try:
+        r.eval(_RELEASE, 1, key, token)
+    except _REDIS_ERRORS:
+        pass  # it expires by itself

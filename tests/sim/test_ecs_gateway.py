@@ -1,0 +1,151 @@
+"""The ECS gateway: the poll reads of every job watching a cluster, one set of calls per tick (simulator call log)."""
+from __future__ import annotations
+
+import math
+
+import redis as redis_lib
+
+from cloud.ecs_gateway import EcsGateway, SharedReader
+from cloud.ecs_types import TaskStatus
+from ecssim import Simulator
+from ecssim.seed import ServiceSpec, seed
+from tests.conftest import free_port
+
+from .conftest import client
+
+INTERVAL = 3.0
+
+
+def gateway(redis_url: str) -> EcsGateway:
+    r = redis_lib.Redis.from_url(redis_url)
+    r.flushdb()
+    return EcsGateway(r, interval=INTERVAL)
+
+
+def readers(gw: EcsGateway, sim: Simulator, k: int) -> list[SharedReader]:
+    """One reader per job (a job's step makes one): all on the simulator's clock."""
+    ecs = client("ecs")
+    return [gw.reader(ecs, "stg", "111122223333", sim.clock.now) for _ in range(k)]
+
+
+def next_tick(sim: Simulator, gw: EcsGateway) -> None:
+    sim.advance(gw.until_next_tick(sim.clock.now()))
+
+
+def test_k_watched_services_cost_k_over_10_describe_services_per_tick(sim: Simulator, redis_url: str) -> None:
+    k = 25
+    names = [f"svc-{i:02d}" for i in range(k)]
+    seed(sim, "stg", [ServiceSpec(n, desired=1) for n in names])
+    gw = gateway(redis_url)
+    next_tick(sim, gw)
+    for reader, name in zip(readers(gw, sim, k), names):  # the jobs' first steps: they become watched
+        assert reader.service(name).name == name
+    for _ in range(3):  # the poll ticks: every job reads its service once
+        next_tick(sim, gw)
+        sim.calls.clear()
+        states = [reader.service(name) for reader, name in zip(readers(gw, sim, k), names)]
+        assert [s.name for s in states] == names
+        assert sim.calls.count("DescribeServices") == math.ceil(k / 10) == 3
+        assert all(len(c.params["services"]) <= 10 for c in sim.calls.of("DescribeServices"))
+
+
+def test_jobs_that_begin_in_one_tick_are_read_together(sim: Simulator, redis_url: str) -> None:
+    names = [f"svc-{i:02d}" for i in range(12)]
+    seed(sim, "stg", [ServiceSpec(n, desired=1) for n in names])
+    gw = gateway(redis_url)
+    next_tick(sim, gw)
+    first, *rest = readers(gw, sim, len(names))
+    first.service(names[0])  # the tick's snapshot: this one service
+    sim.calls.clear()
+    for job in rest:  # joined since: registered as watched before they read
+        gw.redis.zadd(job.prefix + "watch", {n: sim.clock.now() + 10 for n in names[1:]})
+    got = [job.service(n).name for job, n in zip(rest, names[1:])]
+    assert got == names[1:]
+    assert sim.calls.count("DescribeServices") == 2  # the 11 newcomers, by 10, for all of them
+
+
+def test_n_tasks_cost_n_over_100_describe_tasks_per_tick(sim: Simulator, redis_url: str) -> None:
+    names = [f"svc-{i:02d}" for i in range(5)]
+    seed(sim, "stg", [ServiceSpec(n, desired=50) for n in names] + [ServiceSpec("idle", desired=40)])
+    gw = gateway(redis_url)
+    next_tick(sim, gw)
+    for reader, name in zip(readers(gw, sim, 5), names):  # the jobs' first steps: watched from now on
+        reader.task_arns(name)
+    for _ in range(2):
+        next_tick(sim, gw)
+        sim.calls.clear()
+        seen = {}
+        for reader, name in zip(readers(gw, sim, 5), names):
+            arns = reader.task_arns(name)
+            tasks = reader.tasks(arns)
+            assert len(arns) == 50 and {t["group"] for t in tasks} == {f"service:{name}"}
+            seen[name] = tasks
+            assert reader.task_arns(name, TaskStatus.STOPPED) == []
+        assert sim.calls.count("DescribeTasks") == math.ceil(250 / 100) == 3  # not the 40 of "idle"
+        described = {a for c in sim.calls.of("DescribeTasks") for a in c.params["tasks"]}
+        assert described == {t.arn for n in names for t in sim.tasks("stg", n)}
+        assert sim.calls.count("ListTasks") == 3 + 1  # the cluster's 290 RUNNING by 100, STOPPED (none)
+        assert {t["taskArn"] for t in seen[names[0]]} == {t.arn for t in sim.tasks("stg", names[0])}
+
+
+def test_a_stopped_task_is_described_once(sim: Simulator, redis_url: str) -> None:
+    seed(sim, "stg", [ServiceSpec("web", desired=2)])
+    gw = gateway(redis_url)
+    ecs = client("ecs")
+    next_tick(sim, gw)
+    victim = readers(gw, sim, 1)[0].task_arns("web")[0]
+    ecs.stop_task(cluster="stg", task=victim, reason="test")
+    sim.advance(60)  # STOPPED now, and a replacement runs
+    next_tick(sim, gw)
+    [r1] = readers(gw, sim, 1)
+    assert victim in r1.task_arns("web", TaskStatus.STOPPED)
+    described = [a for c in sim.calls.of("DescribeTasks") for a in c.params["tasks"]]
+    assert described.count(victim) == 2  # before (RUNNING), and once STOPPED
+    next_tick(sim, gw)
+    [r2] = readers(gw, sim, 1)
+    assert victim in r2.task_arns("web", TaskStatus.STOPPED)
+    [t] = r2.tasks([victim])
+    assert t["lastStatus"] == TaskStatus.STOPPED
+    described = [a for c in sim.calls.of("DescribeTasks") for a in c.params["tasks"]]
+    assert described.count(victim) == 2  # not again: a STOPPED task never changes
+
+
+def test_after_its_own_change_a_job_never_reads_the_older_snapshot(sim: Simulator, redis_url: str) -> None:
+    seed(sim, "stg", [ServiceSpec("web", desired=2)])
+    gw = gateway(redis_url)
+    ecs = client("ecs")
+    next_tick(sim, gw)
+    [job] = readers(gw, sim, 1)
+    arns = job.task_arns("web")
+    ecs.stop_task(cluster="stg", task=arns[0], reason="test")
+    job.changed()
+    sim.advance(0.5)  # the same tick: its snapshot still says RUNNING
+    assert job.tasks(job.task_arns("web"))[0]["taskArn"] != arns[0]  # read ECS itself: no longer wanted
+    [other] = readers(gw, sim, 1)  # another job, no change of its own: the tick's snapshot answers it
+    assert arns[0] in other.task_arns("web")
+    next_tick(sim, gw)
+    [job2] = readers(gw, sim, 1)
+    assert arns[0] not in job2.task_arns("web")  # the next tick's snapshot is read after the change
+
+
+def test_a_new_tick_reads_ecs_again(sim: Simulator, redis_url: str) -> None:
+    seed(sim, "stg", [ServiceSpec("web", desired=1)])
+    gw = gateway(redis_url)
+    next_tick(sim, gw)
+    for reader in readers(gw, sim, 3):
+        reader.service("web")
+    assert sim.calls.count("DescribeServices") == 1
+    sim.advance(INTERVAL)
+    readers(gw, sim, 1)[0].service("web")
+    assert sim.calls.count("DescribeServices") == 2
+
+
+def test_without_redis_every_read_goes_to_ecs(sim: Simulator) -> None:
+    seed(sim, "stg", [ServiceSpec("web", desired=2)])
+    dead = redis_lib.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2, socket_timeout=0.2)
+    gw = EcsGateway(dead, interval=INTERVAL)
+    for reader in readers(gw, sim, 2):
+        assert reader.service("web").desired == 2
+        assert len(reader.tasks(reader.task_arns("web"))) == 2
+    assert sim.calls.count("DescribeServices") == 2 and sim.calls.count("DescribeTasks") == 2
+
