@@ -8,6 +8,7 @@ from typing import Any, Iterator
 
 import boto3
 import pytest
+from playwright.sync_api import expect
 from werkzeug.serving import make_server
 
 from tests.conftest import PASSWORD, REGION, free_port, seed_cluster
@@ -109,6 +110,9 @@ def page(browser) -> Iterator[Any]:
     context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 800})
     pg = context.new_page()
     pg.set_default_timeout(15_000)
+    # Assertions wait as long as actions do: on a loaded CI machine a live page can take more than
+    # playwright's default 5 s to show what the server already did (it still fails if it never does).
+    expect.set_options(timeout=15_000)
     yield pg
     context.close()
 
