@@ -201,7 +201,7 @@ def test_job_events_tiny_wait_does_not_block(client, dev, staging):
     t0 = time.monotonic()
     r = client.get(f"{job['url']}/events", query_string={"after": first["next"], "wait": "0.0001"}, headers=dev)
     assert r.status_code == 200 and r.get_json()["events"] == []
-    assert time.monotonic() - t0 < 2
+    assert time.monotonic() - t0 < 10
 
 
 def test_job_events_reader_refuses_bad_cursors_naming_after(rt):
