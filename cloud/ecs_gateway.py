@@ -68,9 +68,16 @@ class EcsGateway:
     def tick(self, now: float) -> int:
         return math.floor(now / self.interval)
 
-    def until_next_tick(self, now: float) -> float:
-        """Seconds from ``now`` to just after the next boundary, where every watcher of a cluster wakes."""
-        return (self.tick(now) + 1) * self.interval - now + 0.001
+    def until_next_tick(self, now: float, changed_at: float | None = None) -> float:
+        """Seconds from ``now`` to just after the next boundary, where every watcher of a cluster wakes.
+
+        ``changed_at``: when the job last changed ECS. A tick's snapshot answers it only when taken
+        ``CLOCK_SKEW`` after that, so the wait runs to the first boundary past it: a boundary sooner
+        would find the shared snapshot refused and cost a direct read of its own (DescribeServices,
+        ListTasks twice, DescribeTasks) — for every job of a burst whose changes fell in a tick's last
+        second. ECS takes longer than that to act on a change anyway."""
+        at = now if changed_at is None else max(now, changed_at + CLOCK_SKEW)
+        return (self.tick(at) + 1) * self.interval - now + 0.001
 
     def reader(self, ecs: ECSClient, cluster: str, account: str,
                clock: Callable[[], float] = time.time) -> SharedReader:

@@ -575,7 +575,7 @@ class EcsOperations:
         a poll wait ends just after a tick boundary, where every watcher of the cluster wakes."""
         self.checkpoint(params)
         if self.gateway is not None and seconds == self.poll_interval:
-            seconds = self.gateway.until_next_tick(self.clock())
+            seconds = self.gateway.until_next_tick(self.clock(), params.get("changed_at"))
         self.sleep(seconds)
 
 

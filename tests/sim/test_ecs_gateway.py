@@ -149,3 +149,31 @@ def test_without_redis_every_read_goes_to_ecs(sim: Simulator) -> None:
         assert len(reader.tasks(reader.task_arns("web"))) == 2
     assert sim.calls.count("DescribeServices") == 2 and sim.calls.count("DescribeTasks") == 2
 
+
+
+def test_after_a_change_the_wait_runs_to_the_first_tick_whose_snapshot_answers_it(sim: Simulator,
+                                                                                  redis_url: str) -> None:
+    seed(sim, "stg", [ServiceSpec("web", desired=2)])
+    gw = gateway(redis_url)
+    ecs = client("ecs")
+    next_tick(sim, gw)
+    sim.advance(INTERVAL - 0.5)  # the tick's last half second
+    [job] = readers(gw, sim, 1)
+    arns = job.task_arns("web")
+    ecs.stop_task(cluster="stg", task=arns[0], reason="test")
+    job.changed()
+    now = sim.clock.now()
+    # The next boundary is half a second away: a snapshot taken there could predate the change by
+    # another process's clock (CLOCK_SKEW), so the job waits for the one after it.
+    assert gw.until_next_tick(now) < 1
+    wait = gw.until_next_tick(now, job.not_before)
+    assert INTERVAL < wait <= INTERVAL + 1
+    assert gw.until_next_tick(now, job.not_before - 10) == gw.until_next_tick(now)  # an old change: no effect
+    [other] = readers(gw, sim, 1)
+    sim.advance(wait)
+    other.service("web")  # another job takes the tick's snapshots
+    other.task_arns("web")
+    before = {api: sim.calls.count(api) for api in ("ListTasks", "DescribeTasks", "DescribeServices")}
+    job.service("web")
+    assert arns[0] not in job.task_arns("web")  # after the change, and from the shared snapshot:
+    assert {api: sim.calls.count(api) for api in before} == before  # no read of its own
