@@ -226,39 +226,32 @@ class EcsReader:
 
     def running_tasks(self, service: str) -> list[TaskTypeDef]:
         """The service's tasks that are RUNNING, found by their group (``service:NAME``)."""
-        arns: list[str] = []
-        try:
-            # A plain nextToken loop: a paginator object costs more than the call it makes,
-            # and a service rarely has more than one page (100) of tasks.
-            kw: ListTasksRequestTypeDef = {"cluster": self.cluster, "serviceName": service, "desiredStatus": TaskStatus.RUNNING.value}
-            while True:
-                page = self.ecs.list_tasks(**kw)
-                arns += page.get("taskArns", [])
-                if not page.get("nextToken"):
-                    break
-                kw["nextToken"] = page["nextToken"]
-            tasks: list[TaskTypeDef] = []
-            for i in range(0, len(arns), 100):
-                tasks += self.ecs.describe_tasks(cluster=self.cluster, tasks=arns[i:i + 100]).get("tasks", [])
-        except AWS_ERRORS as e:
-            raise aws_error(e, f"listing the tasks of {service}") from e
+        tasks = self.tasks(self.task_arns(service))
         # Filter by group too: some ECS implementations ignore serviceName.
         return [t for t in tasks if t.get("group") == f"service:{service}" and t.get("lastStatus") == TaskStatus.RUNNING]
 
     def task_arns(self, service: str, desired_status: str = TaskStatus.RUNNING) -> list[str]:
         """ARNs of the service's tasks whose desiredStatus is ``desired_status`` (every page)."""
+        return self.list_tasks({"cluster": self.cluster, "serviceName": service,
+                                "desiredStatus": desired_status},  # type: ignore[typeddict-item]
+                               f"listing the tasks of {service}")
+
+    def list_tasks(self, request: ListTasksRequestTypeDef, what: str) -> list[str]:
+        """Every page of one ListTasks request (a service's tasks, or a whole cluster's).
+
+        A plain nextToken loop: a paginator object costs more than the call it makes, and a
+        service rarely has more than one page (100) of tasks."""
         arns: list[str] = []
-        kw: ListTasksRequestTypeDef = {"cluster": self.cluster, "serviceName": service,
-                                       "desiredStatus": desired_status}  # type: ignore[typeddict-item]
+        kw = dict(request)
         try:
             while True:
-                page = self.ecs.list_tasks(**kw)
+                page = self.ecs.list_tasks(**kw)  # type: ignore[arg-type]
                 arns += page.get("taskArns", [])
                 if not page.get("nextToken"):
                     return arns
                 kw["nextToken"] = page["nextToken"]
         except AWS_ERRORS as e:
-            raise aws_error(e, f"listing the tasks of {service}") from e
+            raise aws_error(e, what) from e
 
     def tasks(self, arns: list[str]) -> list[TaskTypeDef]:
         """DescribeTasks, 100 at a time; a task ECS no longer knows is simply absent."""

@@ -35,11 +35,10 @@ import redis
 from cloud.ecs import EcsReader
 from cloud.ecs_cache import dumps, loads
 from cloud.ecs_types import TaskStatus
-from cloud.errors import AWS_ERRORS, aws_error
 
 if TYPE_CHECKING:
     from mypy_boto3_ecs import ECSClient
-    from mypy_boto3_ecs.type_defs import ListTasksRequestTypeDef, ServiceTypeDef, TaskTypeDef
+    from mypy_boto3_ecs.type_defs import ServiceTypeDef, TaskTypeDef
 
 log = logging.getLogger("valetkey.aws.gateway")
 
@@ -193,18 +192,9 @@ class SharedReader(EcsReader):
         return entry
 
     def _list(self, desired: str) -> list[str]:
-        arns: list[str] = []
-        kw: ListTasksRequestTypeDef = {"cluster": self.cluster, "desiredStatus": desired,  # type: ignore[typeddict-item]
-                                       "maxResults": 100}
-        try:
-            while True:
-                page = self.ecs.list_tasks(**kw)
-                arns += page.get("taskArns", [])
-                if not page.get("nextToken"):
-                    return arns
-                kw["nextToken"] = page["nextToken"]
-        except AWS_ERRORS as e:
-            raise aws_error(e, f"listing the tasks of cluster {self.cluster}") from e
+        """The whole cluster's tasks of one desiredStatus, 100 a page."""
+        return self.list_tasks({"cluster": self.cluster, "desiredStatus": desired,  # type: ignore[typeddict-item]
+                                "maxResults": 100}, f"listing the tasks of cluster {self.cluster}")
 
     def _read_tasks(self, now: float, names: list[str], have: set[str]) -> dict[str, str]:
         """The tasks of every service watched for tasks: the cluster's ARNs listed once per tick (kept
