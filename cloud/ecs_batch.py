@@ -32,7 +32,7 @@ WAIT_TIMEOUT_CODE = "DescribeServicesWaitTimeout"
 class _Lookup:
     """One name's answer, shared by every thread that asked for it while it was queued or in flight."""
 
-    __slots__ = ("name", "queued", "done", "described", "error", "waiters")
+    __slots__ = ("described", "done", "error", "name", "queued", "waiters")
 
     def __init__(self, name: str) -> None:
         self.name = name
