@@ -324,17 +324,19 @@ class ServiceCache:
         self.aws, self.ttl, self.clock, self.max_wait = aws, ttl, clock, max_wait
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, str], tuple[float, str]] = {}
-        self._batchers: dict[str, DescribeBatcher] = {}
+        # Keyed by where the lookups go, not the name alone: a reloaded catalog may move an environment.
+        self._batchers: dict[tuple[str, str, str, str | None], DescribeBatcher] = {}
 
     def batcher(self, env: Environment) -> DescribeBatcher:
         """The process's one coalescer of this environment's lookups."""
-        b = self._batchers.get(env.name)
+        key = (env.name, env.region, env.cluster, env.role_arn)
+        b = self._batchers.get(key)
         if b is None:
             with self._lock:
-                b = self._batchers.get(env.name)
+                b = self._batchers.get(key)
                 if b is None:
                     reader = EcsReader(self.aws.ecs(env, shared_reads=True), env.cluster)
-                    b = self._batchers[env.name] = DescribeBatcher(reader, max_wait=self.max_wait)
+                    b = self._batchers[key] = DescribeBatcher(reader, max_wait=self.max_wait)
         return b
 
     def task_definition(self, env: Environment, service: str) -> str:
