@@ -306,8 +306,10 @@ class Completer(threading.Thread):
         from scope.models import Job
 
         while not self.stopped.wait(0.02):
+            # Only queued jobs, as a worker claims them: finishing a row still ``unconfirmed`` (its
+            # request between the insert and the confirm) made that request answer 503.
             with self.engine.begin() as c:
-                c.execute(update(Job).where(Job.active_key.is_not(None)).values(
+                c.execute(update(Job).where(Job.active_key.is_not(None), Job.status == "queued").values(
                     status="succeeded", detail="bench", active_key=None,
                     finished_at=dt.datetime.now(dt.timezone.utc)))
 

@@ -31,7 +31,9 @@ if TYPE_CHECKING:
         TaskTypeDef,
     )
 
-__all__ = ["Deployment", "EcsReader", "ServiceState", "short_td"]
+__all__ = ["DESCRIBE_SERVICES_MAX", "Deployment", "EcsReader", "ServiceState", "short_td"]
+
+DESCRIBE_SERVICES_MAX = 10  # the most names one DescribeServices call takes
 
 
 @dataclass
@@ -148,8 +150,8 @@ class EcsReader:
     def describe(self, names: list[str]) -> list[ServiceTypeDef]:
         out: list[ServiceTypeDef] = []
         try:
-            for i in range(0, len(names), 10):  # DescribeServices takes at most 10
-                resp = self.ecs.describe_services(cluster=self.cluster, services=names[i:i + 10])
+            for i in range(0, len(names), DESCRIBE_SERVICES_MAX):
+                resp = self.ecs.describe_services(cluster=self.cluster, services=names[i:i + DESCRIBE_SERVICES_MAX])
                 out += resp.get("services", [])
         except AWS_ERRORS as e:
             raise aws_error(e, f"describing services in cluster {self.cluster}") from e
@@ -219,10 +221,16 @@ class EcsReader:
 
     def service(self, name: str, with_digests: bool = False) -> ServiceState:
         """The state of one service; NotFound when it is not an active service of this cluster."""
-        found = active(self.describe([name]))
-        if not found:
-            raise NotFound(f"No service named {name!r} in this environment.")
-        return self.state_from(found[0], with_digests)
+        return self.state_from(self.active_named(name, self.describe([name])), with_digests)
+
+    @staticmethod
+    def active_named(name: str, described: list[ServiceTypeDef]) -> ServiceTypeDef:
+        """``name``'s service (by name or ARN) in a DescribeServices answer that may hold several;
+        NotFound when ECS reported it missing (a failure entry) or not ACTIVE (draining, deleted)."""
+        for s in active(described):
+            if name in (s.get("serviceName"), s.get("serviceArn")):
+                return s
+        raise NotFound(f"No service named {name!r} in this environment.")
 
     def running_tasks(self, service: str) -> list[TaskTypeDef]:
         """The service's tasks that are RUNNING, found by their group (``service:NAME``)."""

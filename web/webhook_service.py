@@ -27,7 +27,8 @@ from jwt import PyJWK, PyJWKClient
 from werkzeug.datastructures import Headers
 
 from cloud.aws import AwsClients
-from cloud.ecs import EcsReader
+from cloud.ecs import EcsReader, short_td
+from cloud.ecs_batch import DescribeBatcher
 from jobs.audit_stream import AuditEvent, AuditLog
 from jobs.kinds import REDEPLOY
 from jobs.service import JobService
@@ -306,17 +307,37 @@ class DeliveryLedger:
 class ServiceCache:
     """Whether a service exists (and its task definition), remembered briefly per process.
 
-    The lookup is one DescribeServices call that would dominate a webhook's
+    The lookup is a DescribeServices call that would dominate a webhook's
     latency; a few seconds of staleness is safe because the worker reads the
-    service again before it acts. A miss goes through the pages' shared read
-    cache (cloud/ecs_cache.py, Redis, 2 s): every web process answers from one
-    AWS read, so a burst spread over many processes costs the AWS budget once.
+    service again before it acts. Concurrent misses of one environment are
+    coalesced (cloud/ecs_batch.py): while one DescribeServices is in flight,
+    other threads' names queue and the next call asks for up to ten of them,
+    and a name missed by several threads at once is read once, so a burst
+    costs the AWS budget one token per ten services rather than one per
+    request. A call goes through the pages' shared read cache
+    (cloud/ecs_cache.py, Redis, 2 s): a lone miss of a name another web
+    process just read costs no AWS call.
     """
 
-    def __init__(self, aws: AwsClients, ttl: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.aws, self.ttl, self.clock = aws, ttl, clock
+    def __init__(self, aws: AwsClients, ttl: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 max_wait: float = 10.0) -> None:
+        self.aws, self.ttl, self.clock, self.max_wait = aws, ttl, clock, max_wait
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, str], tuple[float, str]] = {}
+        # Keyed by where the lookups go, not the name alone: a reloaded catalog may move an environment.
+        self._batchers: dict[tuple[str, str, str, str | None], DescribeBatcher] = {}
+
+    def batcher(self, env: Environment) -> DescribeBatcher:
+        """The process's one coalescer of this environment's lookups."""
+        key = (env.name, env.region, env.cluster, env.role_arn)
+        b = self._batchers.get(key)
+        if b is None:
+            with self._lock:
+                b = self._batchers.get(key)
+                if b is None:
+                    reader = EcsReader(self.aws.ecs(env, shared_reads=True), env.cluster)
+                    b = self._batchers[key] = DescribeBatcher(reader, max_wait=self.max_wait)
+        return b
 
     def task_definition(self, env: Environment, service: str) -> str:
         """The service's task definition; NotFound if it is not an active service of the environment."""
@@ -324,7 +345,8 @@ class ServiceCache:
         hit = self._seen.get((env.name, service))
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
-        td = EcsReader(self.aws.ecs(env, shared_reads=True), env.cluster).service(service).task_definition
+        # Only the name is needed here: no DescribeTaskDefinition for the image, as EcsReader.service makes.
+        td = short_td(self.batcher(env).service(service).get("taskDefinition", ""))
         with self._lock:
             self._seen[(env.name, service)] = (now, td)
         return td
