@@ -259,7 +259,7 @@ class Simulator:
         moto_tasks = _ecs_backend(rs.account, rs.region).tasks
         for arn, t in list(rs.tasks.items()):
             if t.gone and t.stopped_at is not None and now - t.stopped_at > keep:
-                del rs.tasks[arn]
+                rs.drop_task(arn)
                 # moto's copy goes too, or it would be adopted again as a running task.
                 moto_tasks.get(t.cluster_name, {}).pop(arn, None)
         ttl = self.timings.client_token_ttl
@@ -446,7 +446,7 @@ class Simulator:
             for lb in svc.load_balancers:
                 if lb.get("targetGroupArn") and ip:
                     t.targets.append(TargetRegistration(lb["targetGroupArn"], ip, int(lb.get("containerPort", 80))))
-        rs.tasks[t.arn] = t
+        rs.add_task(t)
         if running:
             t.last_status, t.started_at = TaskStatus.RUNNING, now
             t.pull_started_at = t.pull_stopped_at = now
