@@ -102,8 +102,7 @@ class SharedReader(EcsReader):
     def describe(self, names: list[str]) -> list[ServiceTypeDef]:
         now = self.clock()
         try:
-            self.gw.redis.zadd(self.prefix + "watch", {n: now + WATCH_TICKS * self.gw.interval for n in names})
-            got = self._snapshot("svc", now, self._read_services, names, extend=True)
+            got = self._snapshot("svc", now, self._read_services, names, watch="watch")
         except _REDIS_ERRORS as e:
             log.debug("shared ECS reads unavailable: %s", type(e).__name__)
             return super().describe(names)
@@ -131,8 +130,7 @@ class SharedReader(EcsReader):
     def service_deployments(self, arns: list[str]) -> list[dict[str, Any]]:
         now = self.clock()
         try:
-            self.gw.redis.zadd(self.prefix + "sdwatch", {a: now + WATCH_TICKS * self.gw.interval for a in arns})
-            got = self._snapshot("sd", now, self._read_deployments, arns, extend=True)
+            got = self._snapshot("sd", now, self._read_deployments, arns, watch="sdwatch")
         except _REDIS_ERRORS as e:
             log.debug("shared ECS reads unavailable: %s", type(e).__name__)
             return super().service_deployments(arns)
@@ -180,8 +178,7 @@ class SharedReader(EcsReader):
     def _service_tasks(self, service: str) -> dict[str, Any] | None:
         try:
             now = self.clock()
-            self.gw.redis.zadd(self.prefix + "twatch", {service: now + WATCH_TICKS * self.gw.interval})
-            got = self._snapshot("tasks", now, self._read_tasks, [service], extend=True)
+            got = self._snapshot("tasks", now, self._read_tasks, [service], watch="twatch")
         except _REDIS_ERRORS as e:
             log.debug("shared ECS reads unavailable: %s", type(e).__name__)
             return None
@@ -249,26 +246,34 @@ class SharedReader(EcsReader):
 
     # ---- the tick's snapshot ------------------------------------------------------------
     def _snapshot(self, kind: str, now: float, read: Callable[[float, list[str], set[str]], dict[str, str]],
-                  names: list[str], extend: bool = False) -> tuple[str, dict[str, Any]] | None:
+                  names: list[str], watch: str) -> tuple[str, dict[str, Any]] | None:
         """(key, name -> answer) of this tick's snapshot of ``kind``, taking it if nobody has;
         None when none fresh enough came in time (the caller reads directly).
 
-        ``extend``: names the snapshot lacks (watched since it was taken: jobs that just began) are
-        read by one reader for all of them, under the same lock, and added to it. Otherwise the
-        snapshot is complete by construction (every task of the cluster) and a lacking name has none."""
+        ``names`` are first marked as watched (the sorted set ``watch``) for the next ticks' reads.
+        Names the snapshot lacks (watched since it was taken: jobs that just began) are read by one
+        reader for all of them, under the same lock, and added to it. Each look at the snapshot is
+        one round trip to Redis (a pipeline): a tick of 1,000 jobs makes thousands of them."""
         tick = self.gw.tick(now)
         key = f"{self.prefix}{kind}:{tick}"
         r = self.gw.redis
         deadline = time.monotonic() + self.gw.wait_seconds
         token = uuid.uuid4().hex
+        mark: dict[str, float] | None = {n: now + WATCH_TICKS * self.gw.interval for n in names}
         while True:
-            taken = r.hget(key, TAKEN)
+            pipe = r.pipeline(transaction=False)
+            if mark is not None:
+                pipe.zadd(self.prefix + watch, mark)  # type: ignore[arg-type]
+            pipe.hget(key, TAKEN)
+            pipe.hmget(key, names)
+            *_, taken, raws = pipe.execute()
+            mark = None
             found: dict[str, Any] = {}
             if taken is not None:
                 if float(taken) <= self.not_before + CLOCK_SKEW:
                     return None  # maybe taken before our own change (by another process's clock): not for us
-                found = self._fields(r, key, names)
-                if not extend or len(found) == len(set(names)):
+                found = {n: loads(raw) for n, raw in zip(names, raws) if raw is not None}
+                if len(found) == len(set(names)):
                     return key, found
             if r.set(key + ":lock", token, nx=True, px=self.gw.lock_ms):
                 try:
