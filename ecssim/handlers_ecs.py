@@ -44,14 +44,17 @@ def _cluster(resp: Any) -> str:
     return RegionState.cluster_name(resp._get_param("cluster"))
 
 
-def adopt_moto_tasks(sim: Simulator, rs: RegionState) -> None:
-    """Tasks moto holds that the simulator never saw (made before install): already RUNNING."""
+def adopt_moto_tasks(sim: Simulator, rs: RegionState) -> int:
+    """Tasks moto holds that the simulator never saw (made before install): already RUNNING. How many."""
     backend = _ecs_backend(rs.account, rs.region)
     now = sim.clock.now()
+    adopted = 0
     for per_cluster in backend.tasks.values():
         for arn, mt in list(per_cluster.items()):
             if arn not in rs.tasks:
                 sim.adopt_task(rs, mt, now, running=True)
+                adopted += 1
+    return adopted
 
 
 def sync_service(sim: Simulator, svc: SimService, read: bool) -> None:
@@ -114,13 +117,17 @@ def run_task(sim: Simulator, resp: Any, original: Original) -> ActionResult:
 
 def stop_task(sim: Simulator, resp: Any, original: Original) -> ActionResult:
     rs = _rs(sim, resp)
-    adopt_moto_tasks(sim, rs)
+    adopted = adopt_moto_tasks(sim, rs)
     t = rs.find_task(_cluster(resp), str(resp._get_param("task") or ""))
     if t is None:
         raise InvalidParameterException("The referenced task was not found.")
     reason = resp._get_param("reason") or USER_STOP_REASON
     sim.stop_task(rs, t, sim.clock.now(), StopCode.USER_INITIATED, reason)
-    sim.observe_now(rs)
+    owner = rs.services.get((t.cluster_name, t.service)) if t.service is not None else None
+    if owner is not None and not adopted:  # only the stopped task's service changed
+        sim.observe_now(rs, owner)
+    else:
+        sim.observe_now(rs)
     return ActionResult({"task": t.render()})
 
 
@@ -182,7 +189,7 @@ def create_service(sim: Simulator, resp: Any, original: Original) -> ActionResul
         "deploymentConfiguration": resp._get_param("deploymentConfiguration"),
         "healthCheckGracePeriodSeconds": resp._get_param("healthCheckGracePeriodSeconds")})
     sync_service(sim, svc, read=False)
-    sim.observe_now(rs)
+    sim.observe_now(rs, svc)
     return result
 
 
@@ -230,7 +237,7 @@ def update_service(sim: Simulator, resp: Any, original: Original) -> ActionResul
     elif new_td is None and svc.moto_service is not None:
         svc.moto_service.task_definition = svc.td_arn
     sync_service(sim, svc, read=False)
-    sim.observe_now(rs)
+    sim.observe_now(rs, svc)
     return result
 
 
