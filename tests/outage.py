@@ -2,6 +2,7 @@
 redis-server that can be stopped and started again on the same port."""
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -12,15 +13,34 @@ from pathlib import Path
 import redis as redis_lib
 
 
+def restartable_port() -> int:
+    """A free port below the kernel's ephemeral range (32768-60999 by default).
+
+    A server stopped and started again on the same port must find it free: a port the kernel
+    handed out by bind(0) lies in the ephemeral range, where any outgoing connection of the test
+    run may take it as its local port while the server is down ("did not start on port ...")."""
+    low = 20000
+    try:
+        low_eph = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low_eph = 32768
+    for _ in range(200):
+        port = random.randrange(low, max(low + 1000, low_eph))
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to ``target``; ``stop()`` refuses new connections and cuts open ones."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
+        self.port = restartable_port()
         self._listener: socket.socket | None = None
         self._open: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -93,10 +113,7 @@ class RedisServer:
         if binary is None:
             raise RuntimeError("redis-server is not installed")
         self.binary, self.workdir = binary, workdir
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
+        self.port = restartable_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
