@@ -98,60 +98,41 @@ class SharedReader(EcsReader):
         self.not_before = self.clock()
         self._tasks.clear()  # what the snapshots said is older than the change too
 
-    # ---- services -----------------------------------------------------------------------
+    # ---- services and service deployments --------------------------------------------------
     def describe(self, names: list[str]) -> list[ServiceTypeDef]:
-        now = self.clock()
+        return self._shared("svc", "watch", names, super().describe, _service_name)
+
+    def service_deployments(self, arns: list[str]) -> list[dict[str, Any]]:
+        return self._shared("sd", "sdwatch", arns, super().service_deployments, _deployment_arn)
+
+    def _shared(self, kind: str, watch: str, names: list[str], direct: Callable[[list[str]], list[Any]],
+                key_of: Callable[[Any], str]) -> list[Any]:
+        """``names``' answers from the tick's snapshot of ``kind`` (the names marked watched in ``watch``
+        for the next ticks), or from ``direct`` — ECS itself — without a fresh one or without Redis."""
+        def read(now: float, asked: list[str], have: set[str]) -> dict[str, str]:
+            """Every name watched in the cluster (and ``asked``) that the snapshot lacks, read at once."""
+            got_watched: list[bytes] = self.gw.redis.zrangebyscore(self.prefix + watch, now, "+inf")  # type: ignore[assignment]
+            want = [n for n in dict.fromkeys([*asked, *(m.decode() for m in got_watched)]) if n not in have]
+            got = {key_of(x): x for x in direct(want)}
+            return {n: dumps(got.get(n)) for n in want}
+
         try:
-            got = self._snapshot("svc", now, self._read_services, names, watch="watch")
+            got = self._snapshot(kind, self.clock(), read, names, watch=watch)
         except _REDIS_ERRORS as e:
             log.debug("shared ECS reads unavailable: %s", type(e).__name__)
-            return super().describe(names)
+            return direct(names)
         if got is None:
-            return super().describe(names)
+            return direct(names)
         key, found = got
         missing = [n for n in names if n not in found]
-        if missing:  # not watched when the snapshot was taken: read, and share with this tick's others
-            fresh = {s["serviceName"]: s for s in super().describe(missing)}
-            extra = {n: dumps(fresh.get(n)) for n in missing}
+        if missing:  # the snapshot expired under the lock holder's feet: read, and share with the others
+            fresh = {key_of(x): x for x in direct(missing)}
             try:
-                self.gw.redis.hset(key, mapping=extra)  # type: ignore[arg-type]
+                self.gw.redis.hset(key, mapping={n: dumps(fresh.get(n)) for n in missing})  # type: ignore[arg-type]
             except _REDIS_ERRORS:
                 pass
             found.update({n: fresh.get(n) for n in missing})
-        return [s for n in names if (s := found.get(n)) is not None]
-
-    def _read_services(self, now: float, names: list[str], have: set[str]) -> dict[str, str]:
-        got_watched: list[bytes] = self.gw.redis.zrangebyscore(self.prefix + "watch", now, "+inf")  # type: ignore[assignment]
-        want = [n for n in dict.fromkeys([*names, *(m.decode() for m in got_watched)]) if n not in have]
-        got = {s["serviceName"]: s for s in super().describe(want)}
-        return {n: dumps(got.get(n)) for n in want}
-
-    # ---- service deployments ----------------------------------------------------------
-    def service_deployments(self, arns: list[str]) -> list[dict[str, Any]]:
-        now = self.clock()
-        try:
-            got = self._snapshot("sd", now, self._read_deployments, arns, watch="sdwatch")
-        except _REDIS_ERRORS as e:
-            log.debug("shared ECS reads unavailable: %s", type(e).__name__)
-            return super().service_deployments(arns)
-        if got is None:
-            return super().service_deployments(arns)
-        key, found = got
-        missing = [a for a in arns if a not in found]
-        if missing:
-            fresh = {d["serviceDeploymentArn"]: d for d in super().service_deployments(missing)}
-            try:
-                self.gw.redis.hset(key, mapping={a: dumps(fresh.get(a)) for a in missing})  # type: ignore[arg-type]
-            except _REDIS_ERRORS:
-                pass
-            found.update({a: fresh.get(a) for a in missing})
-        return [d for a in arns if (d := found.get(a)) is not None]
-
-    def _read_deployments(self, now: float, arns: list[str], have: set[str]) -> dict[str, str]:
-        got_watched: list[bytes] = self.gw.redis.zrangebyscore(self.prefix + "sdwatch", now, "+inf")  # type: ignore[assignment]
-        want = [a for a in dict.fromkeys([*arns, *(m.decode() for m in got_watched)]) if a not in have]
-        got = {d["serviceDeploymentArn"]: d for d in super().service_deployments(want)}
-        return {a: dumps(got.get(a)) for a in want}
+        return [x for n in names if (x := found.get(n)) is not None]
 
     # ---- tasks --------------------------------------------------------------------------
     def task_arns(self, service: str, desired_status: str = TaskStatus.RUNNING) -> list[str]:
@@ -298,6 +279,14 @@ class SharedReader(EcsReader):
     def _fields(r: redis.Redis, key: str, names: Iterable[str]) -> dict[str, Any]:
         names = list(names)
         return {n: loads(raw) for n, raw in zip(names, r.hmget(key, names)) if raw is not None}
+
+
+def _service_name(s: ServiceTypeDef) -> str:
+    return s["serviceName"]
+
+
+def _deployment_arn(d: dict[str, Any]) -> str:
+    return str(d["serviceDeploymentArn"])
 
 
 def _service_of(t: TaskTypeDef) -> str:
