@@ -19,6 +19,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -90,3 +91,78 @@ class SharedReadCache:
         for op in CACHED_READS:
             ecs.meta.events.register(f"before-call.ecs.{op}", before_call)
             ecs.meta.events.register(f"after-call.ecs.{op}", after_call)
+
+
+# ---- per-service answers of the webhook's existence check -----------------------------
+SERVICE_KEY_PREFIX = "valetkey:ecs-service:"
+# After a Redis failure the shared answers are skipped this long: redis-py retries a refused
+# connection with backoff (seconds), which every lookup would otherwise pay while Redis is down.
+SHARED_RETRY_AFTER = 5.0
+
+
+class ServiceAnswers:
+    """Found services of one cluster, per name, shared by every web process (Redis, JSON).
+
+    The webhook's existence check (web/webhook_service.py ServiceCache) keeps
+    an answer ``ttl`` seconds in its process; without this, each web process
+    asks ECS again for every service the others have just read, and those
+    first misses wait for budget tokens. Only a found ACTIVE service is
+    stored, as the process cache does: a NotFound is asked again at once (a
+    service created a moment ago must not be refused for the TTL), and an AWS
+    error is never an answer. An entry holds the task definition and when it
+    was read from ECS (``at``, wall clock, as processes' monotonic clocks do
+    not compare); it is fresh while ``now - at < ttl`` and Redis drops it by
+    then (PX). A Redis failure is a miss and a lost write, never an error,
+    and Redis is left alone for a few seconds after one.
+    """
+
+    def __init__(self, client: redis.Redis, account: Callable[[], str], region: str, cluster: str,
+                 role: str | None = None, ttl: float = 10.0, clock: Callable[[], float] = time.time) -> None:
+        self.redis, self.account, self.ttl, self.clock = client, account, ttl, clock
+        # The role is part of the key: another role in the same account may see (or be allowed) less.
+        self._where = f"{region}:{cluster}:{role or '-'}"
+        self._skip_until = 0.0  # time.monotonic() before which Redis is not tried (it just failed)
+
+    def _failed(self, e: Exception, what: str) -> None:
+        log.debug("shared service answers %s: %s", what, type(e).__name__)
+        self._skip_until = time.monotonic() + SHARED_RETRY_AFTER
+
+    def _key(self, name: str) -> str:
+        return f"{SERVICE_KEY_PREFIX}{self.account()}:{self._where}:{name}"
+
+    def get_many(self, names: list[str]) -> dict[str, tuple[str, float]]:
+        """Fresh answers of ``names`` in one round trip: name -> (task definition ARN, age in seconds)."""
+        if not names or time.monotonic() < self._skip_until:
+            return {}
+        try:
+            raw = self.redis.mget([self._key(n) for n in names])
+        except (redis.RedisError, OSError) as e:
+            self._failed(e, "unavailable")
+            return {}
+        now, out = self.clock(), {}
+        for name, value in zip(names, raw):
+            if value is None:
+                continue
+            try:
+                entry = loads(value)
+                td, at = entry["td"], float(entry["at"])
+            except (ValueError, TypeError, KeyError) as e:  # not ours, or an older shape: a miss
+                log.debug("shared service answer unreadable: %s", type(e).__name__)
+                continue
+            age = max(0.0, now - at)  # another host's clock may run a little ahead
+            if isinstance(td, str) and age < self.ttl:
+                out[name] = (td, age)
+        return out
+
+    def put_many(self, found: dict[str, str], at: float) -> None:
+        """Store name -> task definition ARN, read from ECS at ``at`` (this clock), for what is left of the TTL."""
+        left_ms = int((self.ttl - max(0.0, self.clock() - at)) * 1000)
+        if not found or left_ms <= 0 or time.monotonic() < self._skip_until:
+            return
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for name, td in found.items():
+                pipe.set(self._key(name), dumps({"td": td, "at": at}), px=left_ms)
+            pipe.execute()
+        except (redis.RedisError, OSError) as e:
+            self._failed(e, "not stored")

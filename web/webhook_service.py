@@ -29,6 +29,7 @@ from werkzeug.datastructures import Headers
 from cloud.aws import AwsClients
 from cloud.ecs import EcsReader, short_td
 from cloud.ecs_batch import DescribeBatcher
+from cloud.ecs_cache import ServiceAnswers
 from jobs.audit_stream import AuditEvent, AuditLog
 from jobs.kinds import REDEPLOY
 from jobs.service import JobService
@@ -305,23 +306,36 @@ class DeliveryLedger:
 
 
 class ServiceCache:
-    """Whether a service exists (and its task definition), remembered briefly per process.
+    """Whether a service exists (and its task definition), remembered briefly and shared between processes.
 
     The lookup is a DescribeServices call that would dominate a webhook's
     latency; a few seconds of staleness is safe because the worker reads the
-    service again before it acts. Concurrent misses of one environment are
-    coalesced (cloud/ecs_batch.py): while one DescribeServices is in flight,
-    other threads' names queue and the next call asks for up to ten of them,
-    and a name missed by several threads at once is read once, so a burst
-    costs the AWS budget one token per ten services rather than one per
+    service again before it acts. A lookup asks, in order: this process's
+    memory; the answers every web process shares in Redis (cloud/ecs_cache.py
+    ServiceAnswers: one round trip; a found service is kept there ``ttl``
+    seconds from when ECS was read, so an answer another process just got
+    costs no AWS call and no budget wait); then ECS. Only a found service is
+    remembered, here and in Redis: a NotFound is asked again (a service
+    created a moment ago is accepted at once), an AWS error is never an
+    answer, and without Redis each process simply asks ECS itself.
+
+    Concurrent misses of one environment are coalesced (cloud/ecs_batch.py):
+    while one DescribeServices is in flight, other threads' names queue and
+    the next call asks for up to ten of them (after one MGET of them in
+    Redis), and a name missed by several threads at once is read once, so a
+    burst costs the AWS budget one token per ten services rather than one per
     request. A call goes through the pages' shared read cache
-    (cloud/ecs_cache.py, Redis, 2 s): a lone miss of a name another web
-    process just read costs no AWS call.
+    (cloud/ecs_cache.py SharedReadCache, Redis, 2 s) as well.
     """
 
     def __init__(self, aws: AwsClients, ttl: float = 10.0, clock: Callable[[], float] = time.monotonic,
-                 max_wait: float = 10.0) -> None:
+                 max_wait: float = 10.0, shared: redis.Redis | None = None,
+                 wall: Callable[[], float] = time.time) -> None:
         self.aws, self.ttl, self.clock, self.max_wait = aws, ttl, clock, max_wait
+        # ``shared``: the Redis connection of the AWS hooks (1 s timeouts, wiring/runtime.py), not the
+        # request's (40 s): it sits in front of an AWS call. ``wall`` dates the answers shared there:
+        # monotonic clocks of two processes do not compare.
+        self.shared, self.wall = shared, wall
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, str], tuple[float, str]] = {}
         # Keyed by where the lookups go, not the name alone: a reloaded catalog may move an environment.
@@ -336,7 +350,10 @@ class ServiceCache:
                 b = self._batchers.get(key)
                 if b is None:
                     reader = EcsReader(self.aws.ecs(env, shared_reads=True), env.cluster)
-                    b = self._batchers[key] = DescribeBatcher(reader, max_wait=self.max_wait)
+                    answers = None if self.shared is None else ServiceAnswers(
+                        self.shared, lambda: self.aws.account_of(env), env.region, env.cluster, env.role_arn,
+                        ttl=self.ttl, clock=self.wall)
+                    b = self._batchers[key] = DescribeBatcher(reader, max_wait=self.max_wait, shared=answers)
         return b
 
     def task_definition(self, env: Environment, service: str) -> str:
@@ -346,9 +363,10 @@ class ServiceCache:
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
         # Only the name is needed here: no DescribeTaskDefinition for the image, as EcsReader.service makes.
-        td = short_td(self.batcher(env).service(service).get("taskDefinition", ""))
-        with self._lock:
-            self._seen[(env.name, service)] = (now, td)
+        found, age = self.batcher(env).lookup(service)
+        td = short_td(found.get("taskDefinition", ""))
+        with self._lock:  # an answer from Redis is as old here as it is there: its TTL is not restarted
+            self._seen[(env.name, service)] = (now - age, td)
         return td
 
 
@@ -414,7 +432,8 @@ class RedeployWebhook:
     def from_runtime(cls, rt: "Runtime") -> "RedeployWebhook":
         return cls(rt.catalog, HmacVerifier.from_catalog(rt.catalog, rt.settings.environ),
                    OidcVerifier.from_settings(rt.settings, rt.catalog), DeliveryLedger(rt.redis),
-                   ServiceCache(rt.aws), rt.jobs, rt.audit)
+                   ServiceCache(rt.aws, shared=rt.aws.read_cache.redis if rt.aws.read_cache else None),
+                   rt.jobs, rt.audit)
 
     def _deny(self, actor: str, detail: str, request_id: str, environment: str = "", target: str = "") -> None:
         self.audit.record(AuditEvent(actor=actor, source=SOURCE, action=REDEPLOY, outcome="denied",
