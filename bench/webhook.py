@@ -32,9 +32,10 @@ redeploy gets 409), so the benchmark environment has many services and the
 requests rotate through them, while a "completer" thread in this process plays
 an infinitely fast worker: it finishes queued jobs (one UPDATE every 20 ms),
 which frees their services as a real worker would. The service-existence
-check is served from the webhook's 10-second per-process cache after the
-warm-up, as it would be for CI bursts; each entry is refreshed from ECS (moto
-here) when it expires, which is included in the measurement.
+check is served from the webhook's 10-second cache after the warm-up (per
+process, and per service name in Redis for both web processes), as it would be
+for CI bursts; each entry is refreshed from ECS (moto here) when it expires,
+which is included in the measurement.
 
 Infrastructure: Redis at VALETKEY_REDIS_URL, else redis://127.0.0.1:6379/12
 (the database must be empty, or be that default one; it is flushed after the
@@ -380,30 +381,37 @@ def main() -> None:
         write_requests(workdir / "measure.txt", 120_000, "run")
         loader = "wrk" if shutil.which("wrk") else "python (threads + http.client)"
 
-        def accepting(target: str, name: str) -> tuple[LoadResult, int, dict[str, int]]:
-            """Run an app that creates jobs: (load result, jobs created in the measured run, statuses)."""
+        def describe_calls() -> int:
+            """DescribeServices calls made so far, as the product's budget hooks count them (every process)."""
+            from cloud.budget import call_counters
+
+            return sum(n for api, n in call_counters(r)[0].items() if api.endswith(":DescribeServices"))
+
+        def accepting(target: str, name: str) -> tuple[LoadResult, int, dict[str, int], int]:
+            """Run an app that creates jobs: (load result, jobs created in the measured run, statuses,
+            DescribeServices calls in the measured run)."""
             nonlocal completer
             completer = Completer(db_url)
             completer.start()
             app = Gunicorn(target, env, workdir, name)
             servers.append(app)
             load(app.base, workdir / "warmup.txt", WARMUP_SECONDS, workdir)
-            before = count_jobs(db_url)
+            before, calls_before = count_jobs(db_url), describe_calls()
             (workdir / f"{name}-access.log").write_text("")  # gunicorn appends: keep only the measured run
             result = load(app.base, workdir / "measure.txt", MEASURE_SECONDS, workdir)
             time.sleep(0.5)  # let requests in flight at the end land
-            created = count_jobs(db_url) - before
+            created, calls = count_jobs(db_url) - before, describe_calls() - calls_before
             statuses = status_counts(workdir / f"{name}-access.log")
             app.stop()
             completer.stop()
             completer = None
-            return result, created, statuses
+            return result, created, statuses, calls
 
-        w, accepted, statuses = accepting("wsgi:app", "webhook")
+        w, accepted, statuses, described = accepting("wsgi:app", "webhook")
         # The floor gets deliveries of its own (its idempotency keys are separate, the job rows shared).
         write_requests(workdir / "warmup.txt", 60_000, "floor-warm")
         write_requests(workdir / "measure.txt", 120_000, "floor-run")
-        f, floor_accepted, floor_statuses = accepting("bench.webhook_floor:make_floor()", "floor")
+        f, floor_accepted, floor_statuses, _ = accepting("bench.webhook_floor:make_floor()", "floor")
 
         base = Gunicorn("bench.webhook:make_baseline()", env, workdir, "baseline")
         servers.append(base)
@@ -418,7 +426,7 @@ def main() -> None:
               f"after {WARMUP_SECONDS}s warm-up")
         print(f"webhook:  {w.requests} responses ({w.non_2xx} non-2xx, {w.errors} socket errors), "
               f"{accepted} jobs created -> {accepted_rps:.0f} accepted/s, p99 {w.p99_ms:.2f} ms; "
-              f"statuses {dict(sorted(statuses.items()))}")
+              f"statuses {dict(sorted(statuses.items()))}; {described} DescribeServices calls")
         print(f"floor:    {f.requests} responses ({f.non_2xx} non-2xx, {f.errors} socket errors), "
               f"{floor_accepted} jobs created -> {floor_rps:.0f} accepted/s, p99 {f.p99_ms:.2f} ms; "
               f"statuses {dict(sorted(floor_statuses.items()))}")
