@@ -12,6 +12,10 @@ Only clients asked for with ``shared_reads=True`` (pages) get it: a worker
 verifying a restart must see ECS now, not two seconds ago. Answers are stored
 as JSON with tagged timestamps, never pickled (Redis content is not trusted
 to run code). A Redis failure means no cache, never a failed call.
+
+``ServiceAnswers`` (below) is the webhook existence check's own sharing: per
+service name rather than per request, for its 10 s, so that one web process's
+answer spares the others a DescribeServices whatever names it was asked with.
 """
 from __future__ import annotations
 

@@ -189,3 +189,19 @@ def test_a_coalesced_call_asks_ecs_only_for_names_another_process_answered_meanw
     third = process(r)
     assert [third.task_definition(STG, n) for n in names] == [f"stg-{n}:1" for n in names]
     assert sim.calls.count("DescribeServices") == before
+
+
+def test_a_name_another_process_answered_does_not_wait_behind_a_call_in_flight(sim: Simulator,
+                                                                              r: redis_lib.Redis) -> None:
+    seed(sim, "stg", [ServiceSpec(n, desired=0) for n in ("s0", "s1")])
+    assert process(r).task_definition(STG, "s1") == "stg-s1:1"
+    cache, held = held_cache(AwsClients(NO_RETRY), ttl=10.0, shared=r)
+    lookups = Lookups(cache)
+    lookups.start("s0")
+    assert held.entered.wait(60)
+    # Answered from Redis while this process's call for s0 is still held (queued, it would wait for it).
+    assert cache.task_definition(STG, "s1") == "stg-s1:1"
+    assert cache.batcher(STG).waiting() == 0
+    held.release()
+    assert lookups.join() == ["stg-s0:1"]
+    assert held.asked == [["s0"]]
