@@ -127,12 +127,6 @@ class EcsGateway:
             except _REDIS_ERRORS as e:  # the locks run out; another reader takes over, at worst a read twice
                 log.debug("could not renew snapshot locks: %s", type(e).__name__)
 
-    def close(self) -> None:
-        with self._mutex:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False)
-
     def tick(self, now: float) -> int:
         return math.floor(now / self.interval)
 
