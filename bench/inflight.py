@@ -222,7 +222,8 @@ def run_naive(k: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.inflight", description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, nargs="+", default=[50, 200, 1000], help="restarts per run")
-    ap.add_argument("--threads", type=int, default=default_threads(), help="worker threads (default: valetkey worker's, 16)")
+    ap.add_argument("--threads", type=int, default=default_threads(),
+                    help="worker threads (default: valetkey worker's, 16)")
     ap.add_argument("--latency-ms", type=float, default=DEFAULT_LATENCY_MS,
                     help=f"real milliseconds every simulated API call takes (default {DEFAULT_LATENCY_MS:g}; "
                          "0: the simulator's own speed, as figures before it were measured)")
