@@ -212,3 +212,21 @@ def test_without_redis_reads_go_to_ecs_in_batches_on_the_pool(sim: Simulator) ->
     got = reader(gw, sim).describe(names)
     assert [s["serviceName"] for s in got] == names
     assert not flight.barrier.broken and flight.calls == 2  # type: ignore[union-attr]
+
+
+def test_the_call_budget_takes_a_token_for_each_concurrent_batch(sim: Simulator, redis_url: str) -> None:
+    from cloud.budget import CALLS_KEY, KEY_PREFIX, CallBudget
+
+    names = [f"svc-{i:02d}" for i in range(30)]
+    seed(sim, "stg", [ServiceSpec(n, desired=1) for n in names])
+    gw = gateway(redis_url)
+    watch(gw, sim, names)
+    budget = CallBudget(gw.redis, share=0.5)
+    ecs = client("ecs")
+    budget.instrument(ecs, lambda: "111122223333")
+    flight = InFlight(barrier=3)
+    sim.latency = Latency(0.05, sleep=flight)
+    reader(gw, sim, ecs).describe([names[0]])
+    assert not flight.barrier.broken  # type: ignore[union-attr]
+    assert int(gw.redis.hget(CALLS_KEY, "ecs:DescribeServices") or 0) == 3 == sim.calls.count("DescribeServices")
+    assert gw.redis.exists(f"{KEY_PREFIX}111122223333:us-east-1:ecs-service-read")  # the bucket was drawn from
