@@ -1,12 +1,12 @@
 """Operations in flight on one worker process: N restarts started together against the ECS simulator.
 
-``python -m bench.inflight [--n 50 200 1000] [--threads T] [--naive-sample K]``
+``python -m bench.inflight [--n 50 200 1000] [--threads T] [--latency-ms L] [--naive-sample K]``
 
 For each N: N services of 2 tasks in one cluster of the simulator (moto in this process, ecssim on a
 fake clock with ``Timings.realistic()``: a task takes 20-60 s to start and count as healthy, 5-15 s to
 stop), N restart jobs created at once with ``JobService.create`` (row, audit, message) into the real
-Redis broker, and one ``dramatiq.Worker`` with ``valetkey worker``'s default shape (a thread per core)
-running the product's actor. Every other service had its tag moved, so half the restarts go in
+Redis broker, and one ``dramatiq.Worker`` with ``valetkey worker``'s default shape
+running the product's actor (16 threads). Every other service had its tag moved, so half the restarts go in
 batches (StopTask, then wait for the replacement) and half by a new deployment. Simulated time moves
 in steps of one second, and only when the worker has nothing left to run (every due step was sent and
 done): a job's rollout takes simulated minutes, the benchmark real seconds.
@@ -24,6 +24,13 @@ polls on its own, the way a script would — UpdateService(forceNewDeployment), 
 every 3 s until one deployment is left, COMPLETED, with its tasks running. Its calls per job-minute
 are printed as ``naive: calls_per_job_min=<x>``; the last line is ``inflight: max=<concurrent>
 wait_p99=<s> calls_per_job_min=<x>`` for the largest N.
+
+``--latency-ms`` (default 50): every simulated API call blocks its caller this many real milliseconds (ecssim's
+``Latency``; the fake clock still times ECS's own changes), as a call to AWS blocks a worker thread.
+Without it the simulator answers in microseconds and a worker looks CPU-bound when on AWS it is
+latency-bound. Direct reads (a job reading ECS itself instead of the tick's shared snapshot: the
+gateway's lock holder too slow, or a job's own change) are counted by their fingerprints in the
+call log: ListTasks with a ``serviceName`` and DescribeServices of one name.
 
 The AWS call budget is off here (share 0: calls counted only): its clock is Redis', not the
 simulator's. The peak of simulated calls per second is printed, to compare with the budget.
@@ -51,9 +58,10 @@ from moto import mock_aws
 from sqlalchemy import text
 
 import ecssim
-from ecssim import FakeClock, Simulator, Timings
+from ecssim import FakeClock, Latency, Simulator, Timings
 from ecssim.seed import ServiceSpec, seed
-from jobs.kinds import RESTART, RUNNING, SUCCEEDED
+from jobs.broker import send_run_job
+from jobs.kinds import QUEUED, RESTART, RUNNING, SUCCEEDED
 from jobs.suspended import SuspendedJobs
 from scope.migrate import upgrade
 from scope.settings import Settings
@@ -66,6 +74,11 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/8"
 MSGS = "dramatiq:valetkey.msgs"
 ENV, CLUSTER, REGION, ACTOR = "staging", "stg", "us-east-1", "bench@example.test"
 NAIVE_POLL = 3.0
+# An assumption (AWS publishes no ECS API latency): a same-Region HTTPS call to an AWS API takes tens
+# of ms (60-130 ms measured for small S3 uploads from Lambda, kkc.github.io/2020/03/16/s3-latency);
+# 50 ms for a small Describe/List. The default, because at 0 the bench measured a CPU-bound worker
+# that AWS never shows: the thread count and the gateway's tick read both depend on it.
+DEFAULT_LATENCY_MS = 50.0
 
 
 def p99(xs: list[float]) -> float:
@@ -83,8 +96,9 @@ def _fleet(sim: Simulator, n: int, prefix: str) -> list[str]:
     return names
 
 
-def run_product(n: int, threads: int, url: str, tmp: Path) -> dict[str, Any]:
-    sim = ecssim.install(Simulator(clock=FakeClock(), timings=Timings.realistic(), seed=11))
+def run_product(n: int, threads: int, url: str, tmp: Path, latency: float = 0.0) -> dict[str, Any]:
+    sim = ecssim.install(Simulator(clock=FakeClock(), timings=Timings.realistic(), seed=11,
+                                   latency=Latency(latency)))
     r = redis.Redis.from_url(url)
     r.flushdb()
     try:
@@ -125,11 +139,18 @@ def run_product(n: int, threads: int, url: str, tmp: Path) -> dict[str, Any]:
             job = rt.jobs.create(action=RESTART, environment=ENV, target=name, actor=ACTOR, source="api")
             requested[job.id] = (name, time.monotonic())
         finished_at: dict[str, float] = {}
-        most = 0
+        most = resent = 0
         wall0 = time.monotonic()
         try:
             while len(finished_at) < n:
                 suspended.tick(rt.broker, limit=100_000)
+                # As the worker's sweeper does (workers/process.py; its lease and takeover parts need the
+                # lease keeper this bench does not run): a job promoted after its message's claim gave up
+                # waiting (a loaded machine) stays queued, and is sent again.
+                for job in rt.jobs.stale():
+                    if job.status == QUEUED:
+                        send_run_job(rt.broker, job.id)
+                        resent += 1
                 while r.hlen(MSGS):
                     time.sleep(0.005)
                 with rt.engine.connect() as c:
@@ -158,7 +179,12 @@ def run_product(n: int, threads: int, url: str, tmp: Path) -> dict[str, Any]:
                 "succeeded": statuses.get(SUCCEEDED, 0), "statuses": dict(statuses),
                 "sim_minutes": (max(finished_at.values()) - t0) / 60.0, "wall": wall,
                 "peak_calls_per_s": max(per_second.values()) if per_second else 0,
-                "by_api": Counter(c.api for c in ecs_calls)}
+                "by_api": Counter(c.api for c in ecs_calls), "resent": resent,
+                # Direct reads: the shared snapshot lists the whole cluster and describes services by
+                # up to 10; a job reading for itself lists its service's tasks and describes one name.
+                "direct_list": sum(1 for c in ecs_calls if c.api == "ListTasks" and "serviceName" in c.params),
+                "direct_describe": sum(1 for c in ecs_calls if c.api == "DescribeServices"
+                                       and len(c.params.get("services") or []) == 1)}
     finally:
         r.flushdb()
         r.close()
@@ -204,7 +230,11 @@ def run_naive(k: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.inflight", description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, nargs="+", default=[50, 200, 1000], help="restarts per run")
-    ap.add_argument("--threads", type=int, default=default_threads(), help="worker threads (default: one per core)")
+    ap.add_argument("--threads", type=int, default=default_threads(),
+                    help="worker threads (default: valetkey worker's, 16)")
+    ap.add_argument("--latency-ms", type=float, default=DEFAULT_LATENCY_MS,
+                    help=f"real milliseconds every simulated API call takes (default {DEFAULT_LATENCY_MS:g}; "
+                         "0: the simulator's own speed, as figures before it were measured)")
     ap.add_argument("--naive-sample", type=int, default=50, help="services polled by the naive loop")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
@@ -228,14 +258,17 @@ def main(argv: list[str] | None = None) -> int:
                   f"calls_per_job_min={naive['calls_per_job_min']:.1f}", flush=True)
             results = []
             for n in args.n:
-                res = run_product(n, args.threads, url, tmp)
+                res = run_product(n, args.threads, url, tmp, args.latency_ms / 1000.0)
                 results.append(res)
-                print(f"n={n}: 1 process x {args.threads} threads; {res['succeeded']}/{n} succeeded "
+                print(f"n={n}: 1 process x {args.threads} threads, latency {args.latency_ms:g} ms; "
+                      f"{res['succeeded']}/{n} succeeded "
                       f"{res['statuses']}; max={res['max']} in flight; wait_p99={res['wait_p99']:.2f}s; "
                       f"{res['calls']} ECS calls over {res['sim_minutes']:.1f} simulated min "
                       f"(peak {res['peak_calls_per_s']}/s) -> calls_per_job_min={res['calls_per_job_min']:.1f} "
                       f"({res['calls_per_job_min'] / naive['calls_per_job_min']:.2f} x naive); "
-                      f"real {res['wall']:.0f}s; by API {dict(res['by_api'].most_common())}", flush=True)
+                      f"real {res['wall']:.0f}s; {res['resent']} resent; direct reads: ListTasks(serviceName)={res['direct_list']} "
+                      f"DescribeServices(1 name)={res['direct_describe']}; "
+                      f"by API {dict(res['by_api'].most_common())}", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     last = results[-1]

@@ -13,8 +13,15 @@ them to read in a tick takes a short lock in Redis and reads for everyone:
   stopped ones are described once;
 - service deployments followed by jobs: DescribeServiceDeployments in batches of 20.
 
-The answers are stored in Redis for that tick, keyed by account, Region, cluster and tick; the other
-readers (any process) wait briefly for them and read them from there. A snapshot is never older than
+The lock holder sends a read's batches concurrently (a bounded pool per process, ``concurrency``):
+against AWS each call waits tens of milliseconds on the network, and 1,000 watched services make a
+tick of ~150 calls — one after another, longer than the tick itself. The answers are stored in
+Redis for that tick, keyed by account, Region, cluster and tick; the other readers (any process)
+wait for them and read them from there. They wait as long as the holder is alive — it renews its
+short lock while it reads (``lock_seconds``, renewed every third of it) — and at most
+``wait_seconds``: a fixed short wait sent every job of a slow tick to ECS at once (a stampede on the
+account's throttling budget, exactly when the tick was slow). A holder that dies stops renewing:
+its lock runs out within ``lock_seconds`` and a waiter takes the read over. A snapshot is never older than
 the start of its tick, so a job that woke for a tick acts on what ECS said after that tick began.
 After a job's own mutation (StopTask, UpdateService), ``SharedReader.changed`` makes it refuse the
 snapshots taken before it: it reads ECS directly until a newer one exists. Mutations never go
@@ -25,9 +32,12 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
@@ -57,12 +67,65 @@ _REDIS_ERRORS = (redis.RedisError, OSError)
 
 
 class EcsGateway:
-    """The process's shared ECS reads; ``reader`` gives one job step its view of a cluster."""
+    """The process's shared ECS reads; ``reader`` gives one job step its view of a cluster.
 
-    def __init__(self, client: redis.Redis, *, interval: float = 3.0, wait_seconds: float = 5.0,
-                 lock_seconds: float = 15.0) -> None:
+    ``wait_seconds``: the longest a reader waits for a live lock holder's snapshot before reading ECS
+    itself (a holder stuck far beyond a tick). ``lock_seconds``: the lock's lifetime, renewed every
+    third of it while its holder reads; how long waiters wait for a holder that died.
+    ``concurrency``: the most batch calls of this process's snapshot reads in flight at once; at or
+    below botocore's default connection pool (10 a client), which would otherwise open and discard
+    connections."""
+
+    def __init__(self, client: redis.Redis, *, interval: float = 3.0, wait_seconds: float = 60.0,
+                 lock_seconds: float = 5.0, concurrency: int = 8) -> None:
         self.redis, self.interval = client, interval
         self.wait_seconds, self.lock_ms = wait_seconds, int(lock_seconds * 1000)
+        self.concurrency = concurrency
+        self._pool: ThreadPoolExecutor | None = None
+        self._held: set[tuple[str, str]] = set()  # (lock key, token) this process holds now
+        self._renewer: threading.Thread | None = None
+        self._mutex = threading.Lock()
+
+    def pool(self) -> ThreadPoolExecutor | None:
+        """The batch calls' pool, made on first use (no threads in a process that never reads)."""
+        if self.concurrency <= 1:
+            return None
+        with self._mutex:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="ecs-gateway")
+            return self._pool
+
+    @contextmanager
+    def holding(self, key: str, token: str) -> Iterator[None]:
+        """While the body runs, the lock ``key`` (ours: ``token``) is renewed; released after."""
+        with self._mutex:
+            self._held.add((key, token))
+            if self._renewer is None:
+                self._renewer = threading.Thread(target=self._renew, name="ecs-gateway-locks", daemon=True)
+                self._renewer.start()
+        try:
+            yield
+        finally:
+            with self._mutex:
+                self._held.discard((key, token))
+            _release(self.redis, key, token)
+
+    def _renew(self) -> None:
+        """Every third of a lock's life, extend each lock this process holds; ends when none is held."""
+        while True:
+            time.sleep(self.lock_ms / 3000)
+            with self._mutex:
+                held = list(self._held)
+                if not held:
+                    self._renewer = None
+                    return
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                for key, token in held:
+                    pipe.eval(_RENEW, 1, key, token, self.lock_ms)
+                pipe.execute()
+            except _REDIS_ERRORS as e:  # the locks run out; another reader takes over, at worst a read twice
+                log.debug("could not renew snapshot locks: %s", type(e).__name__)
 
     def tick(self, now: float) -> int:
         return math.floor(now / self.interval)
@@ -88,7 +151,7 @@ class SharedReader(EcsReader):
 
     def __init__(self, ecs: ECSClient, cluster: str, gateway: EcsGateway, prefix: str,
                  clock: Callable[[], float]) -> None:
-        super().__init__(ecs, cluster)
+        super().__init__(ecs, cluster, gateway.pool())
         self.gw, self.prefix, self.clock = gateway, prefix, clock
         self.not_before = -math.inf  # snapshots taken before this are refused (a mutation of ours since)
         self._tasks: dict[str, TaskTypeDef] = {}  # tasks seen through snapshots in this step
@@ -240,6 +303,7 @@ class SharedReader(EcsReader):
         r = self.gw.redis
         deadline = time.monotonic() + self.gw.wait_seconds
         token = uuid.uuid4().hex
+        polls = 0
         mark: dict[str, float] | None = {n: now + WATCH_TICKS * self.gw.interval for n in names}
         while True:
             pipe = r.pipeline(transaction=False)
@@ -257,7 +321,7 @@ class SharedReader(EcsReader):
                 if len(found) == len(set(names)):
                     return key, found
             if r.set(key + ":lock", token, nx=True, px=self.gw.lock_ms):
-                try:
+                with self.gw.holding(key + ":lock", token):
                     have: set[str] = set()
                     if taken is not None:  # others may have added some meanwhile
                         have = {k.decode() if isinstance(k, bytes) else str(k) for k in r.hkeys(key)}
@@ -268,12 +332,13 @@ class SharedReader(EcsReader):
                     pipe.hset(key, mapping={**answers, **stamp})  # type: ignore[arg-type,dict-item]
                     pipe.expire(key, SNAPSHOT_KEEP_SECONDS)
                     pipe.execute()
-                finally:
-                    _release(r, key + ":lock", token)
                 return key, {**found, **{n: loads(answers[n]) for n in names if n in answers}}
+            # Someone holds the lock and renews it while they read: wait for their snapshot (or for
+            # their lock to run out, if they died, and take it over) — up to the hard limit.
             if time.monotonic() >= deadline:
                 return None
-            time.sleep(0.01)
+            time.sleep(min(0.05, 0.01 * 2 ** min(polls, 3)))
+            polls += 1
 
     @staticmethod
     def _fields(r: redis.Redis, key: str, names: Iterable[str]) -> dict[str, Any]:
@@ -296,6 +361,7 @@ def _service_of(t: TaskTypeDef) -> str:
 
 
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
 
 
 def _release(r: redis.Redis, key: str, token: str) -> None:

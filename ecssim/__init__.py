@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from .clock import Clock, FakeClock, RealClock
 from .install import active, install, uninstall
+from .latency import Latency
 from .simulator import Simulator
 from .throttle import Throttler
 from .timings import Span, Timings
 
-__all__ = ["Clock", "FakeClock", "RealClock", "Simulator", "Span", "Throttler", "Timings", "active", "install",
+__all__ = ["Clock", "FakeClock", "Latency", "RealClock", "Simulator", "Span", "Throttler", "Timings", "active", "install",
            "uninstall"]

@@ -2,8 +2,8 @@
 
 moto dispatches every call to ``<Service>Response.call_action``, which looks
 the action's method up on the class by name. ``install`` therefore
-(1) wraps ``call_action`` of the four response classes (call log, throttling,
-catching up with the clock, one lock with the ticker) and (2) replaces the
+(1) wraps ``call_action`` of the four response classes (API latency, call log,
+throttling, catching up with the clock, one lock with the ticker) and (2) replaces the
 methods of the few actions whose behaviour changes, adding the ones moto
 lacks (DescribeServiceDeployments...). Product code talks plain boto3 to the
 same endpoint and cannot tell. Process-wide: one simulator at a time.
@@ -81,6 +81,7 @@ def _wrap_call_action(service: str, original: Callable[[Any], Any]) -> Callable[
             return original(self)
         action = self._get_action()
         account, region = self.current_account, self.region
+        sim.latency.wait()  # outside the lock: calls in flight overlap, as against AWS
         with sim.lock:
             sim.catch_up()
             now = sim.clock.now()

@@ -28,6 +28,7 @@ from .enums import (
     StopCode,
     TaskStatus,
 )
+from .latency import Latency
 from .recorder import TruthPoint, TruthRecorder
 from .region import RegionState
 from .scheduler import ServiceScheduler
@@ -49,13 +50,14 @@ def _ecs_backend(account: str, region: str) -> Any:
 
 class Simulator:
     def __init__(self, clock: Clock | None = None, timings: Timings | None = None, seed: int = 0,
-                 throttler: Throttler | None = None) -> None:
+                 throttler: Throttler | None = None, latency: Latency | None = None) -> None:
         self.clock: Clock = clock or FakeClock()
         self.timings = timings or Timings.fast()
         self.rng = random.Random(seed)
         self.agent = Agent(self.timings, self.rng)
         self.scheduler = ServiceScheduler(self)
         self.throttle = throttler or Throttler()
+        self.latency = latency or Latency()  # real time per API call (the network); none by default
         self.calls = CallLog()
         self.truth = TruthRecorder()
         self.lock = threading.RLock()

@@ -97,3 +97,20 @@ def test_process_stops_cleanly_on_sigterm(environ, tmp_path, command):
     out = (tmp_path / "p.log").read_text()
     assert code == 0, out
     assert "Traceback" not in out
+
+
+def test_worker_without_threads_runs_sixteen(environ, tmp_path):
+    """A worker is latency-bound (its steps wait on AWS calls), so its default is not a thread per core."""
+    from workers.process import DEFAULT_THREADS
+
+    log = open(tmp_path / "w.log", "wb")
+    p = start(["worker"], environ, log)
+    try:
+        line = wait_for(lambda: next((ln for ln in (tmp_path / "w.log").read_text().splitlines()
+                                      if "worker started with" in ln), None), 60, "the worker to start")
+    finally:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(20)
+        log.close()
+    assert DEFAULT_THREADS == 16
+    assert line.endswith(f"worker started with {DEFAULT_THREADS} threads")

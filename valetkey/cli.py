@@ -397,7 +397,7 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--threads", type=int, default=16, help="threads per worker process (default: 16)")
     wk = add("worker", cmd_worker, "run jobs from the queue")
     wk.add_argument("--threads", type=int, default=None,
-                    help="job threads (default: one per core; a job waiting on ECS holds none)")
+                    help="job threads (default: 16; a job waiting on ECS holds none, a step waits on AWS calls)")
 
     au = sub.add_parser("audit", help="the audit trail").add_subparsers(dest="audit_command", required=True)
     add("consume", cmd_audit_consume, "the exporter: audit stream -> database", au)

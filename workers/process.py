@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import threading
 import time
 
@@ -100,9 +99,19 @@ def keep_leases(rt: Runtime, stop: threading.Event, db: DatabaseWatch) -> None:
             log.warning("could not renew job leases: %s", outage(e) or type(e).__name__)
 
 
+# A job waiting on ECS is suspended and holds no thread (jobs/suspended.py), but a step's own time is
+# mostly AWS calls in flight — tens of milliseconds each against AWS, the GIL released — and, while a
+# tick's snapshot is read, waiting for it: a worker is latency-bound, not CPU-bound. At 50 ms a call,
+# a burst of 200 restarts waited 58 s (p99) for its first ECS call on 2 threads, 14 s on 8, 3.3 s on
+# 16 (bench/README.md, bench.inflight). Cores do not enter into it: one process's CPU work is bound
+# by one GIL whatever the host; more processes for more CPU. 16 stays below the PostgreSQL pool's
+# 25 connections (VALETKEY_DB_POOL_SIZE 5 + VALETKEY_DB_MAX_OVERFLOW 20), which every step uses.
+DEFAULT_THREADS = 16
+
+
 def default_threads() -> int:
-    """A thread per core: a job waiting on ECS is suspended and holds none (jobs/suspended.py)."""
-    return os.cpu_count() or 1
+    """Job threads of ``valetkey worker`` without ``--threads``: enough AWS calls in flight, not cores."""
+    return DEFAULT_THREADS
 
 
 def run_worker(rt: Runtime, stop: threading.Event, threads: int | None = None) -> None:
