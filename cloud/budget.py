@@ -36,10 +36,12 @@ from __future__ import annotations
 import atexit
 import logging
 import math
+import os
 import threading
 import time
 import weakref
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import redis
@@ -205,6 +207,8 @@ class CallBudget:
         if client is not None:
             # A process that exits between two flushes still hands its last counts to Redis.
             atexit.register(_flush_at_exit, weakref.ref(self))
+            # A forked child (gunicorn workers) starts with no timer thread: it counts its own calls.
+            os.register_at_fork(after_in_child=partial(_forget_in_child, weakref.ref(self)))
 
     # ---- the bucket ----------------------------------------------------------------
     def shares(self, limit: Limit) -> tuple[float, float]:
@@ -339,6 +343,13 @@ class CallBudget:
 
         client.meta.events.register(f"before-send.{service}", before_send)
         client.meta.events.register(f"response-received.{service}", response_received)
+
+
+def _forget_in_child(ref: "weakref.ref[CallBudget]") -> None:
+    budget = ref()
+    if budget is not None:  # the parent adds its own pending counts; the timer thread was not forked
+        budget._pending, budget._timer = {}, None  # noqa: SLF001 - its own state, reset after fork
+        budget._pending_lock, budget._flush_lock = threading.Lock(), threading.Lock()  # noqa: SLF001
 
 
 def _flush_at_exit(ref: "weakref.ref[CallBudget]") -> None:

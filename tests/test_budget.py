@@ -214,3 +214,24 @@ def test_redis_down_at_a_flush_loses_no_count_and_fails_no_call(tmp_path: Path,
         assert call_counters(r)[0] == {"ecs:StopTask": 2, "sts:GetCallerIdentity": 3}
     finally:
         server.stop()
+
+
+def test_a_forked_child_counts_its_own_calls_and_not_its_parents(redis_url: str) -> None:
+    import os
+
+    r = redis_lib.Redis.from_url(redis_url)
+    budget = CallBudget(r, share=0, flush_seconds=3600)
+    budget.acquire("1", "us-east-1", "ecs", "ListTasks")  # pending in the parent, with its timer
+    pid = os.fork()
+    if pid == 0:  # the child: a gunicorn worker forked from its master, say
+        code = 1
+        try:
+            budget.acquire("1", "us-east-1", "ecs", "DescribeTasks")
+            code = 0 if budget.flush() else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert call_counters(r)[0] == {"ecs:DescribeTasks": 1}  # the parent's count is the parent's to add
+    assert budget.flush()
+    assert call_counters(r)[0] == {"ecs:DescribeTasks": 1, "ecs:ListTasks": 1}
