@@ -334,15 +334,17 @@ class JobRunner:
         params = dict(job.params or {})
         params.pop("retries", None)  # a step that gets as far as a checkpoint starts the count again
 
+        job_id, attempt = job.id, job.attempts  # plain locals: each ORM attribute read is a descriptor call
+
         def progress(type_: str, message: str) -> None:
-            self.rt.events.append(job.id, type_, message, keep=False)  # create and finish set the expiry
+            self.rt.events.append(job_id, type_, message, keep=False)  # create and finish set the expiry
 
         def checkpoint(p: dict[str, Any]) -> None:
             # Both fences before anything the operation does next (a mutation follows a checkpoint):
             # this step still holds the job's step lock, and this claim still holds the job.
-            self._hold(job.id, token)
-            if not self.rt.jobs.heartbeat(job.id, params=dict(p), before=p.get("before"), attempt=job.attempts):
-                raise LeaseLost(job.id)
+            self._hold(job_id, token)
+            if not self.rt.jobs.heartbeat(job_id, params=dict(p), before=p.get("before"), attempt=attempt):
+                raise LeaseLost(job_id)
 
         def suspend(seconds: float) -> None:
             # The operation has checkpointed what its next step needs (which renewed the lease).
