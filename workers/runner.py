@@ -147,7 +147,7 @@ class JobRunner:
         """The first step of a new claim: its step lock and due entry (``begin``, forced: the claim
         itself is exclusive), then its "running" event, in one round trip. If that round trip
         fails, each is done on its own as before: ``begin`` raising, the event waiting out an outage (a
-        reply lost after the event landed may show it twice, never not at all)."""
+        reply lost after the event landed may show it twice)."""
         message = f"Worker picked up the job (attempt {job.attempts})"
         token: str | None = None
         begun: Any = None
