@@ -20,7 +20,12 @@ The budget is applied per HTTP attempt (botocore's ``before-send`` event), so
 botocore's own retries of an AWS ThrottlingException draw tokens too. The
 same hooks count the calls and throttles per API in Redis hashes (HINCRBY),
 which ``GET /metrics`` reads: counters kept in one process would show only the
-web process's calls, never the workers'.
+web process's calls, never the workers'. A call that takes a token is counted
+by the bucket's own script, in the same round trip. A call that needs no token
+(share 0, or an API without a bucket) is counted in the process and the counts
+are added to Redis in one round trip at most ``FLUSH_SECONDS`` later: a Redis
+round trip per such call cost a job step about a tenth of its CPU. Counts Redis
+does not take are kept and added later; a flush never fails a call.
 
 If Redis does not answer, each process falls back to a bucket of its own (same
 share) and says so in the log; the budget never fails a call because Redis is
@@ -28,11 +33,15 @@ down. Redis is tried again after ``REDIS_RETRY_SECONDS``.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import math
+import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import redis
@@ -78,6 +87,9 @@ THROTTLES_KEY = "valetkey:metrics:aws_throttles"  # hash "service:Api" -> Thrott
 REFUSALS_KEY = "valetkey:metrics:aws_budget_refusals"  # hash bucket -> calls not made (wait too long)
 BUCKET_TTL_SECONDS = 3600  # an idle bucket is full again long before this; expiring it keeps Redis tidy
 REDIS_RETRY_SECONDS = 10.0
+# How long a count of a call that took no token may wait in the process before it is in Redis
+# (what /metrics shows lags the calls by at most this, and by one more try while Redis is down).
+FLUSH_SECONDS = 1.0
 
 # Atomic take-with-refill (reservation). KEYS: bucket, calls hash, refusals hash, bucket index.
 # ARGV: burst, rate, max_wait, now ("" = the Redis server's clock), calls field, ttl, bucket name.
@@ -176,7 +188,8 @@ class CallBudget:
     """
 
     def __init__(self, client: redis.Redis | None, *, share: float = 0.5, max_wait: float = 3.0,
-                 clock: Callable[[], float] | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+                 clock: Callable[[], float] | None = None, sleep: Callable[[float], None] = time.sleep,
+                 flush_seconds: float = FLUSH_SECONDS) -> None:
         if not 0 <= share <= 1:
             raise ValueError("share must be in [0, 1]")
         self.redis, self.share, self.max_wait = client, share, max_wait
@@ -185,6 +198,17 @@ class CallBudget:
         self._local: dict[str, _LocalBucket] = {}
         self._local_lock = threading.Lock()
         self._redis_down_until = 0.0
+        # Counts not yet in Redis: (hash key, field) -> calls. A timer (at most one pending) flushes them.
+        self.flush_seconds = flush_seconds
+        self._pending: dict[tuple[str, str], int] = {}
+        self._pending_lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._flush_lock = threading.Lock()  # one flush at a time: a batch is either in Redis or back in _pending
+        if client is not None:
+            # A process that exits between two flushes still hands its last counts to Redis.
+            atexit.register(_flush_at_exit, weakref.ref(self))
+            # A forked child (gunicorn workers) starts with no timer thread: it counts its own calls.
+            os.register_at_fork(after_in_child=partial(_forget_in_child, weakref.ref(self)))
 
     # ---- the bucket ----------------------------------------------------------------
     def shares(self, limit: Limit) -> tuple[float, float]:
@@ -194,7 +218,7 @@ class CallBudget:
     def acquire(self, account: str, region: str, service: str, api: str) -> float:
         """Wait for a token for one call; returns the seconds waited. Raises BudgetExceeded."""
         limit = aws_limit(service, api, region) if self.share > 0 else None
-        if limit is None:
+        if limit is None:  # no token to take: counted in the process, flushed later
             self.count(CALLS_KEY, f"{service}:{api}")
             return 0.0
         burst, rate = self.shares(limit)
@@ -222,6 +246,11 @@ class CallBudget:
             if b is None:
                 b = self._local[key] = _LocalBucket(burst, rate, now_f)
         granted, wait, _ = b.take(now_f, self.max_wait)
+        # What the script would have counted, kept in the process until Redis takes it.
+        if granted:
+            self.count(CALLS_KEY, field)
+        else:
+            self.count(REFUSALS_KEY, bucket)
         return granted, wait
 
     def _redis_usable(self) -> bool:
@@ -235,14 +264,65 @@ class CallBudget:
                         "in %.0fs", type(e).__name__, REDIS_RETRY_SECONDS)
 
     # ---- counters --------------------------------------------------------------------
-    def count(self, key: str, field: str) -> None:
-        """HINCRBY a metrics counter; lost (never an error) while Redis is down."""
-        if self.redis is None or not self._redis_usable():
+    def count(self, key: str, field: str, n: int = 1) -> None:
+        """Add ``n`` to a metrics counter (a Redis hash field): kept in the process, in Redis within
+        ``flush_seconds`` (later while Redis is down; never an error)."""
+        if self.redis is None:
             return
-        try:
-            self.redis.hincrby(key, field, 1)
-        except (redis.RedisError, OSError) as e:
-            self._redis_failed(e)
+        k = (key, field)
+        with self._pending_lock:
+            self._pending[k] = self._pending.get(k, 0) + n
+            if self._timer is None:
+                self._schedule(self.flush_seconds)
+
+    def _schedule(self, seconds: float) -> None:
+        # Under _pending_lock. A daemon thread: an exiting process is not held up (atexit flushes).
+        t = self._timer = threading.Timer(seconds, self._on_timer)
+        t.daemon = True
+        t.start()
+
+    def _on_timer(self) -> None:
+        with self._pending_lock:
+            self._timer = None
+        self.flush()
+
+    def flush(self) -> bool:
+        """Add the counts kept in the process to Redis in one round trip (MULTI/EXEC: all or none).
+
+        True when nothing is left pending. While Redis is down (or fails now) the counts stay
+        pending, to be added at a later flush; no count is dropped and nothing is raised."""
+        if self.redis is None:
+            return True
+        with self._flush_lock:
+            with self._pending_lock:
+                batch, self._pending = self._pending, {}
+            if not batch:
+                return True
+            if self._redis_usable():
+                try:
+                    pipe = self.redis.pipeline(transaction=True)
+                    for (key, field), n in batch.items():
+                        pipe.hincrby(key, field, n)
+                    pipe.execute()
+                    return True
+                except (redis.RedisError, OSError) as e:
+                    self._redis_failed(e)
+            with self._pending_lock:  # not in Redis: back with the counts taken meanwhile
+                for k, n in batch.items():
+                    self._pending[k] = self._pending.get(k, 0) + n
+                if self._timer is None:
+                    self._schedule(max(self.flush_seconds, self._redis_down_until - time.monotonic()))
+            return False
+
+    def close(self) -> None:
+        """Flush the pending counts and close the Redis connection (a process shutting down)."""
+        with self._pending_lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        self.flush()
+        if self.redis is not None:
+            self.redis.close()
 
     # ---- botocore hooks -------------------------------------------------------------
     def instrument(self, client: Any, account: Callable[[], str]) -> None:
@@ -263,6 +343,22 @@ class CallBudget:
 
         client.meta.events.register(f"before-send.{service}", before_send)
         client.meta.events.register(f"response-received.{service}", response_received)
+
+
+def _forget_in_child(ref: "weakref.ref[CallBudget]") -> None:
+    budget = ref()
+    if budget is not None:  # the parent adds its own pending counts; the timer thread was not forked
+        budget._pending, budget._timer = {}, None  # noqa: SLF001 - its own state, reset after fork
+        budget._pending_lock, budget._flush_lock = threading.Lock(), threading.Lock()  # noqa: SLF001
+
+
+def _flush_at_exit(ref: "weakref.ref[CallBudget]") -> None:
+    budget = ref()
+    if budget is not None:
+        try:
+            budget.flush()
+        except Exception:  # noqa: BLE001 - at exit: a count is not worth a traceback
+            pass
 
 
 # ---- reading, for /metrics ------------------------------------------------------------------

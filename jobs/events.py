@@ -90,11 +90,12 @@ class JobEvents:
             eid = self.r.xadd(stream_key(job_id), self._fields(type_, message), maxlen=2000, approximate=True)
         return as_text(eid)
 
-    def queue(self, pipe: redis.client.Pipeline, job_id: str, type_: str, message: str) -> None:
-        """Add the append (and the stream's expiry) to ``pipe``, to be sent with other writes."""
+    def queue(self, pipe: redis.client.Pipeline, job_id: str, type_: str, message: str, *, keep: bool = True) -> None:
+        """Add the append (and, with ``keep``, the stream's expiry) to ``pipe``, to be sent with other writes."""
         key = stream_key(job_id)
         pipe.xadd(key, self._fields(type_, message), maxlen=2000, approximate=True)
-        pipe.expire(key, KEEP_SECONDS)
+        if keep:
+            pipe.expire(key, KEEP_SECONDS)
 
     @staticmethod
     def _fields(type_: str, message: str) -> dict[FieldT, EncodableT]:

@@ -107,6 +107,21 @@ class SuspendedJobs:
         """End the step with no next one (the job finished, or this claim is no longer the job's)."""
         self._end(keys=[DUE_KEY, LOCK_PREFIX + job_id], args=[member(job_id, attempt), "", token or ""])
 
+    # ---- the same, sent with other writes in one round trip ---------------------------------
+    # EVAL with the script's text, not EVALSHA: a pipeline would first ask SCRIPT EXISTS (one more
+    # round trip), and Redis keeps the compiled script by its hash either way.
+    def queue_begin(self, pipe: redis.client.Pipeline, job_id: str, attempt: int) -> str:
+        """``begin(force=True)`` (a new claim's step) in ``pipe``; returns its token. Its result in
+        the pipeline is 1 once it is done."""
+        token = secrets.token_hex(8)
+        pipe.eval(BEGIN, 2, LOCK_PREFIX + job_id, DUE_KEY, token, self.lock_ms, "1", member(job_id, attempt),
+                  repr(self.clock() + self.visibility))
+        return token
+
+    def queue_end(self, pipe: redis.client.Pipeline, job_id: str, attempt: int, token: str | None) -> None:
+        """``end`` in ``pipe``; running it twice does no harm (a failed pipeline may be followed by ``end``)."""
+        pipe.eval(END_STEP, 2, DUE_KEY, LOCK_PREFIX + job_id, member(job_id, attempt), "", token or "")
+
     # ---- the tick -------------------------------------------------------------------
     def take_due(self, limit: int = 1000) -> list[tuple[str, int]]:
         raw: list[bytes] = self._take(keys=[DUE_KEY], args=[repr(self.clock()), repr(self.visibility), limit])

@@ -5,6 +5,8 @@ Burst and throttling behaviour against ECS' own buckets is in tests/sim/test_bud
 from __future__ import annotations
 
 import logging
+import time
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -14,10 +16,12 @@ from botocore.config import Config
 from botocore.stub import Stubber
 
 from cloud.aws import AwsClients
+import cloud.budget
 from cloud.budget import BudgetExceeded, CallBudget, aws_limit, bucket_levels, call_counters
 from cloud.errors import aws_error
 from scope.catalog import Environment
 from tests.conftest import ACCOUNT, free_port
+from tests.outage import RedisServer
 
 ONE_ATTEMPT = Config(retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=1, read_timeout=1)
 
@@ -158,3 +162,76 @@ def test_filter_log_events_through_the_product_client_is_paced_and_counted(aws: 
         logs.filter_log_events(logGroupName="/ecs/web")
     assert t.now - 1000.0 == pytest.approx((5 - 2.5) / 2.5)  # half of eu-central-1's 5 per second
     assert call_counters(r)[0]["cloudwatch-logs:FilterLogEvents"] == 5
+
+
+def test_calls_that_take_no_token_are_counted_in_one_round_trip(redis_url: str) -> None:
+    r = redis_lib.Redis.from_url(redis_url)
+    budget = CallBudget(r, share=0, flush_seconds=3600)  # counts only; no timer fires during the test
+    r.config_resetstat()
+    for _ in range(5):
+        budget.acquire("1", "us-east-1", "ecs", "DescribeServices")
+    budget.acquire("1", "us-east-1", "sts", "GetCallerIdentity")  # an API without a bucket
+    assert call_counters(r)[0] == {}  # still in the process
+    assert budget.flush()
+    assert call_counters(r)[0] == {"ecs:DescribeServices": 5, "sts:GetCallerIdentity": 1}
+    # One HINCRBY per field, in one MULTI/EXEC: not one round trip per call.
+    stats: Any = r.info("commandstats")
+    assert stats["cmdstat_hincrby"]["calls"] == 2
+    assert stats["cmdstat_exec"]["calls"] == 1
+    assert budget.flush()  # nothing left: nothing counted twice
+    assert call_counters(r)[0] == {"ecs:DescribeServices": 5, "sts:GetCallerIdentity": 1}
+
+
+def test_kept_counts_reach_redis_without_anyone_flushing(redis_url: str) -> None:
+    r = redis_lib.Redis.from_url(redis_url)
+    budget = CallBudget(r, share=0, flush_seconds=0.05)
+    for _ in range(3):
+        budget.acquire("1", "us-east-1", "ecs", "ListTasks")
+    deadline = time.monotonic() + 30  # a bound for a loaded machine, not a measurement
+    while call_counters(r)[0].get("ecs:ListTasks", 0) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert call_counters(r)[0] == {"ecs:ListTasks": 3}
+
+
+def test_redis_down_at_a_flush_loses_no_count_and_fails_no_call(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cloud.budget, "REDIS_RETRY_SECONDS", 0.0)  # try Redis again at once once it is back
+    server = RedisServer(tmp_path).start()
+    try:
+        r = redis_lib.Redis.from_url(server.url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        t = FakeTime()
+        budget = CallBudget(r, share=0.5, max_wait=0, clock=t.clock, sleep=t.sleep, flush_seconds=3600)
+        budget.acquire("1", "us-east-1", "ecs", "StopTask")  # a token: counted by the bucket's script
+        budget.acquire("1", "us-east-1", "sts", "GetCallerIdentity")  # no bucket: kept in the process
+        server.stop()
+        assert not budget.flush()  # refused, not raised: the counts stay in the process
+        for _ in range(2):  # calls go on meanwhile (per-process bucket), and are counted
+            budget.acquire("1", "us-east-1", "ecs", "StopTask")
+            budget.acquire("1", "us-east-1", "sts", "GetCallerIdentity")
+        assert not budget.flush()
+        server.start()  # not persistent: an empty Redis, as after a failover to a fresh replica
+        assert budget.flush()
+        assert call_counters(r)[0] == {"ecs:StopTask": 2, "sts:GetCallerIdentity": 3}
+    finally:
+        server.stop()
+
+
+def test_a_forked_child_counts_its_own_calls_and_not_its_parents(redis_url: str) -> None:
+    import os
+
+    r = redis_lib.Redis.from_url(redis_url)
+    budget = CallBudget(r, share=0, flush_seconds=3600)
+    budget.acquire("1", "us-east-1", "ecs", "ListTasks")  # pending in the parent, with its timer
+    pid = os.fork()
+    if pid == 0:  # the child: a gunicorn worker forked from its master, say
+        code = 1
+        try:
+            budget.acquire("1", "us-east-1", "ecs", "DescribeTasks")
+            code = 0 if budget.flush() else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert call_counters(r)[0] == {"ecs:DescribeTasks": 1}  # the parent's count is the parent's to add
+    assert budget.flush()
+    assert call_counters(r)[0] == {"ecs:DescribeTasks": 1, "ecs:ListTasks": 1}

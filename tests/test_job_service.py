@@ -132,3 +132,36 @@ def test_a_worker_whose_claim_was_taken_over_can_no_longer_touch_the_job(rt):
     assert rt.jobs.heartbeat(job_id, attempt=owner.attempts)
     assert rt.jobs.finish(job_id, SUCCEEDED, "HEALTHY after 40s", attempt=owner.attempts)
     assert not rt.jobs.heartbeat(job_id, attempt=owner.attempts)  # finished: nobody's any more
+
+
+def test_a_finish_carries_more_writes_in_its_round_trip_only_when_it_finishes(rt):
+    job_id = new_job(rt)
+    job = rt.jobs.claim(job_id)
+    seen: list[object] = []
+
+    def also(pipe):
+        pipe.set(f"test:{job_id}", "ended")
+        pipe.incr(f"test:{job_id}")  # fails: not an integer; only its own result says so
+        return seen.append
+
+    assert rt.jobs.finish(job_id, SUCCEEDED, "done", attempt=job.attempts, also=also)
+    assert len(seen) == 1 and seen[0][0] is True and isinstance(seen[0][1], Exception)
+    assert rt.redis.get(f"test:{job_id}") == b"ended"
+    assert [e["outcome"] for e in audit_events(rt) if e["job_id"] == job_id] == ["requested", SUCCEEDED]
+    # Not finished here (already finished): nothing queued, nothing called.
+    assert not rt.jobs.finish(job_id, FAILED, "again", attempt=job.attempts, also=also)
+    assert len(seen) == 1
+
+
+def test_a_job_claimed_by_the_runner_ends_with_no_step_lock_nor_due_entry(rt, make_user):
+    from jobs.suspended import DUE_KEY, LOCK_PREFIX
+    from workers.runner import JobRunner
+
+    make_user("dev@acme.test", ("staging", "developer"))
+    job_id = rt.jobs.create(action="restart", environment="nowhere", target="web", actor="dev@acme.test",
+                            source="api").id
+    runner = JobRunner(rt)
+    assert runner.run(job_id) == FAILED  # refused at run time: the environment is not configured
+    assert rt.redis.zcard(DUE_KEY) == 0 and not rt.redis.exists(LOCK_PREFIX + job_id)
+    assert runner._held == {}
+    assert [e.type for e in rt.events.read(job_id, None)] == ["queued", "running", FAILED]

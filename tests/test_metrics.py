@@ -1,6 +1,7 @@
 """GET /metrics: Prometheus text that parses, with the families DESIGN.md names, and nothing about people."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any, Callable
 
@@ -102,6 +103,23 @@ def test_aws_calls_of_other_processes_are_counted(rt: Runtime, client: Any, aws:
     assert sample(fams, "valetkey_aws_budget_capacity", account=masked, region="us-east-1",
                   bucket="ecs-service-read") == 50
     assert ACCOUNT not in text
+
+
+def test_calls_counted_without_a_token_reach_metrics_when_their_process_closes(rt: Runtime, client: Any,
+                                                                             aws: str) -> None:
+    """A worker with the budget off (share 0) keeps its counts in the process; a close hands them over."""
+    boto3.client("ecs", region_name="us-east-1").create_cluster(clusterName="stg")
+    worker_aws = aws_clients(dataclasses.replace(rt.settings, aws_budget_share=0.0))
+    assert worker_aws.budget is not None
+    worker_aws.budget.flush_seconds = 3600.0  # no timer fires during the test
+    stg = Environment(name="staging", cls="staging", enabled=True, region="us-east-1", cluster="stg")
+    for _ in range(4):
+        worker_aws.ecs(stg).describe_services(cluster="stg", services=["web"])
+    _, fams = scrape(client)
+    assert not [s for f in fams.values() for s in f.samples if s.name == "valetkey_aws_calls_total"]
+    worker_aws.budget.close()
+    _, fams = scrape(client)
+    assert sample(fams, "valetkey_aws_calls_total", service="ecs", api="DescribeServices") == 4
 
 
 def test_exporter_lag_and_pending_from_the_consumer_group(rt: Runtime, client: Any) -> None:

@@ -83,7 +83,7 @@ class Runtime:
     def close(self) -> None:
         self.engine.dispose()
         self.redis.close()
-        if self.aws.budget is not None and self.aws.budget.redis is not None:
-            self.aws.budget.redis.close()
+        if self.aws.budget is not None:
+            self.aws.budget.close()  # its counts kept in the process go to Redis first
         if self.broker is not None:
             self.broker.close()

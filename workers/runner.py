@@ -13,6 +13,7 @@ import random
 import time
 from typing import Any, Callable
 
+import redis
 from botocore.exceptions import ClientError
 
 from cloud.errors import THROTTLING_CODES, error_code
@@ -121,23 +122,51 @@ class JobRunner:
         if job is None:
             log.info("job %s: already finished or held by a live worker; skipping", job_id)
             return None
-        token = self.suspended.begin(job.id, job.attempts, force=True)  # the claim itself is exclusive
-        self._taken(token)
-        events = self.rt.events
         # An approved job's age counts from its approval: it waited for a person, not for a worker.
         age = dt.datetime.now(dt.timezone.utc) - (job.approved_at or job.created_at)
         if age.total_seconds() > self.rt.settings.job_max_age_seconds:
+            token = self.suspended.begin(job.id, job.attempts, force=True)  # the claim itself is exclusive
+            self._taken(token)
             self._finish(job, FAILED, f"Expired: queued for {int(age.total_seconds())}s, longer than the "
                                       f"{self.rt.settings.job_max_age_seconds}s age limit; not run.", token=token)
             return FAILED
-        events.append(job.id, "running", f"Worker picked up the job (attempt {job.attempts})", keep=False)
+        token = self._begin_claim(job)
         try:
             env = self._recheck_scope(job)
         except ValetKeyError as e:
             self._finish(job, FAILED, e.detail, token=token)
             return FAILED
-        assert token is not None  # forced
         return self._steps(job, env, token, continuing=False)
+
+    def _one_redis(self) -> bool:
+        """Whether the step locks and the job events live on one Redis client (always, but in some tests):
+        only then can their writes share a round trip."""
+        return self.suspended.redis is self.rt.events.r
+
+    def _begin_claim(self, job: Job) -> str:
+        """The first step of a new claim: its step lock and due entry (``begin``, forced: the claim
+        itself is exclusive), then its "running" event, in one round trip. If that round trip
+        fails, each is done on its own as before: ``begin`` raising, the event waiting out an outage (a
+        reply lost after the event landed may show it twice)."""
+        message = f"Worker picked up the job (attempt {job.attempts})"
+        token: str | None = None
+        begun: Any = None
+        added: Any = None
+        if self._one_redis():
+            pipe = self.suspended.redis.pipeline(transaction=False)
+            token = self.suspended.queue_begin(pipe, job.id, job.attempts)
+            self.rt.events.queue(pipe, job.id, "running", message, keep=False)  # create and finish set the expiry
+            try:
+                begun, added = pipe.execute(raise_on_error=False)
+            except redis.RedisError:
+                pass
+        if begun != 1:  # not sent, or failed (an exception in its place)
+            token = self.suspended.begin(job.id, job.attempts, force=True)
+        self._taken(token)
+        if added is None or isinstance(added, Exception):
+            self.rt.events.append(job.id, "running", message, keep=False)
+        assert token is not None  # forced
+        return token
 
     def _continue(self, job_id: str, attempt: int) -> str | None:
         """The next step of a suspended job, under the claim that suspended it."""
@@ -244,10 +273,25 @@ class JobRunner:
 
     def _finish(self, job: Job, status: str, detail: str, after: dict[str, Any] | None = None,
                 token: str | None = None) -> None:
-        if not self.rt.jobs.finish(job.id, status, detail, after, attempt=job.attempts):
+        def end_step(pipe: redis.client.Pipeline) -> Callable[[list[Any] | None], None]:
+            # The step's end (lock released, due entry removed) goes in the outcome's round trip.
+            self.suspended.queue_end(pipe, job.id, job.attempts, token)
+
+            def done(results: list[Any] | None) -> None:
+                if results is None or any(isinstance(r, Exception) for r in results):
+                    self._end(job.id, job.attempts, token)  # on its own, as before (it may raise)
+                else:
+                    self._held.pop(token or "", None)
+            return done
+
+        one = self._one_redis()
+        if not self.rt.jobs.finish(job.id, status, detail, after, attempt=job.attempts,
+                                   also=end_step if one else None):
             log.warning("job %s: attempt %d no longer holds the job; its outcome (%s) was not recorded",
                         job.id, job.attempts, status)
-        self._end(job.id, job.attempts, token)
+            self._end(job.id, job.attempts, token)
+        elif not one:
+            self._end(job.id, job.attempts, token)
 
     def _recheck_scope(self, job: Job) -> Environment:
         """Scope is checked again here: grants or config may have changed since the request."""
@@ -291,15 +335,17 @@ class JobRunner:
         params = dict(job.params or {})
         params.pop("retries", None)  # a step that gets as far as a checkpoint starts the count again
 
+        job_id, attempt = job.id, job.attempts  # plain locals: each ORM attribute read is a descriptor call
+
         def progress(type_: str, message: str) -> None:
-            self.rt.events.append(job.id, type_, message, keep=False)  # create and finish set the expiry
+            self.rt.events.append(job_id, type_, message, keep=False)  # create and finish set the expiry
 
         def checkpoint(p: dict[str, Any]) -> None:
             # Both fences before anything the operation does next (a mutation follows a checkpoint):
             # this step still holds the job's step lock, and this claim still holds the job.
-            self._hold(job.id, token)
-            if not self.rt.jobs.heartbeat(job.id, params=dict(p), before=p.get("before"), attempt=job.attempts):
-                raise LeaseLost(job.id)
+            self._hold(job_id, token)
+            if not self.rt.jobs.heartbeat(job_id, params=dict(p), before=p.get("before"), attempt=attempt):
+                raise LeaseLost(job_id)
 
         def suspend(seconds: float) -> None:
             # The operation has checkpointed what its next step needs (which renewed the lease).
