@@ -6,8 +6,9 @@ them to read in a tick takes a short lock in Redis and reads for everyone:
 
 - services: every service watched in the cluster (a sorted set in Redis; a job's read adds its
   service for a few ticks), DescribeServices in batches of 10 — k watched services cost ⌈k/10⌉ calls;
-- tasks: ListTasks of the whole cluster (RUNNING, then STOPPED; 100 a page), then DescribeTasks in
-  batches of 100 of the tasks of every service watched for tasks — n such tasks cost ⌈n/100⌉ calls.
+- tasks: ListTasks of the whole cluster (RUNNING every tick, STOPPED every ``STOPPED_EVERY`` ticks and
+  in between what left the RUNNING listing; 100 a page), then DescribeTasks in batches of 100 of the
+  tasks of every service watched for tasks — n such tasks cost ⌈n/100⌉ calls.
   A task's service never changes and a task whose lastStatus is STOPPED never changes again, so
   both are kept by ARN (ECS lists a stopped task for about an hour): tasks of other services and
   stopped ones are described once;
@@ -53,6 +54,10 @@ CLOCK_SKEW = 1.0
 SNAPSHOT_KEEP_SECONDS = 120
 WATCH_TICKS = 4  # a service stays watched this many ticks after a job last read it
 STOPPED_KEEP_SECONDS = 7200  # ECS lists a stopped task for about an hour
+# The cluster's STOPPED tasks are listed every this many ticks (12 s at 3 s); in between, a task that
+# left the RUNNING listing is taken as STOPPED (``SharedReader._listing``). A task that started and
+# stopped between two ticks' listings is seen at most this many ticks after it stopped.
+STOPPED_EVERY = 4
 _REDIS_ERRORS = (redis.RedisError, OSError)
 
 
@@ -179,13 +184,14 @@ class SharedReader(EcsReader):
         in the snapshot for newcomers), described only where the service is watched or not yet known
         (a task's service never changes: kept by ARN), and never again once STOPPED."""
         r = self.gw.redis
-        key = f"{self.prefix}tasks:{self.gw.tick(now)}"
+        tick = self.gw.tick(now)
+        key = f"{self.prefix}tasks:{tick}"
         listed = r.hget(key, LISTS) if have else None
         if listed is None:
-            running, stopped = self._list(TaskStatus.RUNNING), self._list(TaskStatus.STOPPED)
+            lists = self._listing(tick)
         else:
             lists = loads(listed)
-            running, stopped = lists["running"], lists["stopped"]
+        running, stopped = lists["running"], lists["stopped"]
         got_watched: list[bytes] = r.zrangebyscore(self.prefix + "twatch", now, "+inf")  # type: ignore[assignment]
         want = {n for n in [*names, *(m.decode() for m in got_watched)] if n not in have}
         every = list(dict.fromkeys([*running, *stopped]))
@@ -222,8 +228,32 @@ class SharedReader(EcsReader):
                     e["tasks"][a] = t
         out = {n: dumps(e) for n, e in by_service.items()}
         if listed is None:
-            out[LISTS] = dumps({"running": running, "stopped": stopped})
+            out[LISTS] = dumps(lists)
         return out
+
+    def _listing(self, tick: int) -> dict[str, Any]:
+        """The cluster's task ARNs for ``tick``: RUNNING listed every tick; STOPPED every
+        ``STOPPED_EVERY`` ticks, and in between the previous tick's STOPPED ARNs plus the tasks its
+        RUNNING listing held that this one lacks.
+
+        ListTasks(RUNNING) holds the tasks whose desiredStatus is RUNNING, ListTasks(STOPPED) those
+        whose desiredStatus is STOPPED (ECS API reference), and a task's desiredStatus never goes back
+        to RUNNING: a task that leaves the RUNNING listing is in the STOPPED one from then on (for
+        about an hour). So between two STOPPED listings only a task whose whole desiredStatus-RUNNING
+        life fell between two ticks' RUNNING listings is missing, and the next STOPPED listing lists
+        it: seen at most ``STOPPED_EVERY`` ticks after it stopped, never missed. (A task that a
+        lagging listing left out for a tick is harmless here: its description says it still runs.)
+        Without the previous tick's listing (nobody read then, or its reader has not finished) the
+        STOPPED tasks are listed at once."""
+        running = self._list(TaskStatus.RUNNING)
+        raw = self.gw.redis.hget(f"{self.prefix}tasks:{tick - 1}", LISTS)
+        last = loads(raw) if raw is not None else None
+        if last is not None and "stopped_tick" in last and tick - int(last["stopped_tick"]) < STOPPED_EVERY:
+            now_running = set(running)
+            gone = [a for a in last["running"] if a not in now_running]
+            stopped = [a for a in dict.fromkeys([*gone, *last["stopped"]]) if a not in now_running]
+            return {"running": running, "stopped": stopped, "stopped_tick": last["stopped_tick"]}
+        return {"running": running, "stopped": self._list(TaskStatus.STOPPED), "stopped_tick": tick}
 
     # ---- the tick's snapshot ------------------------------------------------------------
     def _snapshot(self, kind: str, now: float, read: Callable[[float, list[str], set[str]], dict[str, str]],

@@ -5,7 +5,7 @@ import math
 
 import redis as redis_lib
 
-from cloud.ecs_gateway import EcsGateway, SharedReader
+from cloud.ecs_gateway import STOPPED_EVERY, EcsGateway, SharedReader
 from cloud.ecs_types import TaskStatus
 from ecssim import Simulator
 from ecssim.seed import ServiceSpec, seed
@@ -84,7 +84,8 @@ def test_n_tasks_cost_n_over_100_describe_tasks_per_tick(sim: Simulator, redis_u
         assert sim.calls.count("DescribeTasks") == math.ceil(250 / 100) == 3  # not the 40 of "idle"
         described = {a for c in sim.calls.of("DescribeTasks") for a in c.params["tasks"]}
         assert described == {t.arn for n in names for t in sim.tasks("stg", n)}
-        assert sim.calls.count("ListTasks") == 3 + 1  # the cluster's 290 RUNNING by 100, STOPPED (none)
+        # The cluster's 290 RUNNING by 100, and STOPPED (none) when it is the STOPPED listing's tick.
+        assert stopped_listings(sim) <= 1 and sim.calls.count("ListTasks") == 3 + stopped_listings(sim)
         assert {t["taskArn"] for t in seen[names[0]]} == {t.arn for t in sim.tasks("stg", names[0])}
 
 
@@ -177,3 +178,76 @@ def test_after_a_change_the_wait_runs_to_the_first_tick_whose_snapshot_answers_i
     job.service("web")
     assert arns[0] not in job.task_arns("web")  # after the change, and from the shared snapshot:
     assert {api: sim.calls.count(api) for api in before} == before  # no read of its own
+
+
+# ---- the cluster's STOPPED tasks, listed every STOPPED_EVERY ticks ----------------------------
+def stopped_listings(sim: Simulator) -> int:
+    return sum(1 for c in sim.calls.of("ListTasks") if c.params.get("desiredStatus") == TaskStatus.STOPPED)
+
+
+def test_stopped_tasks_are_listed_every_few_ticks_and_a_stopping_task_is_seen_at_the_next(
+        sim: Simulator, redis_url: str) -> None:
+    seed(sim, "stg", [ServiceSpec("web", desired=2)])
+    gw = gateway(redis_url)
+    ecs = client("ecs")
+    next_tick(sim, gw)
+    victim = readers(gw, sim, 1)[0].task_arns("web")[0]  # a listing of RUNNING and STOPPED: tick 0
+    assert stopped_listings(sim) == 1
+    next_tick(sim, gw)
+    readers(gw, sim, 1)[0].task_arns("web")  # tick 1: RUNNING only
+    ecs.stop_task(cluster="stg", task=victim, reason="test")
+    next_tick(sim, gw)
+    [job] = readers(gw, sim, 1)
+    assert victim in job.task_arns("web", TaskStatus.STOPPED)  # tick 2: it left the RUNNING listing
+    assert victim not in job.task_arns("web")
+    [t] = job.tasks([victim])
+    assert t["desiredStatus"] == TaskStatus.STOPPED
+    assert stopped_listings(sim) == 1  # ... and no STOPPED listing was needed to see it
+    for _ in range(5):  # ticks 3..7: STOPPED listed again at tick 4 only
+        next_tick(sim, gw)
+        assert victim in readers(gw, sim, 1)[0].task_arns("web", TaskStatus.STOPPED)
+    assert stopped_listings(sim) == 2 == math.ceil(8 / STOPPED_EVERY)
+    assert sim.calls.count("ListTasks") == 8 + 2
+
+
+def test_a_task_that_started_and_stopped_between_two_listings_is_seen_within_the_bound(
+        sim: Simulator, redis_url: str) -> None:
+    seed(sim, "stg", [ServiceSpec("web", desired=1)])
+    gw = gateway(redis_url)
+    ecs = client("ecs")
+    next_tick(sim, gw)
+    [first] = readers(gw, sim, 1)
+    [original] = first.task_arns("web")
+    sim.advance(1.5)  # its replacement starts 5 s after StopTask: in a tick's middle, between two listings
+    ecs.stop_task(cluster="stg", task=original, reason="test")
+    phantom, stopped_in = None, -1
+    for _ in range(10):  # every tick read; within it, the replacement is stopped as soon as it exists
+        listed = set(readers(gw, sim, 1)[0].task_arns("web"))
+        tick = gw.tick(sim.clock.now())
+        while gw.tick(sim.clock.now() + 0.25) == tick:
+            sim.advance(0.25)
+            new = [t.arn for t in sim.tasks("stg", "web") if t.arn != original
+                   and t.desired_status == TaskStatus.RUNNING]
+            if new:
+                assert new[0] not in listed  # it began after this tick's listing
+                phantom, stopped_in = new[0], tick
+                ecs.stop_task(cluster="stg", task=phantom, reason="test")
+                break
+        next_tick(sim, gw)
+        if phantom:
+            break
+    assert phantom is not None
+    seen_in = None
+    for _ in range(STOPPED_EVERY + 1):
+        [job] = readers(gw, sim, 1)
+        assert phantom not in job.task_arns("web")  # never in a RUNNING listing
+        if phantom in job.task_arns("web", TaskStatus.STOPPED):
+            seen_in = gw.tick(sim.clock.now())
+            assert job.tasks([phantom])[0]["desiredStatus"] == TaskStatus.STOPPED
+            break
+        next_tick(sim, gw)
+    assert seen_in is not None and 0 < seen_in - stopped_in <= STOPPED_EVERY
+    # Seen late, through the tick's STOPPED listing (the next tick's RUNNING listing never held it).
+    assert seen_in - stopped_in > 1
+    assert any(gw.tick(c.time) == seen_in for c in sim.calls.of("ListTasks")
+               if c.params.get("desiredStatus") == TaskStatus.STOPPED)
