@@ -46,6 +46,7 @@ log = logging.getLogger("valetkey.aws.gateway")
 KEY_PREFIX = "valetkey:ecs-gw:"
 TAKEN = ""  # the snapshot hash's field holding when it was taken (no service is named "")
 LISTS = ":lists"  # the tasks snapshot's field holding the tick's ListTasks answers (no service name has ":")
+STOPPED_ONLY = ":stopped"  # suffix of a tasks snapshot field / watch name: that service's STOPPED tasks only
 # How far the wall clocks of two processes may disagree (NTP keeps them far closer): a snapshot
 # must be taken at least this long after a job's own change to answer that job.
 CLOCK_SKEW = 1.0
@@ -161,16 +162,26 @@ class SharedReader(EcsReader):
         return [t for a in entry["running"] if (t := self._tasks.get(a)) is not None
                 and t.get("lastStatus") == TaskStatus.RUNNING]
 
-    def _service_tasks(self, service: str) -> dict[str, Any] | None:
+    def stopped_tasks(self, service: str) -> list[TaskTypeDef]:
+        """The service's tasks whose desiredStatus is STOPPED (listed by ECS for about an hour),
+        described. What a crash-loop check needs: unlike ``task_arns``, it does not have the
+        service's running tasks described every tick for it."""
+        entry = self._service_tasks(service, stopped_only=True)
+        if entry is None:
+            return self.tasks(super().task_arns(service, TaskStatus.STOPPED))
+        return [t for a in entry["stopped"] if (t := self._tasks.get(a)) is not None]
+
+    def _service_tasks(self, service: str, stopped_only: bool = False) -> dict[str, Any] | None:
         try:
             now = self.clock()
-            got = self._snapshot("tasks", now, self._read_tasks, [service], watch="twatch")
+            name = service + STOPPED_ONLY if stopped_only else service
+            got = self._snapshot("tasks", now, self._read_tasks, [name], watch="swatch" if stopped_only else "twatch")
         except _REDIS_ERRORS as e:
             log.debug("shared ECS reads unavailable: %s", type(e).__name__)
             return None
         if got is None:
             return None
-        entry = cast("dict[str, Any]", got[1].get(service) or {"running": [], "stopped": [], "tasks": {}})
+        entry = cast("dict[str, Any]", got[1].get(name) or {"running": [], "stopped": [], "tasks": {}})
         self._tasks.update(entry["tasks"])
         return entry
 
@@ -182,7 +193,11 @@ class SharedReader(EcsReader):
     def _read_tasks(self, now: float, names: list[str], have: set[str]) -> dict[str, str]:
         """The tasks of every service watched for tasks: the cluster's ARNs listed once per tick (kept
         in the snapshot for newcomers), described only where the service is watched or not yet known
-        (a task's service never changes: kept by ARN), and never again once STOPPED."""
+        (a task's service never changes: kept by ARN), and never again once STOPPED.
+
+        A service watched for its STOPPED tasks only (``stopped_tasks``: a field and watch name
+        ``NAME:stopped``) has only those described: its running tasks, described every tick for a
+        service watched in full (their health moves), are described once, to learn their service."""
         r = self.gw.redis
         tick = self.gw.tick(now)
         key = f"{self.prefix}tasks:{tick}"
@@ -192,8 +207,13 @@ class SharedReader(EcsReader):
         else:
             lists = loads(listed)
         running, stopped = lists["running"], lists["stopped"]
-        got_watched: list[bytes] = r.zrangebyscore(self.prefix + "twatch", now, "+inf")  # type: ignore[assignment]
-        want = {n for n in [*names, *(m.decode() for m in got_watched)] if n not in have}
+        pipe = r.pipeline(transaction=False)
+        pipe.zrangebyscore(self.prefix + "twatch", now, "+inf")
+        pipe.zrangebyscore(self.prefix + "swatch", now, "+inf")
+        got_full, got_stopped = pipe.execute()
+        asked = [*names, *(m.decode() for m in got_full), *(m.decode() for m in got_stopped)]
+        want = {n for n in asked if not n.endswith(STOPPED_ONLY) and n not in have}
+        want_stopped = {n[:-len(STOPPED_ONLY)] for n in asked if n.endswith(STOPPED_ONLY) and n not in have}
         every = list(dict.fromkeys([*running, *stopped]))
         groups: dict[str, str | None] = {
             a: g.decode() if isinstance(g, bytes) else g
@@ -204,8 +224,9 @@ class SharedReader(EcsReader):
             for arn, raw in zip(stopped, r.hmget(done_key, stopped)):
                 if raw is not None:
                     known[arn] = loads(raw)
+        is_stopped = set(stopped)
         ask = [a for a in every if a not in known
-               and ((g := groups.get(a)) is None or g in want)]
+               and ((g := groups.get(a)) is None or g in want or (g in want_stopped and a in is_stopped))]
         fresh = EcsReader.tasks(self, ask)
         pipe = r.pipeline()
         final = {t["taskArn"]: dumps(t) for t in fresh if t.get("lastStatus") == TaskStatus.STOPPED}
@@ -218,15 +239,21 @@ class SharedReader(EcsReader):
             pipe.expire(self.prefix + "group", STOPPED_KEEP_SECONDS)
         pipe.execute()
         by_service: dict[str, dict[str, Any]] = {n: {"running": [], "stopped": [], "tasks": {}} for n in want}
+        by_stopped: dict[str, dict[str, Any]] = {n: {"running": [], "stopped": [], "tasks": {}}
+                                                 for n in want_stopped}
         every_task = {**known, **{t["taskArn"]: t for t in fresh}}
         for status, arns in (("running", running), ("stopped", stopped)):
             for a in arns:
                 t = every_task.get(a)
-                e = by_service.get(_service_of(t)) if t is not None else None
-                if e is not None:
-                    e[status].append(a)
-                    e["tasks"][a] = t
+                if t is None:
+                    continue
+                for e in (by_service.get(_service_of(t)),
+                          by_stopped.get(_service_of(t)) if status == "stopped" else None):
+                    if e is not None:
+                        e[status].append(a)
+                        e["tasks"][a] = t
         out = {n: dumps(e) for n, e in by_service.items()}
+        out.update({n + STOPPED_ONLY: dumps(e) for n, e in by_stopped.items()})
         if listed is None:
             out[LISTS] = dumps(lists)
         return out

@@ -498,9 +498,16 @@ class EcsOperations:
         return Look(st, by_arn, healthy, replacements, failed)
 
     def _failed(self, service: str, started_by: str, exclude: set[str]) -> list[TaskTypeDef]:
-        stopped = self._call(f"listing the tasks of {service}",
-                             lambda: self.reader.task_arns(service, TaskStatus.STOPPED))
-        tasks = self._call("describing tasks", lambda: self.reader.tasks([a for a in stopped if a not in exclude]))
+        """The tasks ``started_by`` our deployment that reached STOPPED: its crash loop, if any."""
+        reader = self.reader
+        if isinstance(reader, SharedReader):
+            # Only the STOPPED tasks: the service's running ones are not described every tick for it.
+            every = self._call(f"listing the tasks of {service}", lambda: reader.stopped_tasks(service))
+            tasks = [t for t in every if t["taskArn"] not in exclude]
+        else:
+            stopped = self._call(f"listing the tasks of {service}",
+                                 lambda: reader.task_arns(service, TaskStatus.STOPPED))
+            tasks = self._call("describing tasks", lambda: reader.tasks([a for a in stopped if a not in exclude]))
         return [t for t in tasks if t.get("startedBy") == started_by and t.get("lastStatus") == TaskStatus.STOPPED]
 
     def _healthy(self, st: ServiceState, tasks: list[TaskTypeDef], health_checked: bool,

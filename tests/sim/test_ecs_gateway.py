@@ -251,3 +251,31 @@ def test_a_task_that_started_and_stopped_between_two_listings_is_seen_within_the
     assert seen_in - stopped_in > 1
     assert any(gw.tick(c.time) == seen_in for c in sim.calls.of("ListTasks")
                if c.params.get("desiredStatus") == TaskStatus.STOPPED)
+
+
+def test_a_services_stopped_tasks_are_read_without_describing_its_running_ones_every_tick(
+        sim: Simulator, redis_url: str) -> None:
+    seed(sim, "stg", [ServiceSpec("web", desired=4)])
+    gw = gateway(redis_url)
+    ecs = client("ecs")
+    next_tick(sim, gw)
+    assert readers(gw, sim, 1)[0].stopped_tasks("web") == []
+    assert sim.calls.count("DescribeTasks") == 1  # its 4 running tasks, once: to learn their service
+    for _ in range(3):
+        next_tick(sim, gw)
+        assert readers(gw, sim, 1)[0].stopped_tasks("web") == []
+    assert sim.calls.count("DescribeTasks") == 1  # not again while nothing stopped
+    victim = sim.tasks("stg", "web")[0].arn
+    ecs.stop_task(cluster="stg", task=victim, reason="test")
+    sim.calls.clear()
+    seen: list[str] = []
+    for _ in range(6):  # stopping, then STOPPED: described until then, never after
+        next_tick(sim, gw)
+        [t] = readers(gw, sim, 1)[0].stopped_tasks("web")
+        assert t["taskArn"] == victim and t["desiredStatus"] == TaskStatus.STOPPED
+        seen.append(t["lastStatus"])
+    assert seen[-1] == TaskStatus.STOPPED
+    described = [a for c in sim.calls.of("DescribeTasks") for a in c.params["tasks"]]
+    others = [a for a in described if a != victim]  # its replacement: once, to learn its service
+    assert len(others) == len(set(others)) <= 1
+    assert described.count(victim) == sum(1 for s in seen if s != TaskStatus.STOPPED) + 1
