@@ -171,6 +171,15 @@ class SharedReader(EcsReader):
             return self.tasks(super().task_arns(service, TaskStatus.STOPPED))
         return [t for a in entry["stopped"] if (t := self._tasks.get(a)) is not None]
 
+    def expect_tasks(self, service: str) -> None:
+        """A job will look at ``service``'s tasks in full soon: have the next ticks' first reads include
+        them (marked watched for tasks, no read now), rather than the job's first look reading them
+        on its own in the middle of a tick."""
+        try:
+            self.gw.redis.zadd(self.prefix + "twatch", {service: self.clock() + WATCH_TICKS * self.gw.interval})
+        except _REDIS_ERRORS:
+            pass
+
     def _service_tasks(self, service: str, stopped_only: bool = False) -> dict[str, Any] | None:
         try:
             now = self.clock()

@@ -398,12 +398,17 @@ class EcsOperations:
                             if "unlisted_since" not in params else
                             f"Deployment {dep_id} COMPLETED with {st.running} of {st.desired} running; waiting "
                             "for ECS to list its tasks")
-                elif not st.circuit_breaker and dep_id:
-                    failed = self._failed(service, started_by=dep_id, exclude=set())
-                    if len(failed) >= FAIL_FAST:
-                        raise OperationFailed(
-                            f"New tasks keep failing: {_why(failed[0])}. ECS keeps the old tasks serving while the "
-                            f"deployment {dep_id} stays in progress; fix the image or roll back.")
+                else:
+                    if mine is not None and mine.running >= st.desired and isinstance(self.reader, SharedReader):
+                        # Its tasks will be looked at once ECS says the deployment finished: from the
+                        # next ticks' shared reads, not a read of this job's own.
+                        self.reader.expect_tasks(service)
+                    if not st.circuit_breaker and dep_id:
+                        failed = self._failed(service, started_by=dep_id, exclude=set())
+                        if len(failed) >= FAIL_FAST:
+                            raise OperationFailed(
+                                f"New tasks keep failing: {_why(failed[0])}. ECS keeps the old tasks serving while "
+                                f"the deployment {dep_id} stays in progress; fix the image or roll back.")
             self._line(params, line)
             self._tick(params, started, f"waiting for deployment {dep_id or ''} ({line})")
 
