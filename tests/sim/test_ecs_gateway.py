@@ -279,3 +279,18 @@ def test_a_services_stopped_tasks_are_read_without_describing_its_running_ones_e
     others = [a for a in described if a != victim]  # its replacement: once, to learn its service
     assert len(others) == len(set(others)) <= 1
     assert described.count(victim) == sum(1 for s in seen if s != TaskStatus.STOPPED) + 1
+
+
+def test_a_service_expected_for_its_tasks_is_read_with_the_next_ticks_first_read(sim: Simulator,
+                                                                                  redis_url: str) -> None:
+    seed(sim, "stg", [ServiceSpec("web", desired=2), ServiceSpec("api", desired=2)])
+    gw = gateway(redis_url)
+    next_tick(sim, gw)
+    readers(gw, sim, 1)[0].task_arns("api")
+    readers(gw, sim, 1)[0].expect_tasks("web")  # a deployment about to finish: no read now
+    next_tick(sim, gw)
+    sim.calls.clear()
+    first, then = readers(gw, sim, 2)
+    first.task_arns("api")  # the tick's first read: api's tasks, and web's
+    assert len(then.running_tasks("web")) == 2
+    assert sim.calls.count("DescribeTasks") == 1  # web's job did not read on its own
