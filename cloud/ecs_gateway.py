@@ -262,6 +262,10 @@ class SharedReader(EcsReader):
                         e[status].append(a)
                         e["tasks"][a] = t
         out = {n: dumps(e) for n, e in by_service.items()}
+        for n, e in by_service.items():  # a service read in full answers for its STOPPED tasks too
+            if n + STOPPED_ONLY not in have:
+                by_stopped.setdefault(n, {"running": [], "stopped": e["stopped"],
+                                          "tasks": {a: e["tasks"][a] for a in e["stopped"]}})
         out.update({n + STOPPED_ONLY: dumps(e) for n, e in by_stopped.items()})
         if listed is None:
             out[LISTS] = dumps(lists)

@@ -294,3 +294,19 @@ def test_a_service_expected_for_its_tasks_is_read_with_the_next_ticks_first_read
     first.task_arns("api")  # the tick's first read: api's tasks, and web's
     assert len(then.running_tasks("web")) == 2
     assert sim.calls.count("DescribeTasks") == 1  # web's job did not read on its own
+
+
+def test_a_service_read_in_full_answers_for_its_stopped_tasks_without_a_read(sim: Simulator,
+                                                                              redis_url: str) -> None:
+    seed(sim, "stg", [ServiceSpec("web", desired=2)])
+    gw = gateway(redis_url)
+    ecs = client("ecs")
+    next_tick(sim, gw)
+    victim = readers(gw, sim, 1)[0].task_arns("web")[0]
+    ecs.stop_task(cluster="stg", task=victim, reason="test")
+    next_tick(sim, gw)
+    first, then = readers(gw, sim, 2)
+    assert victim in first.task_arns("web", TaskStatus.STOPPED)
+    before = len(sim.calls.calls)
+    assert [t["taskArn"] for t in then.stopped_tasks("web")] == [victim]  # a job's first crash-loop check
+    assert len(sim.calls.calls) == before
