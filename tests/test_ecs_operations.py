@@ -22,7 +22,7 @@ from botocore.stub import ANY, Stubber
 
 from scope.errors import OperationFailed, TransientError
 from workers.context import Outcome, Suspend
-from workers.ecs import FOLLOW_EVERY, EcsOperations
+from workers.ecs import EcsOperations
 
 CLUSTER = "stg"
 SVC = "orders-api"
@@ -533,58 +533,15 @@ def test_redeploy_rolled_back_by_the_circuit_breaker(clients, td):
 
 
 def test_redeploy_times_out(clients, td):
-    cl, (ecs, _, _), calls = clients
+    cl, (ecs, _, _), _calls = clients
     stub_redeploy_start(ecs, td, breaker=True)
-    for i in range(4):  # at 0, 5, 10, 15 s; past the 12 s timeout it gives up
+    for _ in range(4):  # at 0, 5, 10, 15 s; past the 12 s timeout it gives up
         ecs.add_response("describe_services", service(td, [deployment("ecs-svc/2", td, "IN_PROGRESS")], sd=SD_ARN,
                                                       breaker=True))
-        if i == 0:  # the service looks the same afterwards: the service deployment is not read again
-            ecs.add_response("describe_service_deployments", {"serviceDeployments": [{"status": "IN_PROGRESS"}]})
+        ecs.add_response("describe_service_deployments", {"serviceDeployments": [{"status": "IN_PROGRESS"}]})
     with pytest.raises(OperationFailed) as e:
         ops(cl, FakeTime(), timeout=12).redeploy(SVC, {})
     assert e.value.detail.startswith("Timed out after 12s waiting for deployment ecs-svc/2")
-    assert calls.count("DescribeServiceDeployments") == 1
-
-
-def in_progress(td: str, running: int = 0) -> dict:
-    return service(td, [deployment("ecs-svc/2", td, "IN_PROGRESS", running=running),
-                        deployment("ecs-svc/1", td, status="ACTIVE")], sd=SD_ARN, breaker=True)
-
-
-def test_a_followed_deployment_is_read_again_when_the_service_changed(clients, td):
-    cl, (ecs, _, _), calls = clients
-    stub_redeploy_start(ecs, td, breaker=True)
-    ecs.add_response("describe_services", in_progress(td))
-    ecs.add_response("describe_service_deployments", {"serviceDeployments": [{"status": "IN_PROGRESS"}]})
-    ecs.add_response("describe_services", in_progress(td))  # the same: not read
-    ecs.add_response("describe_services", in_progress(td, running=1))  # a new task runs: read
-    ecs.add_response("describe_service_deployments", {"serviceDeployments": [{"status": "IN_PROGRESS"}]})
-    ecs.add_response("describe_services", service(td, [deployment("ecs-svc/2", td)], sd=SD_ARN, breaker=True))
-    ecs.add_response("describe_service_deployments", {"serviceDeployments": [{"status": "SUCCESSFUL"}]})
-    stub_look(ecs, [task("arn:t/n0", NEW, by="ecs-svc/2"), task("arn:t/n1", NEW, by="ecs-svc/2")])
-    out = ops(cl, FakeTime()).redeploy(SVC, {})
-    assert out.detail == "Deployed sha:a3f2b1 (was sha:9c0d11)"
-    assert calls.count("DescribeServiceDeployments") == 3 and calls.count("DescribeServices") == 1 + 4
-
-
-def test_a_stopped_deployment_the_service_does_not_show_is_seen_within_follow_every_looks(clients, td):
-    """A service deployment stopped while DescribeServices looks the same: the floor of one read every
-    FOLLOW_EVERY looks sees it, at the latest FOLLOW_EVERY looks after the last read."""
-    cl, (ecs, _, _), calls = clients
-    stub_redeploy_start(ecs, td, breaker=True)
-    ecs.add_response("describe_services", in_progress(td))
-    ecs.add_response("describe_service_deployments", {"serviceDeployments": [{"status": "IN_PROGRESS"}]})
-    for _ in range(FOLLOW_EVERY - 1):  # stopped right after that read; the service's view never moves
-        ecs.add_response("describe_services", in_progress(td))
-    ecs.add_response("describe_services", in_progress(td))
-    ecs.add_response("describe_service_deployments", {"serviceDeployments": [
-        {"status": "STOPPED", "statusReason": "Stopped by an operator"}]})
-    t = FakeTime()
-    with pytest.raises(OperationFailed) as e:
-        ops(cl, t).redeploy(SVC, {})
-    assert e.value.detail == "Deployment stopped: Stopped by an operator"
-    assert calls.count("DescribeServiceDeployments") == 2
-    assert calls.count("DescribeServices") == 1 + 1 + FOLLOW_EVERY  # the plan's, then the looks
 
 
 def test_redeploy_access_denied(clients, td):

@@ -82,11 +82,6 @@ FAIL_FAST = 2
 # Without a health check or a load balancer ECS counts a task as healthy 40 s after RUNNING
 # (botocore model, DeploymentConfiguration.minimumHealthyPercent).
 SETTLE_SECONDS = 40.0
-# A followed service deployment whose service looks the same in DescribeServices is read again at
-# least every this many looks (12 s at a 3 s poll). A rollback (circuit breaker or StopServiceDeployment)
-# makes a new PRIMARY deployment there, and success shows as our rolloutState COMPLETED: those are
-# read at the look that sees them. The floor bounds what DescribeServices would not show.
-FOLLOW_EVERY = 4
 # How long a COMPLETED deployment's tasks may stay unlisted (ListTasks lags the service's counts)
 # before the job finishes on ECS' word alone, saying that the image was not verified.
 UNLISTED_GRACE = 20.0
@@ -324,35 +319,13 @@ class EcsOperations:
             raise job_error(aws_error(e, "reading the deployment")) from e
         return dict(got[0]) if got else None
 
-    def _followed(self, params: dict[str, Any], arn: str, st: ServiceState, dep_id: str) -> dict[str, Any] | None:
-        """Our service deployment: read when DescribeServices' view of the service changed since the
-        last read, when that read was not PENDING/IN_PROGRESS, when our deployment is no longer
-        IN_PROGRESS there, and at least every ``FOLLOW_EVERY`` looks; else what that read said
-        (checkpointed: ``sd_seen``, ``sd_view``, ``sd_quiet``)."""
-        mine = next((d for d in st.deployments if d.id == dep_id), None)
-        view = repr((st.service_deployment_arn, st.desired, st.running, st.pending,
-                     [(d.id, d.status, d.rollout_state, d.running, d.pending, d.failed_tasks, d.reason)
-                      for d in st.deployments]))
-        seen = params.get("sd_seen")
-        quiet = int(params.get("sd_quiet", 0)) + 1
-        if (seen is not None and view == params.get("sd_view") and quiet < FOLLOW_EVERY
-                and seen.get("status") in (ServiceDeploymentStatus.PENDING, ServiceDeploymentStatus.IN_PROGRESS)
-                and mine is not None and mine.rollout_state == RolloutState.IN_PROGRESS):
-            params["sd_quiet"] = quiet
-            return dict(seen)
-        sd = self._service_deployment(arn)
-        params["sd_view"], params["sd_quiet"] = view, 0
-        params["sd_seen"] = ({"status": sd.get("status", ""), "statusReason": sd.get("statusReason", "")}
-                             if sd else None)
-        return sd
-
     def _follow(self, service: str, params: dict[str, Any], started: float) -> ServiceState:
         """Wait until our deployment succeeded and its tasks are healthy; fail on rollback, stop, crash loop."""
         dep_id, sd_arn = params.get("deployment_id", ""), params.get("service_deployment", "")
         while True:
             st = self.state(service)
             p = st.primary
-            sd = self._followed(params, sd_arn, st, dep_id) if sd_arn else None
+            sd = self._service_deployment(sd_arn) if sd_arn else None
             status = str(sd.get("status", "")) if sd else ""
             if status in SERVICE_DEPLOYMENT_ROLLBACK:
                 why = (sd or {}).get("statusReason") or "the deployment failed"
