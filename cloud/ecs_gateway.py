@@ -8,7 +8,8 @@ them to read in a tick takes a short lock in Redis and reads for everyone:
   service for a few ticks), DescribeServices in batches of 10 — k watched services cost ⌈k/10⌉ calls;
 - tasks: ListTasks of the whole cluster (RUNNING every tick, STOPPED every ``STOPPED_EVERY`` ticks and
   in between what left the RUNNING listing; 100 a page), then DescribeTasks in batches of 100 of the
-  tasks of every service watched for tasks — n such tasks cost ⌈n/100⌉ calls.
+  tasks of every service watched for tasks (for its STOPPED tasks only: those) — n such tasks cost
+  ⌈n/100⌉ calls.
   A task's service never changes and a task whose lastStatus is STOPPED never changes again, so
   both are kept by ARN (ECS lists a stopped task for about an hour): tasks of other services and
   stopped ones are described once;
