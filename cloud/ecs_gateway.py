@@ -6,8 +6,10 @@ them to read in a tick takes a short lock in Redis and reads for everyone:
 
 - services: every service watched in the cluster (a sorted set in Redis; a job's read adds its
   service for a few ticks), DescribeServices in batches of 10 — k watched services cost ⌈k/10⌉ calls;
-- tasks: ListTasks of the whole cluster (RUNNING, then STOPPED; 100 a page), then DescribeTasks in
-  batches of 100 of the tasks of every service watched for tasks — n such tasks cost ⌈n/100⌉ calls.
+- tasks: ListTasks of the whole cluster (RUNNING every tick, STOPPED every ``STOPPED_EVERY`` ticks and
+  in between what left the RUNNING listing; 100 a page), then DescribeTasks in batches of 100 of the
+  tasks of every service watched for tasks (for its STOPPED tasks only: those) — n such tasks cost
+  ⌈n/100⌉ calls.
   A task's service never changes and a task whose lastStatus is STOPPED never changes again, so
   both are kept by ARN (ECS lists a stopped task for about an hour): tasks of other services and
   stopped ones are described once;
@@ -55,6 +57,7 @@ log = logging.getLogger("valetkey.aws.gateway")
 KEY_PREFIX = "valetkey:ecs-gw:"
 TAKEN = ""  # the snapshot hash's field holding when it was taken (no service is named "")
 LISTS = ":lists"  # the tasks snapshot's field holding the tick's ListTasks answers (no service name has ":")
+STOPPED_ONLY = ":stopped"  # suffix of a tasks snapshot field / watch name: that service's STOPPED tasks only
 # How far the wall clocks of two processes may disagree (NTP keeps them far closer): a snapshot
 # must be taken at least this long after a job's own change to answer that job.
 CLOCK_SKEW = 1.0
@@ -63,6 +66,10 @@ CLOCK_SKEW = 1.0
 SNAPSHOT_KEEP_SECONDS = 120
 WATCH_TICKS = 4  # a service stays watched this many ticks after a job last read it
 STOPPED_KEEP_SECONDS = 7200  # ECS lists a stopped task for about an hour
+# The cluster's STOPPED tasks are listed every this many ticks (12 s at 3 s); in between, a task that
+# left the RUNNING listing is taken as STOPPED (``SharedReader._listing``). A task that started and
+# stopped between two ticks' listings is seen at most this many ticks after it stopped.
+STOPPED_EVERY = 4
 _REDIS_ERRORS = (redis.RedisError, OSError)
 
 
@@ -219,16 +226,35 @@ class SharedReader(EcsReader):
         return [t for a in entry["running"] if (t := self._tasks.get(a)) is not None
                 and t.get("lastStatus") == TaskStatus.RUNNING]
 
-    def _service_tasks(self, service: str) -> dict[str, Any] | None:
+    def stopped_tasks(self, service: str) -> list[TaskTypeDef]:
+        """The service's tasks whose desiredStatus is STOPPED (listed by ECS for about an hour),
+        described. What a crash-loop check needs: unlike ``task_arns``, it does not have the
+        service's running tasks described every tick for it."""
+        entry = self._service_tasks(service, stopped_only=True)
+        if entry is None:
+            return self.tasks(super().task_arns(service, TaskStatus.STOPPED))
+        return [t for a in entry["stopped"] if (t := self._tasks.get(a)) is not None]
+
+    def expect_tasks(self, service: str) -> None:
+        """A job will look at ``service``'s tasks in full soon: have the next ticks' first reads include
+        them (marked watched for tasks, no read now), rather than the job's first look reading them
+        on its own in the middle of a tick."""
+        try:
+            self.gw.redis.zadd(self.prefix + "twatch", {service: self.clock() + WATCH_TICKS * self.gw.interval})
+        except _REDIS_ERRORS:
+            pass
+
+    def _service_tasks(self, service: str, stopped_only: bool = False) -> dict[str, Any] | None:
         try:
             now = self.clock()
-            got = self._snapshot("tasks", now, self._read_tasks, [service], watch="twatch")
+            name = service + STOPPED_ONLY if stopped_only else service
+            got = self._snapshot("tasks", now, self._read_tasks, [name], watch="swatch" if stopped_only else "twatch")
         except _REDIS_ERRORS as e:
             log.debug("shared ECS reads unavailable: %s", type(e).__name__)
             return None
         if got is None:
             return None
-        entry = cast("dict[str, Any]", got[1].get(service) or {"running": [], "stopped": [], "tasks": {}})
+        entry = cast("dict[str, Any]", got[1].get(name) or {"running": [], "stopped": [], "tasks": {}})
         self._tasks.update(entry["tasks"])
         return entry
 
@@ -240,17 +266,27 @@ class SharedReader(EcsReader):
     def _read_tasks(self, now: float, names: list[str], have: set[str]) -> dict[str, str]:
         """The tasks of every service watched for tasks: the cluster's ARNs listed once per tick (kept
         in the snapshot for newcomers), described only where the service is watched or not yet known
-        (a task's service never changes: kept by ARN), and never again once STOPPED."""
+        (a task's service never changes: kept by ARN), and never again once STOPPED.
+
+        A service watched for its STOPPED tasks only (``stopped_tasks``: a field and watch name
+        ``NAME:stopped``) has only those described: its running tasks, described every tick for a
+        service watched in full (their health moves), are described once, to learn their service."""
         r = self.gw.redis
-        key = f"{self.prefix}tasks:{self.gw.tick(now)}"
+        tick = self.gw.tick(now)
+        key = f"{self.prefix}tasks:{tick}"
         listed = r.hget(key, LISTS) if have else None
         if listed is None:
-            running, stopped = self._list(TaskStatus.RUNNING), self._list(TaskStatus.STOPPED)
+            lists = self._listing(tick)
         else:
             lists = loads(listed)
-            running, stopped = lists["running"], lists["stopped"]
-        got_watched: list[bytes] = r.zrangebyscore(self.prefix + "twatch", now, "+inf")  # type: ignore[assignment]
-        want = {n for n in [*names, *(m.decode() for m in got_watched)] if n not in have}
+        running, stopped = lists["running"], lists["stopped"]
+        pipe = r.pipeline(transaction=False)
+        pipe.zrangebyscore(self.prefix + "twatch", now, "+inf")
+        pipe.zrangebyscore(self.prefix + "swatch", now, "+inf")
+        got_full, got_stopped = pipe.execute()
+        asked = [*names, *(m.decode() for m in got_full), *(m.decode() for m in got_stopped)]
+        want = {n for n in asked if not n.endswith(STOPPED_ONLY) and n not in have}
+        want_stopped = {n[:-len(STOPPED_ONLY)] for n in asked if n.endswith(STOPPED_ONLY) and n not in have}
         every = list(dict.fromkeys([*running, *stopped]))
         groups: dict[str, str | None] = {
             a: g.decode() if isinstance(g, bytes) else g
@@ -261,8 +297,9 @@ class SharedReader(EcsReader):
             for arn, raw in zip(stopped, r.hmget(done_key, stopped)):
                 if raw is not None:
                     known[arn] = loads(raw)
+        is_stopped = set(stopped)
         ask = [a for a in every if a not in known
-               and ((g := groups.get(a)) is None or g in want)]
+               and ((g := groups.get(a)) is None or g in want or (g in want_stopped and a in is_stopped))]
         fresh = EcsReader.tasks(self, ask)
         pipe = r.pipeline()
         final = {t["taskArn"]: dumps(t) for t in fresh if t.get("lastStatus") == TaskStatus.STOPPED}
@@ -275,18 +312,52 @@ class SharedReader(EcsReader):
             pipe.expire(self.prefix + "group", STOPPED_KEEP_SECONDS)
         pipe.execute()
         by_service: dict[str, dict[str, Any]] = {n: {"running": [], "stopped": [], "tasks": {}} for n in want}
+        by_stopped: dict[str, dict[str, Any]] = {n: {"running": [], "stopped": [], "tasks": {}}
+                                                 for n in want_stopped}
         every_task = {**known, **{t["taskArn"]: t for t in fresh}}
         for status, arns in (("running", running), ("stopped", stopped)):
             for a in arns:
                 t = every_task.get(a)
-                e = by_service.get(_service_of(t)) if t is not None else None
-                if e is not None:
-                    e[status].append(a)
-                    e["tasks"][a] = t
+                if t is None:
+                    continue
+                for e in (by_service.get(_service_of(t)),
+                          by_stopped.get(_service_of(t)) if status == "stopped" else None):
+                    if e is not None:
+                        e[status].append(a)
+                        e["tasks"][a] = t
         out = {n: dumps(e) for n, e in by_service.items()}
+        for n, e in by_service.items():  # a service read in full answers for its STOPPED tasks too
+            if n + STOPPED_ONLY not in have:
+                by_stopped.setdefault(n, {"running": [], "stopped": e["stopped"],
+                                          "tasks": {a: e["tasks"][a] for a in e["stopped"]}})
+        out.update({n + STOPPED_ONLY: dumps(e) for n, e in by_stopped.items()})
         if listed is None:
-            out[LISTS] = dumps({"running": running, "stopped": stopped})
+            out[LISTS] = dumps(lists)
         return out
+
+    def _listing(self, tick: int) -> dict[str, Any]:
+        """The cluster's task ARNs for ``tick``: RUNNING listed every tick; STOPPED every
+        ``STOPPED_EVERY`` ticks, and in between the previous tick's STOPPED ARNs plus the tasks its
+        RUNNING listing held that this one lacks.
+
+        ListTasks(RUNNING) holds the tasks whose desiredStatus is RUNNING, ListTasks(STOPPED) those
+        whose desiredStatus is STOPPED (ECS API reference), and a task's desiredStatus never goes back
+        to RUNNING: a task that leaves the RUNNING listing is in the STOPPED one from then on (for
+        about an hour). So between two STOPPED listings only a task whose whole desiredStatus-RUNNING
+        life fell between two ticks' RUNNING listings is missing, and the next STOPPED listing lists
+        it: seen at most ``STOPPED_EVERY`` ticks after it stopped, never missed. (A task that a
+        lagging listing left out for a tick is harmless here: its description says it still runs.)
+        Without the previous tick's listing (nobody read then, or its reader has not finished) the
+        STOPPED tasks are listed at once."""
+        running = self._list(TaskStatus.RUNNING)
+        raw = self.gw.redis.hget(f"{self.prefix}tasks:{tick - 1}", LISTS)
+        last = loads(raw) if raw is not None else None
+        if last is not None and "stopped_tick" in last and tick - int(last["stopped_tick"]) < STOPPED_EVERY:
+            now_running = set(running)
+            gone = [a for a in last["running"] if a not in now_running]
+            stopped = [a for a in dict.fromkeys([*gone, *last["stopped"]]) if a not in now_running]
+            return {"running": running, "stopped": stopped, "stopped_tick": last["stopped_tick"]}
+        return {"running": running, "stopped": self._list(TaskStatus.STOPPED), "stopped_tick": tick}
 
     # ---- the tick's snapshot ------------------------------------------------------------
     def _snapshot(self, kind: str, now: float, read: Callable[[float, list[str], set[str]], dict[str, str]],

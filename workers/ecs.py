@@ -371,12 +371,17 @@ class EcsOperations:
                             if "unlisted_since" not in params else
                             f"Deployment {dep_id} COMPLETED with {st.running} of {st.desired} running; waiting "
                             "for ECS to list its tasks")
-                elif not st.circuit_breaker and dep_id:
-                    failed = self._failed(service, started_by=dep_id, exclude=set())
-                    if len(failed) >= FAIL_FAST:
-                        raise OperationFailed(
-                            f"New tasks keep failing: {_why(failed[0])}. ECS keeps the old tasks serving while the "
-                            f"deployment {dep_id} stays in progress; fix the image or roll back.")
+                else:
+                    if mine is not None and mine.running >= st.desired and isinstance(self.reader, SharedReader):
+                        # Its tasks will be looked at once ECS says the deployment finished: from the
+                        # next ticks' shared reads, not a read of this job's own.
+                        self.reader.expect_tasks(service)
+                    if not st.circuit_breaker and dep_id:
+                        failed = self._failed(service, started_by=dep_id, exclude=set())
+                        if len(failed) >= FAIL_FAST:
+                            raise OperationFailed(
+                                f"New tasks keep failing: {_why(failed[0])}. ECS keeps the old tasks serving while "
+                                f"the deployment {dep_id} stays in progress; fix the image or roll back.")
             self._line(params, line)
             self._tick(params, started, f"waiting for deployment {dep_id or ''} ({line})")
 
@@ -498,9 +503,16 @@ class EcsOperations:
         return Look(st, by_arn, healthy, replacements, failed)
 
     def _failed(self, service: str, started_by: str, exclude: set[str]) -> list[TaskTypeDef]:
-        stopped = self._call(f"listing the tasks of {service}",
-                             lambda: self.reader.task_arns(service, TaskStatus.STOPPED))
-        tasks = self._call("describing tasks", lambda: self.reader.tasks([a for a in stopped if a not in exclude]))
+        """The tasks ``started_by`` our deployment that reached STOPPED: its crash loop, if any."""
+        reader = self.reader
+        if isinstance(reader, SharedReader):
+            # Only the STOPPED tasks: the service's running ones are not described every tick for it.
+            every = self._call(f"listing the tasks of {service}", lambda: reader.stopped_tasks(service))
+            tasks = [t for t in every if t["taskArn"] not in exclude]
+        else:
+            stopped = self._call(f"listing the tasks of {service}",
+                                 lambda: reader.task_arns(service, TaskStatus.STOPPED))
+            tasks = self._call("describing tasks", lambda: reader.tasks([a for a in stopped if a not in exclude]))
         return [t for t in tasks if t.get("startedBy") == started_by and t.get("lastStatus") == TaskStatus.STOPPED]
 
     def _healthy(self, st: ServiceState, tasks: list[TaskTypeDef], health_checked: bool,

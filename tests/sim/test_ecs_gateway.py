@@ -5,7 +5,7 @@ import math
 
 import redis as redis_lib
 
-from cloud.ecs_gateway import EcsGateway, SharedReader
+from cloud.ecs_gateway import STOPPED_EVERY, EcsGateway, SharedReader
 from cloud.ecs_types import TaskStatus
 from ecssim import Simulator
 from ecssim.seed import ServiceSpec, seed
@@ -84,7 +84,8 @@ def test_n_tasks_cost_n_over_100_describe_tasks_per_tick(sim: Simulator, redis_u
         assert sim.calls.count("DescribeTasks") == math.ceil(250 / 100) == 3  # not the 40 of "idle"
         described = {a for c in sim.calls.of("DescribeTasks") for a in c.params["tasks"]}
         assert described == {t.arn for n in names for t in sim.tasks("stg", n)}
-        assert sim.calls.count("ListTasks") == 3 + 1  # the cluster's 290 RUNNING by 100, STOPPED (none)
+        # The cluster's 290 RUNNING by 100, and STOPPED (none) when it is the STOPPED listing's tick.
+        assert stopped_listings(sim) <= 1 and sim.calls.count("ListTasks") == 3 + stopped_listings(sim)
         assert {t["taskArn"] for t in seen[names[0]]} == {t.arn for t in sim.tasks("stg", names[0])}
 
 
@@ -177,3 +178,135 @@ def test_after_a_change_the_wait_runs_to_the_first_tick_whose_snapshot_answers_i
     job.service("web")
     assert arns[0] not in job.task_arns("web")  # after the change, and from the shared snapshot:
     assert {api: sim.calls.count(api) for api in before} == before  # no read of its own
+
+
+# ---- the cluster's STOPPED tasks, listed every STOPPED_EVERY ticks ----------------------------
+def stopped_listings(sim: Simulator) -> int:
+    return sum(1 for c in sim.calls.of("ListTasks") if c.params.get("desiredStatus") == TaskStatus.STOPPED)
+
+
+def test_stopped_tasks_are_listed_every_few_ticks_and_a_stopping_task_is_seen_at_the_next(
+        sim: Simulator, redis_url: str) -> None:
+    seed(sim, "stg", [ServiceSpec("web", desired=2)])
+    gw = gateway(redis_url)
+    ecs = client("ecs")
+    next_tick(sim, gw)
+    victim = readers(gw, sim, 1)[0].task_arns("web")[0]  # a listing of RUNNING and STOPPED: tick 0
+    assert stopped_listings(sim) == 1
+    next_tick(sim, gw)
+    readers(gw, sim, 1)[0].task_arns("web")  # tick 1: RUNNING only
+    ecs.stop_task(cluster="stg", task=victim, reason="test")
+    next_tick(sim, gw)
+    [job] = readers(gw, sim, 1)
+    assert victim in job.task_arns("web", TaskStatus.STOPPED)  # tick 2: it left the RUNNING listing
+    assert victim not in job.task_arns("web")
+    [t] = job.tasks([victim])
+    assert t["desiredStatus"] == TaskStatus.STOPPED
+    assert stopped_listings(sim) == 1  # ... and no STOPPED listing was needed to see it
+    for _ in range(5):  # ticks 3..7: STOPPED listed again at tick 4 only
+        next_tick(sim, gw)
+        assert victim in readers(gw, sim, 1)[0].task_arns("web", TaskStatus.STOPPED)
+    assert stopped_listings(sim) == 2 == math.ceil(8 / STOPPED_EVERY)
+    assert sim.calls.count("ListTasks") == 8 + 2
+
+
+def test_a_task_that_started_and_stopped_between_two_listings_is_seen_within_the_bound(
+        sim: Simulator, redis_url: str) -> None:
+    seed(sim, "stg", [ServiceSpec("web", desired=1)])
+    gw = gateway(redis_url)
+    ecs = client("ecs")
+    next_tick(sim, gw)
+    [first] = readers(gw, sim, 1)
+    [original] = first.task_arns("web")
+    sim.advance(1.5)  # its replacement starts 5 s after StopTask: in a tick's middle, between two listings
+    ecs.stop_task(cluster="stg", task=original, reason="test")
+    phantom, stopped_in = None, -1
+    for _ in range(10):  # every tick read; within it, the replacement is stopped as soon as it exists
+        listed = set(readers(gw, sim, 1)[0].task_arns("web"))
+        tick = gw.tick(sim.clock.now())
+        while gw.tick(sim.clock.now() + 0.25) == tick:
+            sim.advance(0.25)
+            new = [t.arn for t in sim.tasks("stg", "web") if t.arn != original
+                   and t.desired_status == TaskStatus.RUNNING]
+            if new:
+                assert new[0] not in listed  # it began after this tick's listing
+                phantom, stopped_in = new[0], tick
+                ecs.stop_task(cluster="stg", task=phantom, reason="test")
+                break
+        next_tick(sim, gw)
+        if phantom:
+            break
+    assert phantom is not None
+    seen_in = None
+    for _ in range(STOPPED_EVERY + 1):
+        [job] = readers(gw, sim, 1)
+        assert phantom not in job.task_arns("web")  # never in a RUNNING listing
+        if phantom in job.task_arns("web", TaskStatus.STOPPED):
+            seen_in = gw.tick(sim.clock.now())
+            assert job.tasks([phantom])[0]["desiredStatus"] == TaskStatus.STOPPED
+            break
+        next_tick(sim, gw)
+    assert seen_in is not None and 0 < seen_in - stopped_in <= STOPPED_EVERY
+    # Seen late, through the tick's STOPPED listing (the next tick's RUNNING listing never held it).
+    assert seen_in - stopped_in > 1
+    assert any(gw.tick(c.time) == seen_in for c in sim.calls.of("ListTasks")
+               if c.params.get("desiredStatus") == TaskStatus.STOPPED)
+
+
+def test_a_services_stopped_tasks_are_read_without_describing_its_running_ones_every_tick(
+        sim: Simulator, redis_url: str) -> None:
+    seed(sim, "stg", [ServiceSpec("web", desired=4)])
+    gw = gateway(redis_url)
+    ecs = client("ecs")
+    next_tick(sim, gw)
+    assert readers(gw, sim, 1)[0].stopped_tasks("web") == []
+    assert sim.calls.count("DescribeTasks") == 1  # its 4 running tasks, once: to learn their service
+    for _ in range(3):
+        next_tick(sim, gw)
+        assert readers(gw, sim, 1)[0].stopped_tasks("web") == []
+    assert sim.calls.count("DescribeTasks") == 1  # not again while nothing stopped
+    victim = sim.tasks("stg", "web")[0].arn
+    ecs.stop_task(cluster="stg", task=victim, reason="test")
+    sim.calls.clear()
+    seen: list[str] = []
+    for _ in range(6):  # stopping, then STOPPED: described until then, never after
+        next_tick(sim, gw)
+        [t] = readers(gw, sim, 1)[0].stopped_tasks("web")
+        assert t["taskArn"] == victim and t["desiredStatus"] == TaskStatus.STOPPED
+        seen.append(t["lastStatus"])
+    assert seen[-1] == TaskStatus.STOPPED
+    described = [a for c in sim.calls.of("DescribeTasks") for a in c.params["tasks"]]
+    others = [a for a in described if a != victim]  # its replacement: once, to learn its service
+    assert len(others) == len(set(others)) <= 1
+    assert described.count(victim) == sum(1 for s in seen if s != TaskStatus.STOPPED) + 1
+
+
+def test_a_service_expected_for_its_tasks_is_read_with_the_next_ticks_first_read(sim: Simulator,
+                                                                                  redis_url: str) -> None:
+    seed(sim, "stg", [ServiceSpec("web", desired=2), ServiceSpec("api", desired=2)])
+    gw = gateway(redis_url)
+    next_tick(sim, gw)
+    readers(gw, sim, 1)[0].task_arns("api")
+    readers(gw, sim, 1)[0].expect_tasks("web")  # a deployment about to finish: no read now
+    next_tick(sim, gw)
+    sim.calls.clear()
+    first, then = readers(gw, sim, 2)
+    first.task_arns("api")  # the tick's first read: api's tasks, and web's
+    assert len(then.running_tasks("web")) == 2
+    assert sim.calls.count("DescribeTasks") == 1  # web's job did not read on its own
+
+
+def test_a_service_read_in_full_answers_for_its_stopped_tasks_without_a_read(sim: Simulator,
+                                                                              redis_url: str) -> None:
+    seed(sim, "stg", [ServiceSpec("web", desired=2)])
+    gw = gateway(redis_url)
+    ecs = client("ecs")
+    next_tick(sim, gw)
+    victim = readers(gw, sim, 1)[0].task_arns("web")[0]
+    ecs.stop_task(cluster="stg", task=victim, reason="test")
+    next_tick(sim, gw)
+    first, then = readers(gw, sim, 2)
+    assert victim in first.task_arns("web", TaskStatus.STOPPED)
+    before = len(sim.calls.calls)
+    assert [t["taskArn"] for t in then.stopped_tasks("web")] == [victim]  # a job's first crash-loop check
+    assert len(sim.calls.calls) == before
