@@ -301,6 +301,8 @@ class SharedReader(EcsReader):
         ask = [a for a in every if a not in known
                and ((g := groups.get(a)) is None or g in want or (g in want_stopped and a in is_stopped))]
         fresh = EcsReader.tasks(self, ask)
+        running, stopped = _revive(running, stopped, fresh)
+        lists = {**lists, "running": running, "stopped": stopped}
         pipe = r.pipeline()
         final = {t["taskArn"]: dumps(t) for t in fresh if t.get("lastStatus") == TaskStatus.STOPPED}
         if final:
@@ -349,15 +351,18 @@ class SharedReader(EcsReader):
         lagging listing left out for a tick is harmless here: its description says it still runs.)
         Without the previous tick's listing (nobody read then, or its reader has not finished) the
         STOPPED tasks are listed at once."""
-        running = self._list(TaskStatus.RUNNING)
+        running = list(dict.fromkeys(self._list(TaskStatus.RUNNING)))  # pages may overlap
+        now_running = set(running)
         raw = self.gw.redis.hget(f"{self.prefix}tasks:{tick - 1}", LISTS)
         last = loads(raw) if raw is not None else None
+        gone = [a for a in last["running"] if a not in now_running] if last is not None else []
         if last is not None and "stopped_tick" in last and tick - int(last["stopped_tick"]) < STOPPED_EVERY:
-            now_running = set(running)
-            gone = [a for a in last["running"] if a not in now_running]
             stopped = [a for a in dict.fromkeys([*gone, *last["stopped"]]) if a not in now_running]
             return {"running": running, "stopped": stopped, "stopped_tick": last["stopped_tick"]}
-        return {"running": running, "stopped": self._list(TaskStatus.STOPPED), "stopped_tick": tick}
+        # ``gone`` too: a task a page skipped is in neither listing (its description says where it is).
+        listed = self._list(TaskStatus.STOPPED)
+        stopped = [a for a in dict.fromkeys([*listed, *gone]) if a not in now_running]
+        return {"running": running, "stopped": stopped, "stopped_tick": tick}
 
     # ---- the tick's snapshot ------------------------------------------------------------
     def _snapshot(self, kind: str, now: float, read: Callable[[float, list[str], set[str]], dict[str, str]],
@@ -423,6 +428,20 @@ def _service_name(s: ServiceTypeDef) -> str:
 
 def _deployment_arn(d: dict[str, Any]) -> str:
     return str(d["serviceDeploymentArn"])
+
+
+def _revive(running: list[str], stopped: list[str], described: list[TaskTypeDef]) -> tuple[list[str], list[str]]:
+    """The listings corrected by what the tasks' descriptions say: a task taken as STOPPED (it left
+    the RUNNING listing) whose desiredStatus is still RUNNING runs. The RUNNING listing missed it:
+    ListTasks is eventually consistent, and a cluster's listing of many pages can skip a task when
+    others stop between two pages. Left out, a running task of a job's service would be missing
+    from its healthy count (a restart refused "below the minimum" for no reason)."""
+    alive = {t["taskArn"] for t in described if t.get("desiredStatus") == TaskStatus.RUNNING}
+    revived = [a for a in stopped if a in alive]
+    if not revived:
+        return running, stopped
+    back = set(revived)
+    return [*running, *revived], [a for a in stopped if a not in back]
 
 
 def _service_of(t: TaskTypeDef) -> str:

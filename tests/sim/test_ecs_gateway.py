@@ -310,3 +310,36 @@ def test_a_service_read_in_full_answers_for_its_stopped_tasks_without_a_read(sim
     before = len(sim.calls.calls)
     assert [t["taskArn"] for t in then.stopped_tasks("web")] == [victim]  # a job's first crash-loop check
     assert len(sim.calls.calls) == before
+
+
+def test_a_running_task_a_listing_skipped_still_counts_as_running(sim: Simulator, redis_url: str) -> None:
+    """ListTasks is eventually consistent, and a cluster's listing of many pages can skip a task when
+    others stop between two pages: a task the RUNNING listing misses must not drop out of its
+    service's running tasks (a restart would count one healthy task fewer and refuse)."""
+    seed(sim, "stg", [ServiceSpec("web", desired=3)])
+    gw = gateway(redis_url)
+    ecs = client("ecs")
+    skipped: list[str] = []
+    removed = 0
+
+    def skip_one(parsed: dict, **_: object) -> None:  # AWS' side: a page that lacks one task
+        nonlocal removed
+        if skipped and skipped[0] in parsed.get("taskArns", []):
+            parsed["taskArns"].remove(skipped[0])
+            removed += 1
+
+    ecs.meta.events.register("after-call.ecs.ListTasks", skip_one)
+    next_tick(sim, gw)
+    every = sorted(gw.reader(ecs, "stg", "111122223333", sim.clock.now).task_arns("web"))
+    assert len(every) == 3
+    skipped.append(every[0])
+    for _ in range(STOPPED_EVERY + 1):  # ticks that list STOPPED tasks and ticks that do not
+        next_tick(sim, gw)
+        sim.calls.clear()
+        job = gw.reader(ecs, "stg", "111122223333", sim.clock.now)
+        assert sorted(job.task_arns("web")) == every
+        assert sorted(t["taskArn"] for t in job.running_tasks("web")) == every
+        assert every[0] not in job.task_arns("web", TaskStatus.STOPPED)
+        described = [a for c in sim.calls.of("DescribeTasks") for a in c.params["tasks"]]
+        assert every[0] in described  # ... because its description said it still runs
+    assert removed == STOPPED_EVERY + 1  # every tick's RUNNING listing lacked it
