@@ -169,6 +169,10 @@ def run_product(n: int, threads: int, url: str, tmp: Path, latency: float = 0.0)
         wall = time.monotonic() - wall0
         with rt.engine.connect() as c:
             statuses = Counter(s for (s,) in c.execute(text("SELECT status FROM jobs")))
+            # A job that did not succeed says why (its detail), so a failure can be told from noise.
+            for target, status, detail in c.execute(text(
+                    "SELECT target, status, detail FROM jobs WHERE status != :ok LIMIT 10"), {"ok": SUCCEEDED}):
+                print(f"  not succeeded: {target} {status}: {detail[:300]}", file=sys.stderr)
         rt.close()
         waits = [first_call[name] - at for name, at in requested.values() if name in first_call]
         ecs_calls = [c for c in sim.calls.calls if c.service == "ecs"]

@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.queue", description=__doc__.split("\n")[0])
     ap.add_argument("--jobs", type=int, default=400, help="messages / restart jobs per run (default 400)")
     ap.add_argument("--threads", type=int, default=default_threads(),
-                    help="worker threads, one process (default: valetkey worker's, a thread per core)")
+                    help="worker threads, one process (default: valetkey worker's)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each; the median ratio is reported")
     ap.add_argument("--profile", action="store_true",
                     help="cProfile the actor threads of the last valetkey run (report on stderr)")
