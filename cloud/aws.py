@@ -30,8 +30,14 @@ if TYPE_CHECKING:
 
 # Connect/read timeouts keep a hung AWS endpoint from pinning a worker thread;
 # "standard" retry mode retries throttling and 5xx a few times with backoff.
+# A client is shared by every thread of a process: a worker's 16 job threads plus the ECS gateway's
+# pool of 8 can have 24 calls in flight on one client. Above botocore's default of 10 connections
+# urllib3 discards the extra ones after each call ("Connection pool is full"), and every call past
+# the tenth pays a new TLS handshake to AWS.
+MAX_POOL_CONNECTIONS = 32
 DEFAULT_CONFIG = Config(connect_timeout=5, read_timeout=30,
                         retries={"max_attempts": 4, "mode": "standard"},
+                        max_pool_connections=MAX_POOL_CONNECTIONS,
                         user_agent_extra="valetkey/0.1")
 ASSUME_DURATION = 3600
 LIST_SERVICES_PAGE = 100  # the most ECS allows; its default of 10 costs ten calls per 100 services
